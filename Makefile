@@ -1,0 +1,39 @@
+# The two entry points of the README: `make demo` and `make test`.
+# Both create .venv when missing and install only when a requirements file changed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= workdirs/demo
+
+.PHONY: demo test lint install install-test lock
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.runtime-installed: requirements.txt constraints.txt | $(PY)
+	$(PY) -m pip install --quiet -c constraints.txt -r requirements.txt
+	touch $@
+
+$(VENV)/.test-installed: requirements-test.txt constraints.txt $(VENV)/.runtime-installed
+	$(PY) -m pip install --quiet -c constraints.txt -r requirements-test.txt
+	touch $@
+
+install: $(VENV)/.runtime-installed
+install-test: $(VENV)/.test-installed
+
+demo: install
+	$(PY) -m irl_lm.demo --workdir=$(WORKDIR)
+
+lint: install-test
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: lint
+	$(PY) -m pytest -q tests
+
+# Regenerates constraints.txt from a fresh resolution of both requirements files.
+lock:
+	rm -rf /tmp/irl-lm-lock && $(PYTHON) -m venv /tmp/irl-lm-lock
+	/tmp/irl-lm-lock/bin/pip install --quiet -r requirements.txt -r requirements-test.txt
+	/tmp/irl-lm-lock/bin/pip freeze --exclude-editable | sort > constraints.txt

@@ -1,0 +1,59 @@
+"""The demo: a small T5 learns the synthetic expert from scratch (the embedded default).
+
+Run one loss:
+    python -m irl_lm.main --config=configs/demo.py:loss=iqlearn,lam=0.1 --workdir=/tmp/demo
+    python -m irl_lm.main --config=configs/demo.py:loss=mle --workdir=/tmp/demo_mle \
+        --config.total_steps=2000 --config.task.expert.temperature=0.5
+or the whole comparison (MLE vs IQLearn, with the expert's row): `make demo`.
+
+Expected: about 1-2 minutes per run on 2 CPU cores; validity well above 0.9 and forward /
+reverse KL per token of a few hundredths of a nat for both losses after 1200 steps.
+"""
+
+from irl_lm.config_utils import loss_config, parse_arg, trainer_defaults
+
+
+def get_config(arg=None):
+    args = parse_arg(arg, loss="iqlearn", lam="0.1", gamma="0.99")
+    config = trainer_defaults()
+    config.total_steps = 1200
+    config.batch_size = 64
+    config.log_every = 100
+    config.optimizer.learning_rate = 3e-3
+    config.schedule.warmup_steps = 100
+    config.checkpoint.every = 400
+
+    config.task = dict(
+        name="synthetic_expert",
+        num_train_examples=20_000,
+        num_eval_examples=512,
+        expert=dict(
+            num_symbols=12,
+            num_output_tokens=24,
+            num_states=3,
+            branching=3,
+            temperature=1.0,  # the entropy knob
+            filler_prob=0.1,
+            min_input_len=4,
+            max_input_len=8,
+            max_fillers=2,
+            seed=0,
+        ),
+    )
+    config.model = dict(
+        name="t5",
+        vocab_size=0,  # 0: taken from the task's vocabulary
+        d_model=64,
+        d_kv=16,
+        d_ff=128,
+        num_heads=4,
+        num_layers=2,
+        num_decoder_layers=2,
+        dropout_rate=0.0,
+    )
+    config.loss = loss_config(args["loss"], float(args["lam"]), float(args["gamma"]))
+    config.evals = dict(
+        validation=dict(kind="loss", every=400, max_examples=512),
+        expert=dict(kind="synthetic_expert", every=600, num_examples=64, num_samples=4),
+    )
+    return config

@@ -1,0 +1,1 @@
+"""Inverse-RL fine-tuning of language models in JAX/Flax."""

@@ -1,0 +1,1 @@
+"""Data: seqio tasks, preprocessors, sources and the synthetic expert."""

@@ -1,0 +1,73 @@
+"""Batches from seqio for the trainer and evaluators, sharded per host.
+
+The training stream is a pure function of (task, seed, position): a resumed run rebuilds
+it and skips the batches it already consumed, so no example is replayed or lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import jax
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from irl_lm.data.tasks import feature_lengths, get_task
+
+# seqio and TF must not grab accelerator memory that JAX owns.
+tf.config.set_visible_devices([], "GPU")
+
+
+def _dataset(config, split: str, *, shuffle: bool, num_epochs: int | None, pack: bool):
+    task = get_task(config.task)
+    return seqio.get_dataset(
+        task.name,
+        task_feature_lengths=feature_lengths(config.task),
+        feature_converter=seqio.EncDecFeatureConverter(pack=pack),
+        dataset_split=split,
+        shuffle=shuffle,
+        num_epochs=num_epochs,
+        shard_info=seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count()),
+        seed=config.seed,
+        use_cached=False,
+        verbose=False,
+    )
+
+
+class TrainIterator(Iterator):
+    """Endless host-local training batches; `position` counts the batches handed out."""
+
+    def __init__(self, config, position: int = 0):
+        per_host = config.batch_size // jax.process_count()
+        ds = _dataset(config, "train", shuffle=True, num_epochs=None, pack=config.data.pack)
+        ds = ds.batch(per_host, drop_remainder=True).skip(position)
+        self._iterator = ds.prefetch(2).as_numpy_iterator()
+        self.position = position
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = next(self._iterator)
+        self.position += 1
+        return batch
+
+
+def eval_batches(config, split: str, max_examples: int | None = None):
+    """Host-local eval batches padded to `config.eval_batch_size` rows (padding has weight 0).
+
+    Yields (batch, number of real rows).
+    """
+    per_host = config.eval_batch_size // jax.process_count()
+    ds = _dataset(config, split, shuffle=False, num_epochs=1, pack=False)
+    if max_examples:
+        ds = ds.take(max_examples)
+    for batch in ds.batch(per_host).as_numpy_iterator():
+        real = len(batch["decoder_target_tokens"])
+        yield pad_rows(batch, per_host), real
+
+
+def pad_rows(batch: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    """Pads every array to `rows` rows with zeros (zero tokens, zero loss weight)."""
+    return {k: np.pad(v, [(0, rows - len(v))] + [(0, 0)] * (v.ndim - 1)) for k, v in batch.items()}
+
+
+__all__ = ["TrainIterator", "eval_batches", "pad_rows"]

@@ -1,0 +1,108 @@
+"""seqio tasks, registered from `config.task` (`config.task.name` picks the builder).
+
+Builders register the task under a name that includes its settings, so two configs of the
+same task (say, two expert entropies) can live in one process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from irl_lm.data.synthetic import EOS_ID, ExpertSpec, SyntheticExpert
+
+SPLITS = ("train", "validation", "test")
+
+
+def expert_from_config(task_config: Mapping) -> SyntheticExpert:
+    """The synthetic expert described by `config.task.expert`."""
+    fields = dict(task_config["expert"])
+    try:
+        return SyntheticExpert(ExpertSpec(**fields))
+    except TypeError as e:  # unknown field
+        raise ValueError(f"config.task.expert: {e}") from None
+
+
+def _register_synthetic_expert(task_config: Mapping) -> seqio.Task:
+    """Examples drawn from the known expert p_E(y | x), deterministic in the expert's seed."""
+    expert = expert_from_config(task_config)
+    sizes = {
+        "train": int(task_config["num_train_examples"]),
+        "validation": int(task_config["num_eval_examples"]),
+        "test": int(task_config["num_eval_examples"]),
+    }
+
+    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+        del shuffle_files, seed  # generated in order; seqio shuffles examples
+
+        def generate():
+            for index in range(sizes[split]):
+                example = expert.example(split, index)
+                targets = np.asarray(example["targets"])
+                assert targets[-1] == EOS_ID
+                # seqio appends EOS itself (Feature.add_eos), so the stored targets stop before it.
+                yield {"inputs": example["inputs"], "targets": targets[:-1]}
+
+        spec = tf.TensorSpec([None], tf.int32)
+        return tf.data.Dataset.from_generator(
+            generate, output_signature={"inputs": spec, "targets": spec}
+        )
+
+    vocabulary = seqio.PassThroughVocabulary(size=expert.spec.vocab_size, eos_id=EOS_ID)
+    features = {
+        name: seqio.Feature(vocabulary, add_eos=True, dtype=tf.int32)
+        for name in ("inputs", "targets")
+    }
+    return _add_task(
+        "synthetic_expert",
+        task_config,
+        source=seqio.FunctionDataSource(dataset_fn, splits=SPLITS, num_input_examples=sizes),
+        output_features=features,
+        preprocessors=[seqio.preprocessors.append_eos_after_trim],
+    )
+
+
+def _add_task(prefix: str, task_config: Mapping, **task_kwargs) -> seqio.Task:
+    settings = json.dumps(_to_plain(task_config), sort_keys=True)
+    name = f"{prefix}_{hashlib.sha1(settings.encode()).hexdigest()[:10]}"
+    if name in seqio.TaskRegistry.names():
+        return seqio.TaskRegistry.get(name)
+    return seqio.TaskRegistry.add(name, **task_kwargs)
+
+
+def _to_plain(value):
+    if hasattr(value, "to_dict"):  # ml_collections.ConfigDict
+        value = value.to_dict()
+    if isinstance(value, Mapping):
+        return {k: _to_plain(v) for k, v in value.items()}
+    return value
+
+
+# config.task.name -> builder(task_config) -> registered seqio.Task
+TASKS: dict[str, Callable[[Mapping], seqio.Task]] = {
+    "synthetic_expert": _register_synthetic_expert,
+}
+
+# config.task.name -> function(task_config) -> {"inputs": len, "targets": len}
+FEATURE_LENGTHS: dict[str, Callable[[Mapping], dict[str, int]]] = {
+    "synthetic_expert": lambda c: {
+        "inputs": expert_from_config(c).spec.max_input_len_with_eos,
+        "targets": expert_from_config(c).spec.max_target_len,
+    },
+}
+
+
+def get_task(task_config: Mapping) -> seqio.Task:
+    name = task_config.get("name")
+    if name not in TASKS:
+        raise ValueError(f"config.task.name={name!r} is not a task; allowed: {sorted(TASKS)}")
+    return TASKS[name](task_config)
+
+
+def feature_lengths(task_config: Mapping) -> dict[str, int]:
+    return FEATURE_LENGTHS[task_config["name"]](task_config)

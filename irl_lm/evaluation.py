@@ -1,0 +1,222 @@
+"""Evaluators, picked from `config.evals` (name -> {kind, every, ...}) through `EVALUATORS`.
+
+An evaluator is built once with an `EvalContext` and its own config fields, and called as
+`evaluator(params, step) -> (scalars, texts)`; the trainer writes them under `eval/<name>/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from irl_lm import decoding, sharding
+from irl_lm.data import pipeline
+from irl_lm.data.synthetic import EOS_ID
+from irl_lm.data.tasks import expert_from_config
+from irl_lm.metrics import ids_to_text, self_bleu
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalContext:
+    config: Mapping
+    model: object
+    mesh: Mesh
+    loss_fn: Callable
+    eos_id: int
+
+
+class LossEvaluator:
+    """The training loss and its terms, teacher-forced on a held-out split."""
+
+    def __init__(self, ctx: EvalContext, *, split="validation", max_examples=0, every=0):
+        del every
+        self.ctx, self.split, self.max_examples = ctx, split, max_examples
+
+        def summed_metrics(params, batch):
+            logits = ctx.model.apply({"params": params}, batch, deterministic=True)
+            weights = batch["decoder_loss_weights"]
+            _, metrics = ctx.loss_fn(
+                logits, batch["decoder_target_tokens"], weights, eos_id=ctx.eos_id
+            )
+            num_tokens = jnp.sum(weights.astype(jnp.float32))
+            return {k: v * num_tokens for k, v in metrics.items()} | {"num_tokens": num_tokens}
+
+        self._step = jax.jit(summed_metrics, out_shardings=sharding.replicated(ctx.mesh))
+
+    def __call__(self, params, step):
+        del step
+        totals: dict[str, float] = {}
+        for batch, _ in pipeline.eval_batches(self.ctx.config, self.split, self.max_examples):
+            sums = jax.device_get(
+                self._step(params, sharding.shard_host_batch(batch, self.ctx.mesh))
+            )
+            for k, v in sums.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        num_tokens = max(totals.pop("num_tokens", 0.0), 1.0)
+        return {k: v / num_tokens for k, v in totals.items()}, {}
+
+
+def _global_array(values: np.ndarray, mesh: Mesh) -> jax.Array:
+    """A batch-sharded global array from a NumPy array every host holds in full."""
+    return jax.make_array_from_callback(
+        values.shape, sharding.batch_sharding(mesh), lambda index: values[index]
+    )
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+class ExpertEvaluator:
+    """Policy vs the synthetic expert, from samples and exact expert log-probabilities.
+
+    Per input, `num_samples` policy samples (at `temperature`) and as many expert samples:
+    validity (fraction of policy samples with p_E > 0, truncated samples count as invalid),
+    reverse KL per token of the policy restricted to valid sequences and renormalised
+    (the true reverse KL is infinite once any invalid sequence has mass; at temperature 1),
+    forward KL per token on the expert samples, Self-BLEU, mean per-token entropy and length.
+    `reference()` gives the expert's own row.
+    """
+
+    def __init__(
+        self,
+        ctx: EvalContext,
+        *,
+        num_examples=64,
+        num_samples=4,
+        temperature=1.0,
+        split="validation",
+        seed=0,
+        every=0,
+    ):
+        del every
+        self.ctx, self.num_samples, self.temperature = ctx, num_samples, temperature
+        self.expert = expert_from_config(ctx.config.task)
+        spec = self.expert.spec
+        self.max_len = spec.max_target_len
+        examples = [self.expert.example(split, i) for i in range(num_examples)]
+        self.inputs = [e["inputs"] for e in examples]
+        # One row per (input, sample), padded to a multiple of the batch-sharded mesh size.
+        rows = num_examples * num_samples
+        padded = _round_up(rows, ctx.mesh.shape["data"] * ctx.mesh.shape["fsdp"])
+        self.rows = rows
+        encoder_inputs = np.zeros((padded, spec.max_input_len_with_eos), np.int32)
+        expert_targets = np.zeros((padded, self.max_len), np.int32)
+        rng = np.random.default_rng([seed, 7])
+        self.expert_samples = []
+        for row in range(rows):
+            x = self.inputs[row // num_samples]
+            encoder_inputs[row, : len(x) + 1] = np.append(x, EOS_ID)
+            y = self.expert.sample(x, rng)
+            expert_targets[row, : len(y)] = y
+            self.expert_samples.append(y)
+        self._encoder_inputs = _global_array(encoder_inputs, ctx.mesh)
+        self._expert_batch = {
+            "encoder_input_tokens": self._encoder_inputs,
+            "decoder_input_tokens": _global_array(
+                np.pad(expert_targets[:, :-1], ((0, 0), (1, 0))), ctx.mesh
+            ),
+            "decoder_target_tokens": _global_array(expert_targets, ctx.mesh),
+        }
+        replicated = sharding.replicated(ctx.mesh)
+        self._sample = jax.jit(
+            functools.partial(decoding.sample, ctx.model, max_len=self.max_len, eos_id=ctx.eos_id),
+            out_shardings=replicated,
+        )
+        self._token_log_probs = jax.jit(self._teacher_forced_log_probs, out_shardings=replicated)
+        self._rng = jax.random.PRNGKey(seed)
+
+    def _teacher_forced_log_probs(self, params, batch):
+        logits = self.ctx.model.apply({"params": params}, batch, deterministic=True)
+        log_p = jax.nn.log_softmax(logits.astype(jnp.float32))
+        targets = batch["decoder_target_tokens"]
+        return jnp.take_along_axis(log_p, targets[..., None], axis=-1)[..., 0]
+
+    def reference(self) -> dict[str, float]:
+        """The expert's own row: exact KLs of 0, validity 1."""
+        entropies = [self.expert.entropies(self.inputs[i // self.num_samples], y)
+                     for i, y in enumerate(self.expert_samples)]  # fmt: skip
+        return {
+            "validity": 1.0,
+            "forward_kl": 0.0,
+            "reverse_kl": 0.0,
+            "self_bleu": self._self_bleu(self.expert_samples),
+            "entropy": float(np.mean(np.concatenate(entropies))),
+            "length": float(np.mean([len(y) for y in self.expert_samples])),
+        }
+
+    def _self_bleu(self, samples) -> float:
+        texts = [ids_to_text(y) for y in samples]
+        n = self.num_samples
+        return self_bleu([texts[i : i + n] for i in range(0, len(texts), n)])["self_bleu"]
+
+    def __call__(self, params, step):
+        del step  # the same rng every time: differences between evals come from the policy
+        out = jax.device_get(
+            self._sample(params, self._encoder_inputs, self._rng, temperature=self.temperature)
+        )
+        policy_samples, valid, reverse_terms, reverse_tokens = [], 0, 0.0, 0
+        for row in range(self.rows):
+            length = int(out["lengths"][row])
+            y = out["tokens"][row, :length]
+            policy_samples.append(y)
+            log_p_expert = self.expert.log_prob(self.inputs[row // self.num_samples], y)
+            if np.isfinite(log_p_expert):
+                valid += 1
+                reverse_terms += float(out["log_probs"][row, :length].sum()) - log_p_expert
+                reverse_tokens += length
+        mask = out["mask"][: self.rows]
+        log_q = jax.device_get(self._token_log_probs(params, self._expert_batch))
+        forward_terms, forward_tokens = 0.0, 0
+        for row, y in enumerate(self.expert_samples):
+            x = self.inputs[row // self.num_samples]
+            forward_terms += self.expert.log_prob(x, y) - float(log_q[row, : len(y)].sum())
+            forward_tokens += len(y)
+        # E_valid[log π − log p_E] = KL(π restricted to valid, renormalised ‖ p_E) + log P(valid).
+        if valid:
+            reverse_terms -= valid * np.log(valid / self.rows)
+        scalars = {
+            "validity": valid / self.rows,
+            "forward_kl": forward_terms / forward_tokens,
+            "reverse_kl": reverse_terms / max(reverse_tokens, 1) if valid else float("nan"),
+            "self_bleu": self._self_bleu(policy_samples),
+            "entropy": float((out["entropies"][: self.rows] * mask).sum() / mask.sum()),
+            "length": float(mask.sum() / self.rows),
+        }
+        texts = {
+            "samples": "\n\n".join(
+                f"input: {ids_to_text(self.inputs[i // self.num_samples])}  \n"
+                f"policy: {ids_to_text(policy_samples[i])}  \n"
+                f"expert: {ids_to_text(self.expert_samples[i])}"
+                for i in range(0, min(self.rows, 4 * self.num_samples), self.num_samples)
+            )
+        }
+        return scalars, texts
+
+
+# config.evals.<name>.kind -> evaluator class
+EVALUATORS = {"loss": LossEvaluator, "synthetic_expert": ExpertEvaluator}
+
+
+def make_evaluators(ctx: EvalContext) -> dict[str, tuple[int, object]]:
+    """name -> (every, evaluator) for each entry of `config.evals`."""
+    evaluators = {}
+    for name, eval_config in ctx.config.evals.items():
+        fields = dict(eval_config)
+        kind = fields.pop("kind", None)
+        if kind not in EVALUATORS:
+            raise ValueError(
+                f"config.evals.{name}.kind={kind!r} is not an evaluator; "
+                f"allowed: {sorted(EVALUATORS)}"
+            )
+        try:
+            evaluators[name] = (int(fields.get("every", 0)), EVALUATORS[kind](ctx, **fields))
+        except TypeError as e:
+            raise ValueError(f"config.evals.{name}: {e}") from None
+    return evaluators

@@ -1,0 +1,60 @@
+"""Losses: pure functions `fn(logits, targets, weights, **fields) -> (loss, metrics)`.
+
+`config.loss.name` picks one from `LOSSES`; the other `config.loss` fields are its keyword
+arguments, validated at start by `make_loss`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+
+from irl_lm.losses.iqlearn import iqlearn_loss
+from irl_lm.losses.mle import mle_loss
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    fn: Callable
+    # field -> (check, what the field accepts), for the loss's own config fields.
+    fields: Mapping[str, tuple[Callable[[float], bool], str]] = dataclasses.field(
+        default_factory=dict
+    )
+
+
+LOSSES = {
+    "mle": LossSpec(mle_loss),
+    "iqlearn": LossSpec(
+        iqlearn_loss,
+        {
+            "lam": (lambda x: x >= 0, "a number >= 0 (0 is MLE; paper grid 0.01-1.0)"),
+            "gamma": (lambda x: 0 < x <= 1, "a number in (0, 1] (default 0.99)"),
+        },
+    ),
+}
+
+
+def make_loss(loss_config: Mapping) -> Callable:
+    """Validates `config.loss` and returns its function with the config fields bound."""
+    fields = dict(loss_config)
+    name = fields.pop("name", None)
+    if name not in LOSSES:
+        raise ValueError(f"config.loss.name={name!r} is not a loss; allowed: {sorted(LOSSES)}")
+    spec = LOSSES[name]
+    unknown = sorted(set(fields) - set(spec.fields))
+    if unknown:
+        raise ValueError(
+            f"config.loss: unknown fields {unknown} for loss {name!r}; "
+            f"allowed: {sorted(spec.fields) or 'none'}"
+        )
+    for field, (check, allowed) in spec.fields.items():
+        if field not in fields:
+            raise ValueError(f"config.loss.{field} is required for loss {name!r}: {allowed}")
+        value = fields[field]
+        if not isinstance(value, int | float) or not check(value):
+            raise ValueError(f"config.loss.{field}={value!r} is invalid; allowed: {allowed}")
+    return functools.partial(spec.fn, **fields)
+
+
+__all__ = ["LOSSES", "iqlearn_loss", "make_loss", "mle_loss"]

@@ -1,0 +1,136 @@
+"""Layers shared by the model families, with logical axis names on every parameter.
+
+Kernels are created at their final multi-dimensional shape (e.g. `[embed, heads, kv]`)
+and applied with einsum: no reshapes of partitioned parameters (flax issue 3676), and
+Hugging Face tensors map onto them with one reshape/transpose at import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+NEG_INF = -1e10  # finite, so fully masked rows (padding) give a uniform softmax, never NaN
+
+
+def normal(stddev: float):
+    return nn.initializers.normal(stddev=stddev)
+
+
+def param(module: nn.Module, name: str, init, shape: Sequence[int], axes: Sequence[str]):
+    """Declares a float32 parameter annotated with logical axis names."""
+    return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape))
+
+
+def constrain(x: jax.Array, *axes: str | None) -> jax.Array:
+    return nn.with_logical_constraint(x, axes)
+
+
+class RMSNorm(nn.Module):
+    """T5 layer norm: scale only, no mean subtraction, computed in float32."""
+
+    epsilon: float = 1e-6
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        scale = param(self, "scale", nn.initializers.ones, (x.shape[-1],), ("norm",))
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+        return (x32 * scale).astype(self.dtype)
+
+
+class Embed(nn.Module):
+    """Token embedding `[vocab, embed]`; `attend` reuses it as a tied output head."""
+
+    num_embeddings: int
+    features: int
+    dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        self.embedding = param(
+            self, "embedding", normal(1.0), (self.num_embeddings, self.features), ("vocab", "embed")
+        )
+
+    def __call__(self, tokens_BxT):
+        x = jnp.take(self.embedding, tokens_BxT, axis=0).astype(self.dtype)
+        return constrain(x, "activation_batch", "activation_length", "activation_embed")
+
+    def attend(self, x_BxTxD):
+        logits = jnp.einsum("btd,vd->btv", x_BxTxD, self.embedding.astype(self.dtype))
+        return constrain(logits, "activation_batch", "activation_length", "activation_vocab")
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with separate q/k/v/o kernels and an additive bias.
+
+    T5 folds the 1/sqrt(d_kv) scaling into the query initialisation, so none is applied here.
+    """
+
+    num_heads: int
+    head_dim: int
+    dropout_rate: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_q_BxQxD, x_kv_BxKxD, bias_BxHxQxK, *, deterministic: bool):
+        d_model = x_q_BxQxD.shape[-1]
+        h, d = self.num_heads, self.head_dim
+        qkv_axes = ("embed", "heads", "kv")
+        w_q = param(self, "query", normal((d_model * d) ** -0.5), (d_model, h, d), qkv_axes)
+        w_k = param(self, "key", normal(d_model**-0.5), (d_model, h, d), qkv_axes)
+        w_v = param(self, "value", normal(d_model**-0.5), (d_model, h, d), qkv_axes)
+        w_o = param(self, "out", normal((h * d) ** -0.5), (h, d, d_model), ("heads", "kv", "embed"))
+
+        cast = lambda w: w.astype(self.dtype)
+        head_axes = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+        q = constrain(jnp.einsum("bqd,dhk->bqhk", x_q_BxQxD, cast(w_q)), *head_axes)
+        k = constrain(jnp.einsum("bsd,dhk->bshk", x_kv_BxKxD, cast(w_k)), *head_axes)
+        v = constrain(jnp.einsum("bsd,dhk->bshk", x_kv_BxKxD, cast(w_v)), *head_axes)
+
+        scores = jnp.einsum("bqhk,bshk->bhqs", q, k).astype(jnp.float32) + bias_BxHxQxK
+        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        probs = nn.Dropout(self.dropout_rate)(probs, deterministic=deterministic)
+        out = jnp.einsum("bhqs,bshk->bqhk", probs, v)
+        out = jnp.einsum("bqhk,hkd->bqd", out, cast(w_o))
+        return constrain(out, "activation_batch", "activation_length", "activation_embed")
+
+
+class MLP(nn.Module):
+    """Feed-forward block: gated (`wi_0` activation times `wi_1`) or plain (`wi`)."""
+
+    d_ff: int
+    activation: str = "gelu"  # "gelu" (tanh approximation, as T5 v1.1) or "relu"
+    gated: bool = True
+    dropout_rate: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxTxD, *, deterministic: bool):
+        d_model = x_BxTxD.shape[-1]
+        act = {"gelu": lambda h: jax.nn.gelu(h, approximate=True), "relu": jax.nn.relu}[
+            self.activation
+        ]
+        in_init, in_axes = normal(d_model**-0.5), ("embed", "mlp")
+        mlp_axes = ("activation_batch", "activation_length", "activation_mlp")
+        if self.gated:
+            w_0 = param(self, "wi_0", in_init, (d_model, self.d_ff), in_axes)
+            w_1 = param(self, "wi_1", in_init, (d_model, self.d_ff), in_axes)
+            hidden = act(jnp.einsum("btd,df->btf", x_BxTxD, w_0.astype(self.dtype)))
+            hidden = hidden * jnp.einsum("btd,df->btf", x_BxTxD, w_1.astype(self.dtype))
+        else:
+            w_i = param(self, "wi", in_init, (d_model, self.d_ff), in_axes)
+            hidden = act(jnp.einsum("btd,df->btf", x_BxTxD, w_i.astype(self.dtype)))
+        hidden = constrain(hidden, *mlp_axes)
+        hidden = nn.Dropout(self.dropout_rate)(hidden, deterministic=deterministic)
+        w_o = param(self, "wo", normal(self.d_ff**-0.5), (self.d_ff, d_model), ("mlp", "embed"))
+        out = jnp.einsum("btf,fd->btd", hidden, w_o.astype(self.dtype))
+        return constrain(out, "activation_batch", "activation_length", "activation_embed")
+
+
+def attention_bias(mask_BxQxK: jax.Array) -> jax.Array:
+    """Boolean mask `[B, Q, K]` -> additive float32 bias `[B, 1, Q, K]`."""
+    return jnp.where(mask_BxQxK, 0.0, NEG_INF).astype(jnp.float32)[:, None]

@@ -1,0 +1,115 @@
+"""Device mesh, logical-axis rules and state shardings, all in one place.
+
+Parameters and activations are annotated with logical axis names in the models
+(`embed`, `heads`, `activation_batch`, ...). `LOGICAL_AXIS_RULES` maps each name to
+mesh axes; nothing else in the codebase names a mesh axis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Mapping
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Parameter axes shard over fsdp (weights) and tensor (heads / mlp / vocab);
+# activation axes shard the batch over data + fsdp.
+LOGICAL_AXIS_RULES = (
+    # parameters
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("relpos_buckets", None),
+    ("norm", None),
+    # activations
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_mlp", "tensor"),
+    ("activation_heads", "tensor"),
+    ("activation_kv", None),
+    ("activation_vocab", "tensor"),
+)
+
+
+def make_mesh(mesh_shape: Mapping[str, int], devices=None) -> Mesh:
+    """Builds a mesh over `MESH_AXES`; one axis may be -1 (takes the remaining devices)."""
+    devices = jax.devices() if devices is None else devices
+    unknown = set(mesh_shape) - set(MESH_AXES)
+    if unknown:
+        raise ValueError(f"config.mesh: unknown axes {sorted(unknown)}; allowed: {MESH_AXES}")
+    sizes = [int(mesh_shape.get(axis, 1)) for axis in MESH_AXES]
+    if sizes.count(-1) > 1:
+        raise ValueError(f"config.mesh: at most one axis may be -1, got {dict(mesh_shape)}")
+    if -1 in sizes:
+        known = math.prod(s for s in sizes if s != -1)
+        if len(devices) % known:
+            raise ValueError(
+                f"config.mesh {dict(mesh_shape)}: {len(devices)} devices not divisible by {known}"
+            )
+        sizes[sizes.index(-1)] = len(devices) // known
+    if math.prod(sizes) != len(devices):
+        raise ValueError(
+            f"config.mesh {dict(mesh_shape)} needs {math.prod(sizes)} devices, "
+            f"found {len(devices)}; set one axis to -1 to use all devices"
+        )
+    return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh):
+    """Activates the mesh and the logical-axis rules (flax constraints need both)."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+        yield
+
+
+def _fit_to_shape(spec: PartitionSpec, shape, mesh: Mesh) -> PartitionSpec:
+    """Replicates a dimension whose size the assigned mesh axes do not divide."""
+    fitted = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=True):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        size = math.prod(mesh.shape[name] for name in names)
+        fitted.append(axes if names and dim % size == 0 else None)
+    return PartitionSpec(*fitted)
+
+
+def logical_to_sharding(logical_tree, shape_tree, mesh: Mesh):
+    """Maps a tree of logical PartitionSpecs (from nn.get_partition_spec) to NamedShardings."""
+    mesh_specs = nn.logical_to_mesh(logical_tree, LOGICAL_AXIS_RULES)
+
+    def to_sharding(spec, leaf):
+        spec = spec if isinstance(spec, PartitionSpec) else PartitionSpec()
+        return NamedSharding(mesh, _fit_to_shape(spec, leaf.shape, mesh))
+
+    return jax.tree.map(
+        to_sharding,
+        mesh_specs,
+        shape_tree,
+        is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None,
+    )
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Batch arrays [B, ...] shard their leading dimension over data + fsdp."""
+    return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def shard_host_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict:
+    """Turns this host's slice of the global batch into globally sharded arrays."""
+    sharding = batch_sharding(mesh)
+    return {
+        name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+        for name, value in batch.items()
+    }

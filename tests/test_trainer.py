@@ -1,0 +1,153 @@
+"""The training loop end to end: workdir contents, TensorBoard, resume, NaN stop, config errors."""
+
+import glob
+import hashlib
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.util import tensor_util
+
+from irl_lm import checkpointing, train
+from irl_lm.data import pipeline
+
+
+def read_events(workdir):
+    """tag -> [(step, value)] from the event files; scalars as floats, texts as str."""
+    events = EventAccumulator(workdir, size_guidance={"tensors": 0})
+    events.Reload()
+    out = {}
+    for tag in events.Tags()["tensors"]:
+        values = [(e.step, tensor_util.make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)]
+        out[tag] = [(s, v.item().decode() if v.dtype == object else float(v)) for s, v in values]
+    return out
+
+
+def test_workdir_holds_config_model_info_checkpoints_and_events(make_config, tmp_path):
+    workdir = str(tmp_path)
+    results = train.train_and_evaluate(make_config("iqlearn"), workdir)
+    assert results["step"] == 4
+    assert json.load(open(os.path.join(workdir, "config.json")))["loss"]["name"] == "iqlearn"
+    info = open(os.path.join(workdir, "model-info.txt")).read()
+    assert "token_embedder/embedding\t(40, 32)\tfloat32" in info
+    assert "total parameters:" in info
+    steps = sorted(int(os.path.basename(p)) for p in glob.glob(f"{workdir}/checkpoints/[0-9]*"))
+    assert steps == [2, 4]
+    scalars = read_events(workdir)
+    assert [s for s, _ in scalars["train/loss"]] == [1, 2, 3, 4]
+    assert all(np.isfinite(v) for _, v in scalars["train/loss"])
+    assert [s for s, _ in scalars["eval/validation/iqlearn/nll"]] == [2, 4]
+    validity = dict(scalars["eval/expert/validity"])[4]
+    assert validity == results["eval"]["expert"]["validity"]
+    assert 0.0 <= validity <= 1.0
+    assert "policy:" in dict(scalars["eval/expert/samples"])[4]
+    saved = json.load(open(os.path.join(workdir, "results.json")))
+    assert saved["eval_reference"]["expert"]["validity"] == 1.0
+
+
+_ORIGINAL_NEXT = pipeline.TrainIterator.__next__
+
+
+class _Recorder:
+    """Wraps TrainIterator.__next__ to fingerprint batches and optionally crash."""
+
+    def __init__(self, monkeypatch, crash_at=None):
+        self.fingerprints, self.crash_at = [], crash_at
+
+        def wrapped(it):
+            if self.crash_at is not None and len(self.fingerprints) + 1 == self.crash_at:
+                raise RuntimeError("simulated crash")
+            batch = _ORIGINAL_NEXT(it)
+            digest = hashlib.sha1(batch["decoder_target_tokens"].tobytes()).hexdigest()
+            self.fingerprints.append(digest)
+            return batch
+
+        monkeypatch.setattr(pipeline.TrainIterator, "__next__", wrapped)
+
+
+def final_params(workdir, config):
+    from irl_lm.models import build_model
+
+    model = build_model(train.resolve_model_config(config))
+    tx = train.make_optimizer(config)
+    mesh = train.sharding.make_mesh(config.mesh)
+    with train.sharding.use_mesh(mesh):
+        abstract, shardings = train.state_shardings(model, tx, config, mesh)
+        ckpt = checkpointing.Checkpointer(workdir, keep=5)
+        state, metadata = ckpt.restore(
+            ckpt.latest_step(), checkpointing.abstract_like(abstract, shardings)
+        )
+        ckpt.close()
+    return jax.device_get(state.params), metadata
+
+
+def test_resume_after_crash_continues_from_checkpoint_without_replay(
+    make_config, tmp_path, monkeypatch
+):
+    config = make_config("iqlearn", total_steps=6, evals={})
+    straight = _Recorder(monkeypatch)
+    train.train_and_evaluate(config, str(tmp_path / "straight"))
+    params_straight, _ = final_params(str(tmp_path / "straight"), config)
+
+    crashed = _Recorder(monkeypatch, crash_at=4)  # steps 1-3 run, checkpoint at 2
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train.train_and_evaluate(config, str(tmp_path / "resumed"))
+    resumed = _Recorder(monkeypatch)
+    results = train.train_and_evaluate(config, str(tmp_path / "resumed"))
+    assert results["step"] == 6
+    # The second run consumed exactly the batches of steps 3-6: nothing replayed or skipped.
+    assert resumed.fingerprints == straight.fingerprints[2:6]
+    assert crashed.fingerprints == straight.fingerprints[:3]
+    params_resumed, metadata = final_params(str(tmp_path / "resumed"), config)
+    assert metadata["data_position"] == 6
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+        params_straight,
+        params_resumed,
+    )
+
+
+def test_nonfinite_loss_names_the_step_and_keeps_last_good_checkpoint(
+    make_config, tmp_path, monkeypatch
+):
+    workdir = str(tmp_path)
+    config = make_config("mle", total_steps=2, evals={})
+    train.train_and_evaluate(config, workdir)
+
+    def nan_loss(logits, targets, weights, **kw):
+        loss = jax.numpy.sum(logits) * jax.numpy.nan
+        return loss, {}
+
+    monkeypatch.setattr(train, "make_loss", lambda loss_config: nan_loss)
+    config.total_steps = 6
+    with pytest.raises(FloatingPointError, match=r"at step 3.*Last good checkpoint: step 2"):
+        train.train_and_evaluate(config, workdir)
+    assert checkpointing.Checkpointer(workdir, keep=3).latest_step() == 2
+
+
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("task.name", "synthetic_exper", r"config.task.name='synthetic_exper'.*allowed"),
+        ("model.name", "t55", r"config.model.name='t55'.*allowed: \['t5'\]"),
+        ("loss.name", "iqleran", r"config.loss.name='iqleran'.*allowed: \['iqlearn', 'mle'\]"),
+        ("loss.lam", -1.0, r"config.loss.lam=-1.0.*>= 0"),
+        ("loss.gamma", 0.0, r"config.loss.gamma=0.0.*\(0, 1\]"),
+        ("loss.gamma", 1.01, r"config.loss.gamma=1.01.*\(0, 1\]"),
+        ("optimizer.name", "adam", r"config.optimizer.name='adam'.*allowed"),
+        ("task.expert.branching", 0, r"branching"),
+    ],
+)
+def test_bad_config_fails_at_start_naming_the_field(make_config, tmp_path, field, value, match):
+    config = make_config("iqlearn")
+    target = config
+    *parents, leaf = field.split(".")
+    for parent in parents:
+        target = target[parent]
+    target[leaf] = value
+    with pytest.raises(ValueError, match=match):
+        train.train_and_evaluate(config, str(tmp_path))
+    assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
