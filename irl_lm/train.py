@@ -1,15 +1,16 @@
 """The trainer: one loop for every loss, readable top to bottom.
 
-Sections: config checks -> optimizer -> state (sharded init / resume) -> train step ->
-the loop (data, one-step-late metrics, checkpoints, evaluation, TensorBoard).
+Sections: config checks -> workdir files -> the loop (sharded init or resume, data,
+one-step-late metrics, checkpoints, evaluation, TensorBoard). The optimizer, state and the
+jitted update live in `irl_lm/train_step.py`.
 Later objectives plug in here: a discriminator is a second state with its own jitted step,
 and policy samples come from `irl_lm.decoding.sample`, which is jittable inside a step.
 """
 
 from __future__ import annotations
 
-import functools
 import json
+import logging as pylogging
 import math
 import os
 import signal
@@ -17,18 +18,13 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import flax
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 from clu import metric_writers
-from jax.tree_util import DictKey
 
-from irl_lm import checkpointing, evaluation, sharding
+from irl_lm import checkpointing, evaluation, sharding, train_step
 from irl_lm.data import pipeline, tasks
 from irl_lm.losses import make_loss
 from irl_lm.models import build_model
@@ -74,181 +70,11 @@ def resolve_model_config(config) -> dict:
     return model_config
 
 
-# ----------------------------------------------------------------------------- optimizer
-
-
-def make_schedule(config) -> optax.Schedule:
-    """Linear warmup to `optimizer.learning_rate`, then the decay named by `schedule.name`."""
-    peak, warmup = config.optimizer.learning_rate, config.schedule.warmup_steps
-    decay_steps = max(config.total_steps - warmup, 1)
-    end = peak * config.schedule.final_fraction
-    decay = {
-        "constant": optax.constant_schedule(peak),
-        "cosine": optax.cosine_decay_schedule(peak, decay_steps, alpha=end / peak if peak else 0),
-        "linear": optax.linear_schedule(peak, end, decay_steps),
-        "rsqrt": lambda step: peak * jax.lax.rsqrt(1.0 + step / max(warmup, 1)),
-    }[config.schedule.name]
-    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
-
-
-def make_optimizer(config) -> optax.GradientTransformation:
-    schedule = make_schedule(config)
-    opt = config.optimizer
-    if opt.name == "adamw":
-        core = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay)
-    else:
-        core = optax.adafactor(schedule, weight_decay_rate=opt.weight_decay or None)
-    parts = [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip else []
-    return optax.chain(*parts, core)
-
-
-# ----------------------------------------------------------------------------- state
-
-
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array
-    params: Any
-    opt_state: Any
-
-
-def unbox(tree):
-    """Strips flax's logical-axis boxes (the shardings are applied by jit, not here)."""
-    return jax.tree.map(
-        lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.LogicallyPartitioned) else x,
-        tree,
-        is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned),
-    )
-
-
 def dummy_batch(config, batch_size: int) -> dict[str, np.ndarray]:
     lengths = tasks.feature_lengths(config.task)
     enc = np.ones((batch_size, lengths["inputs"]), np.int32)
     dec = np.ones((batch_size, lengths["targets"]), np.int32)
     return {"encoder_input_tokens": enc, "decoder_input_tokens": dec, "decoder_target_tokens": dec}
-
-
-def state_shardings(model, tx, config, mesh):
-    """Abstract state and its shardings: eval_shape -> logical specs -> NamedShardings."""
-    init_rng = jax.random.PRNGKey(0)
-    boxed = jax.eval_shape(
-        functools.partial(model.init, deterministic=True), init_rng, dummy_batch(config, 1)
-    )["params"]
-    abstract_params = unbox(boxed)
-    param_shardings = sharding.logical_to_sharding(
-        nn.get_partition_spec(boxed), abstract_params, mesh
-    )
-    abstract_state = jax.eval_shape(
-        lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p)),
-        abstract_params,
-    )
-    # Optimizer leaves that mirror a parameter (Adam moments) take its sharding.
-    by_path = {
-        tuple(k.key for k in path): (leaf.shape, s)
-        for (path, leaf), s in zip(
-            jax.tree_util.tree_flatten_with_path(abstract_params)[0],
-            jax.tree.leaves(param_shardings),
-            strict=True,
-        )
-    }
-
-    def opt_leaf_sharding(path, leaf):
-        keys = tuple(k.key for k in path if isinstance(k, DictKey))
-        shape, param_sharding = by_path.get(keys, (None, None))
-        return param_sharding if shape == leaf.shape else sharding.replicated(mesh)
-
-    shardings = TrainState(
-        step=sharding.replicated(mesh),
-        params=param_shardings,
-        opt_state=jax.tree_util.tree_map_with_path(opt_leaf_sharding, abstract_state.opt_state),
-    )
-    return abstract_state, shardings
-
-
-def init_state(model, tx, config, shardings, rng) -> TrainState:
-    def init(rng):
-        variables = model.init(rng, dummy_batch(config, 1), deterministic=True)
-        params = unbox(variables["params"])
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
-    return jax.jit(init, out_shardings=shardings)(rng)
-
-
-# ----------------------------------------------------------------------------- train step
-
-
-def train_step(state, batch, rng, *, model, loss_fn, tx, grad_accum_steps: int, eos_id: int):
-    """One update over a global batch; `grad_accum_steps` microbatches, token-weighted."""
-    rng = jax.random.fold_in(rng, state.step)
-
-    def loss_and_metrics(params, microbatch, dropout_rng):
-        logits = model.apply(
-            {"params": params}, microbatch, deterministic=False, rngs={"dropout": dropout_rng}
-        )
-        loss, metrics = loss_fn(
-            logits,
-            microbatch["decoder_target_tokens"],
-            microbatch["decoder_loss_weights"],
-            eos_id=eos_id,
-            segment_ids=microbatch.get("decoder_segment_ids"),
-        )
-        return loss, metrics | {"loss": loss}
-
-    grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
-    if grad_accum_steps == 1:
-        (_, metrics), grads = grad_fn(state.params, batch, rng)
-    else:
-        # Microbatch i takes rows i, i+k, i+2k, ...: every device keeps its local rows.
-        split = jax.tree.map(
-            lambda x: x.reshape(x.shape[0] // grad_accum_steps, grad_accum_steps, *x.shape[1:]),
-            batch,
-        )
-
-        def accumulate(i, carry):
-            grads_sum, metrics_sum, tokens_sum = carry
-            micro = jax.tree.map(lambda x: jnp.take(x, i, axis=1), split)
-            (_, metrics), grads = grad_fn(state.params, micro, jax.random.fold_in(rng, i))
-            tokens = jnp.sum(micro["decoder_loss_weights"].astype(jnp.float32))
-            grads_sum = jax.tree.map(lambda a, g: a + g * tokens, grads_sum, grads)
-            metrics_sum = jax.tree.map(lambda a, m: a + m * tokens, metrics_sum, metrics)
-            return grads_sum, metrics_sum, tokens_sum + tokens
-
-        zero_grads = jax.tree.map(jnp.zeros_like, state.params)
-        _, metric_shapes = jax.eval_shape(
-            loss_and_metrics, state.params, jax.tree.map(lambda x: x[:, 0], split), rng
-        )
-        zero_metrics = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metric_shapes)
-        grads, metrics, tokens = jax.lax.fori_loop(
-            0, grad_accum_steps, accumulate, (zero_grads, zero_metrics, jnp.zeros(()))
-        )
-        tokens = jnp.maximum(tokens, 1.0)
-        grads = jax.tree.map(lambda g: g / tokens, grads)
-        metrics = jax.tree.map(lambda m: m / tokens, metrics)
-
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = metrics | {
-        "grad_norm": optax.global_norm(grads),
-        "num_tokens": jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32)),
-    }
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-
-def jit_train_step(model, loss_fn, tx, config, mesh, shardings, eos_id):
-    step_fn = functools.partial(
-        train_step,
-        model=model,
-        loss_fn=loss_fn,
-        tx=tx,
-        grad_accum_steps=config.grad_accum_steps,
-        eos_id=eos_id,
-    )
-    return jax.jit(
-        step_fn,
-        in_shardings=(shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
-        out_shardings=(shardings, sharding.replicated(mesh)),
-        donate_argnums=(0,),
-    )
 
 
 # ----------------------------------------------------------------------------- workdir files
@@ -270,10 +96,10 @@ def quiet_library_logs() -> None:
     """Keeps INFO lines of irl_lm only; libraries (orbax, seqio, ...) log warnings and up."""
 
     def keep(record) -> bool:
-        return record.levelno >= logging.WARNING or "site-packages" not in record.pathname
+        return record.levelno >= pylogging.WARNING or "site-packages" not in record.pathname
 
     logging.set_verbosity(logging.INFO)
-    logging.get_absl_handler().addFilter(keep)
+    logging.get_absl_handler().python_handler.addFilter(keep)
 
 
 class _Stop:
@@ -303,28 +129,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     model_config = resolve_model_config(config)
     model = build_model(model_config)
     loss_fn = make_loss(config.loss)
-    tx = make_optimizer(config)
+    tx = train_step.make_optimizer(config)
     eos_id = tasks.get_task(config.task).output_features["targets"].vocabulary.eos_id
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
     checkpointer = checkpointing.Checkpointer(workdir, keep=config.checkpoint.keep)
     rng = jax.random.PRNGKey(config.seed)
 
     with sharding.use_mesh(mesh):
-        abstract_state, shardings = state_shardings(model, tx, config, mesh)
+        example = dummy_batch(config, 1)
+        abstract_state, shardings = train_step.state_shardings(model, tx, example, mesh)
         latest = checkpointer.latest_step()
         if latest is not None:
             target = checkpointing.abstract_like(abstract_state, shardings)
             state, metadata = checkpointer.restore(latest, target)
             logging.info("Resumed from step %d in %s", latest, checkpointer.directory)
         else:
-            state = init_state(model, tx, config, shardings, jax.random.fold_in(rng, 0))
+            state = train_step.init_state(model, tx, example, shardings, jax.random.fold_in(rng, 0))
             metadata = {"data_position": 0}
         if is_main:
             write_model_info(
                 os.path.join(workdir, "model-info.txt"), state.params, shardings.params
             )
 
-        step_fn = jit_train_step(model, loss_fn, tx, config, mesh, shardings, eos_id)
+        step_fn = train_step.jit_train_step(
+            model, loss_fn, tx, mesh, shardings,
+            grad_accum_steps=config.grad_accum_steps, eos_id=eos_id,
+        )  # fmt: skip
         ctx = evaluation.EvalContext(config, model, mesh, loss_fn, eos_id)
         evaluators = evaluation.make_evaluators(ctx)
         train_iter = pipeline.TrainIterator(config, position=metadata["data_position"])

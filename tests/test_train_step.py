@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from irl_lm import sharding, train
+from irl_lm import sharding, train, train_step
 from irl_lm.data import pipeline
 from irl_lm.losses import make_loss
 from irl_lm.models import build_model
@@ -14,13 +14,18 @@ def run_steps(config, mesh_shape, devices, num_steps=2):
     """Returns (params, per-step metrics, param shardings) after `num_steps` updates."""
     mesh = sharding.make_mesh(mesh_shape, devices)
     model = build_model(train.resolve_model_config(config))
-    tx = train.make_optimizer(config)
+    tx = train_step.make_optimizer(config)
     batches = pipeline.TrainIterator(config)
     history = []
     with sharding.use_mesh(mesh):
-        _, shardings = train.state_shardings(model, tx, config, mesh)
-        state = train.init_state(model, tx, config, shardings, jax.random.PRNGKey(0))
-        step = train.jit_train_step(model, make_loss(config.loss), tx, config, mesh, shardings, 1)
+        _, shardings = train_step.state_shardings(model, tx, train.dummy_batch(config, 1), mesh)
+        state = train_step.init_state(
+            model, tx, train.dummy_batch(config, 1), shardings, jax.random.PRNGKey(0)
+        )
+        step = train_step.jit_train_step(
+            model, make_loss(config.loss), tx, mesh, shardings,
+            grad_accum_steps=config.grad_accum_steps,
+        )  # fmt: skip
         for _ in range(num_steps):
             batch = sharding.shard_host_batch(next(batches), mesh)
             state, metrics = step(state, batch, jax.random.PRNGKey(1))

@@ -11,7 +11,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.util import tensor_util
 
-from irl_lm import checkpointing, train
+from irl_lm import checkpointing, train, train_step
 from irl_lm.data import pipeline
 
 
@@ -72,10 +72,12 @@ def final_params(workdir, config):
     from irl_lm.models import build_model
 
     model = build_model(train.resolve_model_config(config))
-    tx = train.make_optimizer(config)
+    tx = train_step.make_optimizer(config)
     mesh = train.sharding.make_mesh(config.mesh)
     with train.sharding.use_mesh(mesh):
-        abstract, shardings = train.state_shardings(model, tx, config, mesh)
+        abstract, shardings = train_step.state_shardings(
+            model, tx, train.dummy_batch(config, 1), mesh
+        )
         ckpt = checkpointing.Checkpointer(workdir, keep=5)
         state, metadata = ckpt.restore(
             ckpt.latest_step(), checkpointing.abstract_like(abstract, shardings)

@@ -1,0 +1,189 @@
+"""Optimizer, train state and the jitted train step: everything an update needs, no data.
+
+`train_step(state, batch, rng) -> (state, metrics)` works for any loss of `irl_lm.losses`
+and any model family whose `apply({'params': p}, batch)` returns logits `[B, T, V]`.
+The step imports no input pipeline, so benchmarks run it on machines without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.tree_util import DictKey
+
+from irl_lm import sharding
+
+# ----------------------------------------------------------------------------- optimizer
+
+
+def make_schedule(config) -> optax.Schedule:
+    """Linear warmup to `optimizer.learning_rate`, then the decay named by `schedule.name`."""
+    peak, warmup = config.optimizer.learning_rate, config.schedule.warmup_steps
+    decay_steps = max(config.total_steps - warmup, 1)
+    end = peak * config.schedule.final_fraction
+    decay = {
+        "constant": optax.constant_schedule(peak),
+        "cosine": optax.cosine_decay_schedule(peak, decay_steps, alpha=end / peak if peak else 0),
+        "linear": optax.linear_schedule(peak, end, decay_steps),
+        "rsqrt": lambda step: peak * jax.lax.rsqrt(1.0 + step / max(warmup, 1)),
+    }[config.schedule.name]
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+    schedule = make_schedule(config)
+    opt = config.optimizer
+    if opt.name == "adamw":
+        core = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay)
+    else:
+        core = optax.adafactor(schedule, weight_decay_rate=opt.weight_decay or None)
+    parts = [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip else []
+    return optax.chain(*parts, core)
+
+
+# ----------------------------------------------------------------------------- state
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def unbox(tree):
+    """Strips flax's logical-axis boxes (the shardings are applied by jit, not here)."""
+    return jax.tree.map(
+        lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.LogicallyPartitioned) else x,
+        tree,
+        is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned),
+    )
+
+
+def state_shardings(model, tx, example_batch, mesh):
+    """Abstract state and its shardings: eval_shape -> logical specs -> NamedShardings."""
+    init_rng = jax.random.PRNGKey(0)
+    boxed = jax.eval_shape(
+        functools.partial(model.init, deterministic=True), init_rng, example_batch
+    )["params"]
+    abstract_params = unbox(boxed)
+    param_shardings = sharding.logical_to_sharding(
+        nn.get_partition_spec(boxed), abstract_params, mesh
+    )
+    abstract_state = jax.eval_shape(
+        lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p)),
+        abstract_params,
+    )
+    # Optimizer leaves that mirror a parameter (Adam moments) take its sharding.
+    by_path = {
+        tuple(k.key for k in path): (leaf.shape, s)
+        for (path, leaf), s in zip(
+            jax.tree_util.tree_flatten_with_path(abstract_params)[0],
+            jax.tree.leaves(param_shardings),
+            strict=True,
+        )
+    }
+
+    def opt_leaf_sharding(path, leaf):
+        keys = tuple(k.key for k in path if isinstance(k, DictKey))
+        shape, param_sharding = by_path.get(keys, (None, None))
+        return param_sharding if shape == leaf.shape else sharding.replicated(mesh)
+
+    shardings = TrainState(
+        step=sharding.replicated(mesh),
+        params=param_shardings,
+        opt_state=jax.tree_util.tree_map_with_path(opt_leaf_sharding, abstract_state.opt_state),
+    )
+    return abstract_state, shardings
+
+
+def init_state(model, tx, example_batch, shardings, rng) -> TrainState:
+    def init(rng):
+        variables = model.init(rng, example_batch, deterministic=True)
+        params = unbox(variables["params"])
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    return jax.jit(init, out_shardings=shardings)(rng)
+
+
+# ----------------------------------------------------------------------------- train step
+
+
+def train_step(state, batch, rng, *, model, loss_fn, tx, grad_accum_steps: int, eos_id: int):
+    """One update over a global batch; `grad_accum_steps` microbatches, token-weighted."""
+    rng = jax.random.fold_in(rng, state.step)
+
+    def loss_and_metrics(params, microbatch, dropout_rng):
+        logits = model.apply(
+            {"params": params}, microbatch, deterministic=False, rngs={"dropout": dropout_rng}
+        )
+        loss, metrics = loss_fn(
+            logits,
+            microbatch["decoder_target_tokens"],
+            microbatch["decoder_loss_weights"],
+            eos_id=eos_id,
+            segment_ids=microbatch.get("decoder_segment_ids"),
+        )
+        return loss, metrics | {"loss": loss}
+
+    grad_fn = jax.value_and_grad(loss_and_metrics, has_aux=True)
+    if grad_accum_steps == 1:
+        (_, metrics), grads = grad_fn(state.params, batch, rng)
+    else:
+        # Microbatch i takes rows i, i+k, i+2k, ...: every device keeps its local rows.
+        split = jax.tree.map(
+            lambda x: x.reshape(x.shape[0] // grad_accum_steps, grad_accum_steps, *x.shape[1:]),
+            batch,
+        )
+
+        def accumulate(i, carry):
+            grads_sum, metrics_sum, tokens_sum = carry
+            micro = jax.tree.map(lambda x: jnp.take(x, i, axis=1), split)
+            (_, metrics), grads = grad_fn(state.params, micro, jax.random.fold_in(rng, i))
+            tokens = jnp.sum(micro["decoder_loss_weights"].astype(jnp.float32))
+            grads_sum = jax.tree.map(lambda a, g: a + g * tokens, grads_sum, grads)
+            metrics_sum = jax.tree.map(lambda a, m: a + m * tokens, metrics_sum, metrics)
+            return grads_sum, metrics_sum, tokens_sum + tokens
+
+        zero_grads = jax.tree.map(jnp.zeros_like, state.params)
+        _, metric_shapes = jax.eval_shape(
+            loss_and_metrics, state.params, jax.tree.map(lambda x: x[:, 0], split), rng
+        )
+        zero_metrics = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metric_shapes)
+        grads, metrics, tokens = jax.lax.fori_loop(
+            0, grad_accum_steps, accumulate, (zero_grads, zero_metrics, jnp.zeros(()))
+        )
+        tokens = jnp.maximum(tokens, 1.0)
+        grads = jax.tree.map(lambda g: g / tokens, grads)
+        metrics = jax.tree.map(lambda m: m / tokens, metrics)
+
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = metrics | {
+        "grad_norm": optax.global_norm(grads),
+        "num_tokens": jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32)),
+    }
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def jit_train_step(model, loss_fn, tx, mesh, shardings, *, grad_accum_steps=1, eos_id=1):
+    step_fn = functools.partial(
+        train_step,
+        model=model,
+        loss_fn=loss_fn,
+        tx=tx,
+        grad_accum_steps=grad_accum_steps,
+        eos_id=eos_id,
+    )
+    return jax.jit(
+        step_fn,
+        in_shardings=(shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
+        out_shardings=(shardings, sharding.replicated(mesh)),
+        donate_argnums=(0,),
+    )
