@@ -11,8 +11,9 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(VENV)/.runtime-installed: requirements.txt constraints.txt | $(PY)
+$(VENV)/.runtime-installed: requirements.txt constraints.txt pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -c constraints.txt -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 $(VENV)/.test-installed: requirements-test.txt constraints.txt $(VENV)/.runtime-installed
@@ -36,4 +37,5 @@ test: lint
 lock:
 	rm -rf /tmp/irl-lm-lock && $(PYTHON) -m venv /tmp/irl-lm-lock
 	/tmp/irl-lm-lock/bin/pip install --quiet -r requirements.txt -r requirements-test.txt
-	/tmp/irl-lm-lock/bin/pip freeze --exclude-editable | sort > constraints.txt
+	(echo "# Pinned versions that make demo / make test install (pip -c). Regenerate: make lock."; \
+	 /tmp/irl-lm-lock/bin/pip freeze --exclude-editable | sort) > constraints.txt

@@ -16,17 +16,19 @@ from irl_lm.config_utils import loss_config, parse_arg, trainer_defaults
 def get_config(arg=None):
     args = parse_arg(arg, loss="iqlearn", lam="0.1", gamma="0.99")
     config = trainer_defaults()
-    config.total_steps = 1200
+    config.total_steps = 3000
     config.batch_size = 64
-    config.log_every = 100
+    config.log_every = 250
     config.optimizer.learning_rate = 3e-3
     config.schedule.warmup_steps = 100
-    config.checkpoint.every = 400
+    config.checkpoint.every = 1000
 
     config.task = dict(
         name="synthetic_expert",
         num_train_examples=20_000,
         num_eval_examples=512,
+        max_input_len=0,  # 0: the expert's longest input (+EOS); set longer rows for packing
+        max_target_len=0,  # 0: the expert's longest output (+EOS)
         expert=dict(
             num_symbols=12,
             num_output_tokens=24,
@@ -53,7 +55,7 @@ def get_config(arg=None):
     )
     config.loss = loss_config(args["loss"], float(args["lam"]), float(args["gamma"]))
     config.evals = dict(
-        validation=dict(kind="loss", every=400, max_examples=512),
-        expert=dict(kind="synthetic_expert", every=600, num_examples=64, num_samples=4),
+        validation=dict(kind="loss", every=1000, max_examples=512),
+        expert=dict(kind="synthetic_expert", every=1000, num_examples=128, num_samples=4),
     )
     return config

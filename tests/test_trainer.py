@@ -153,3 +153,15 @@ def test_bad_config_fails_at_start_naming_the_field(make_config, tmp_path, field
     with pytest.raises(ValueError, match=match):
         train.train_and_evaluate(config, str(tmp_path))
     assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+
+
+def test_packed_training_gives_finite_losses(make_config, tmp_path):
+    config = make_config(
+        "iqlearn",
+        evals={},
+        **{"data.pack": True, "task.max_input_len": 24, "task.max_target_len": 24},
+    )
+    results = train.train_and_evaluate(config, str(tmp_path))
+    assert results["step"] == config.total_steps
+    losses = [v for _, v in read_events(str(tmp_path))["train/loss"]]
+    assert len(losses) == config.total_steps and all(np.isfinite(losses))

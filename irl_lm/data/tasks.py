@@ -6,11 +6,11 @@ same task (say, two expert entropies) can live in one process.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Mapping
 
-import numpy as np
 import seqio
 import tensorflow as tf
 
@@ -37,21 +37,25 @@ def _register_synthetic_expert(task_config: Mapping) -> seqio.Task:
         "test": int(task_config["num_eval_examples"]),
     }
 
+    @functools.cache
+    def examples(split: str) -> dict[str, tf.RaggedTensor]:
+        # Generated once per split (NumPy), then served from memory: the expert is too slow
+        # to run per example per epoch inside the input pipeline.
+        inputs, targets = [], []
+        for index in range(sizes[split]):
+            example = expert.example(split, index)
+            assert example["targets"][-1] == EOS_ID
+            inputs.append(example["inputs"])
+            # seqio appends EOS itself (Feature.add_eos), so stored targets stop before it.
+            targets.append(example["targets"][:-1])
+        return {
+            "inputs": tf.ragged.constant(inputs, dtype=tf.int32),
+            "targets": tf.ragged.constant(targets, dtype=tf.int32),
+        }
+
     def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
         del shuffle_files, seed  # generated in order; seqio shuffles examples
-
-        def generate():
-            for index in range(sizes[split]):
-                example = expert.example(split, index)
-                targets = np.asarray(example["targets"])
-                assert targets[-1] == EOS_ID
-                # seqio appends EOS itself (Feature.add_eos), so the stored targets stop before it.
-                yield {"inputs": example["inputs"], "targets": targets[:-1]}
-
-        spec = tf.TensorSpec([None], tf.int32)
-        return tf.data.Dataset.from_generator(
-            generate, output_signature={"inputs": spec, "targets": spec}
-        )
+        return tf.data.Dataset.from_tensor_slices(examples(split))
 
     vocabulary = seqio.PassThroughVocabulary(size=expert.spec.vocab_size, eos_id=EOS_ID)
     features = {
@@ -88,7 +92,7 @@ TASKS: dict[str, Callable[[Mapping], seqio.Task]] = {
     "synthetic_expert": _register_synthetic_expert,
 }
 
-# config.task.name -> function(task_config) -> {"inputs": len, "targets": len}
+# config.task.name -> function(task_config) -> the task's natural {"inputs", "targets"} lengths
 FEATURE_LENGTHS: dict[str, Callable[[Mapping], dict[str, int]]] = {
     "synthetic_expert": lambda c: {
         "inputs": expert_from_config(c).spec.max_input_len_with_eos,
@@ -105,4 +109,8 @@ def get_task(task_config: Mapping) -> seqio.Task:
 
 
 def feature_lengths(task_config: Mapping) -> dict[str, int]:
-    return FEATURE_LENGTHS[task_config["name"]](task_config)
+    """Batch lengths: `config.task.max_input_len` / `max_target_len` when set (> 0, e.g. longer
+    rows for packing), else the task's own maxima."""
+    lengths = FEATURE_LENGTHS[task_config["name"]](task_config)
+    overrides = {"inputs": "max_input_len", "targets": "max_target_len"}
+    return {k: int(task_config.get(overrides[k]) or v) for k, v in lengths.items()}
