@@ -14,6 +14,7 @@ import logging as pylogging
 import math
 import os
 import signal
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -40,9 +41,7 @@ def validate_config(config) -> None:
     """Fails at start, naming the field and the allowed values, before anything is built."""
     tasks.get_task(config.task)  # checks task name and fields
     make_loss(config.loss)
-    model_config = dict(config.model)
-    model_config.setdefault("vocab_size", 8)
-    build_model(model_config)
+    build_model(config.model)  # checks model name and fields
     choices = {"optimizer.name": OPTIMIZERS, "schedule.name": SCHEDULES}
     for field, allowed in choices.items():
         group, key = field.split(".")
@@ -102,15 +101,13 @@ def quiet_library_logs() -> None:
     logging.get_absl_handler().python_handler.addFilter(keep)
 
 
-class _Stop:
-    """Set by SIGTERM: the loop saves a checkpoint and returns."""
-
-    requested = False
+# Set by SIGTERM: the loop saves a checkpoint and returns.
+_STOP_REQUESTED = threading.Event()
 
 
 def _on_sigterm(signum, frame):
     del signum, frame
-    _Stop.requested = True
+    _STOP_REQUESTED.set()
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -164,7 +161,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if hasattr(evaluator, "reference"):  # a ground-truth row, e.g. the expert's own
                 results["eval_reference"][name] = evaluator.reference()
         previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
-        _Stop.requested = False
+        _STOP_REQUESTED.clear()
         last_saved = latest
         timer = _Throughput()
 
@@ -188,7 +185,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
         pending = None  # (step, device metrics) of the last step, fetched one step late
         try:
-            while step < config.total_steps and not _Stop.requested:
+            while step < config.total_steps and not _STOP_REQUESTED.is_set():
                 batch = sharding.shard_host_batch(next(train_iter), mesh)
                 state, metrics = step_fn(state, batch, rng)
                 step += 1

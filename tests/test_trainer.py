@@ -165,3 +165,19 @@ def test_packed_training_gives_finite_losses(make_config, tmp_path):
     assert results["step"] == config.total_steps
     losses = [v for _, v in read_events(str(tmp_path))["train/loss"]]
     assert len(losses) == config.total_steps and all(np.isfinite(losses))
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(make_config, tmp_path, monkeypatch):
+    import signal
+
+    def next_then_terminate(it):
+        batch = _ORIGINAL_NEXT(it)
+        if it.position == 3:  # a scheduler's preemption notice, mid-run
+            os.kill(os.getpid(), signal.SIGTERM)
+        return batch
+
+    monkeypatch.setattr(pipeline.TrainIterator, "__next__", next_then_terminate)
+    config = make_config("mle", total_steps=10, evals={}, **{"checkpoint.every": 100})
+    results = train.train_and_evaluate(config, str(tmp_path))
+    assert results["step"] == 3
+    assert checkpointing.Checkpointer(str(tmp_path), keep=3).latest_step() == 3

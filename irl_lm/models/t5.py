@@ -193,24 +193,21 @@ class T5(nn.Module):
         *,
         deterministic=True,
     ):
-        """Teacher-forced decoder logits `[B, T, V]` (float32 compute for the head's output)."""
+        """Teacher-forced decoder logits `[B, T, V]`.
+
+        Padding is read off `decoder_target_tokens` when given (the decoder input starts
+        with token 0, so it cannot tell padding apart); without targets (sampling) every
+        position counts and only the causal mask applies.
+        """
         length = decoder_input_tokens.shape[1]
-        # Padding is read off the targets when given: the decoder input starts with token 0.
-        dec_valid = decoder_target_tokens if decoder_target_tokens is not None else None
+        real = decoder_target_tokens
+        if real is None:
+            real = jnp.ones_like(decoder_input_tokens)
         causal = np.tril(np.ones((length, length), bool))[None]
-        self_mask = causal
-        if dec_valid is not None:
-            self_mask = self_mask & _padding_mask(
-                dec_valid, dec_valid, decoder_segment_ids, decoder_segment_ids
-            )
-        self_bias = attention_bias(
-            jnp.broadcast_to(self_mask, (decoder_input_tokens.shape[0], length, length))
-        ) + self.decoder_relpos(length, length)
-        query_tokens = dec_valid if dec_valid is not None else jnp.ones_like(decoder_input_tokens)
+        self_mask = causal & _padding_mask(real, real, decoder_segment_ids, decoder_segment_ids)
+        self_bias = attention_bias(self_mask) + self.decoder_relpos(length, length)
         cross_bias = attention_bias(
-            _padding_mask(
-                query_tokens, encoder_input_tokens, decoder_segment_ids, encoder_segment_ids
-            )
+            _padding_mask(real, encoder_input_tokens, decoder_segment_ids, encoder_segment_ids)
         )
         x = self.dropout(self.token_embedder(decoder_input_tokens), deterministic=deterministic)
         for layer in self.decoder_layers:
