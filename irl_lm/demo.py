@@ -14,10 +14,10 @@ from configs import demo as demo_config
 from irl_lm import train
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Parent directory of the runs.")
-_RUNS = flags.DEFINE_list(
-    "runs",
+_RUNS = flags.DEFINE_multi_string(
+    "run",
     ["loss=mle", "loss=iqlearn,lam=0.1", "loss=iqlearn,lam=1.0"],
-    "configs/demo.py args, one run each.",
+    "A configs/demo.py arg; repeat the flag for several runs.",
 )
 _STEPS = flags.DEFINE_integer("total_steps", None, "Override config.total_steps for every run.")
 

@@ -62,3 +62,29 @@ def test_gradient_accumulation_matches_full_batch(make_config):
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), params_full, params_acc
     )
+
+
+def test_schedule_warms_up_linearly_then_decays(make_config):
+    config = make_config(total_steps=110)
+    config.optimizer.learning_rate = 1e-3
+    config.schedule.update(name="cosine", warmup_steps=10, final_fraction=0.1)
+    schedule = train_step.make_schedule(config)
+    np.testing.assert_allclose(float(schedule(5)), 0.5e-3, rtol=1e-6)
+    np.testing.assert_allclose(float(schedule(10)), 1e-3, rtol=1e-6)
+    # Cosine from peak to 10% of it over the remaining 100 steps: halfway is the mean.
+    np.testing.assert_allclose(float(schedule(60)), 0.55e-3, rtol=1e-5)
+    np.testing.assert_allclose(float(schedule(110)), 1e-4, rtol=1e-5)
+    config.schedule.name = "linear"
+    np.testing.assert_allclose(float(train_step.make_schedule(config)(60)), 0.55e-3, rtol=1e-5)
+
+
+def test_adafactor_step_updates_parameters(make_config):
+    config = make_config("mle")
+    config.optimizer.name = "adafactor"
+    mesh_shape = {"data": 2, "fsdp": 2, "tensor": 2}
+    initial, _, _ = run_steps(config, mesh_shape, jax.devices(), num_steps=0)
+    params, history, _ = run_steps(config, mesh_shape, jax.devices(), num_steps=3)
+    assert all(np.isfinite(m["loss"]) for m in history)
+    moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), initial, params)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+    assert min(jax.tree.leaves(moved)) > 0, "every parameter is updated"

@@ -1,0 +1,43 @@
+"""`make demo`'s program, shortened: the table and every run's workdir contents."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+from test_trainer import read_events
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def test_demo_prints_table_and_fills_workdirs(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    proc = subprocess.run(
+        [sys.executable, "-m", "irl_lm.demo", f"--workdir={tmp_path}", "--total_steps=6",
+         "--run=loss=mle", "--run=loss=iqlearn,lam=0.1"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    header = lines.index(next(line for line in lines if line.strip().startswith("method")))
+    assert lines[header].split() == [
+        "method", "λ", "validity", "forward_kl", "reverse_kl", "self_bleu", "entropy", "steps/s"
+    ]  # fmt: skip
+    methods = [line.split()[0] for line in lines[header + 1 :]]
+    assert methods == ["mle", "iqlearn", "expert"]
+    expert_row = lines[header + 3].split()
+    assert expert_row[2:5] == ["1.000", "0.000", "0.000"]
+
+    for run in ("mle", "iqlearn_lam0.1"):
+        workdir = os.path.join(tmp_path, run)
+        assert json.load(open(os.path.join(workdir, "config.json")))["total_steps"] == 6
+        assert "total parameters" in open(os.path.join(workdir, "model-info.txt")).read()
+        assert glob.glob(os.path.join(workdir, "checkpoints", "6", "*"))
+        results = json.load(open(os.path.join(workdir, "results.json")))
+        events = read_events(workdir)
+        assert [s for s, _ in events["train/loss"]][-1] == 6
+        validity = dict(events["eval/expert/validity"])[6]
+        assert validity == results["eval"]["expert"]["validity"]
+        assert 6 in dict(events["eval/validation/mle/nll" if run == "mle" else
+                                "eval/validation/iqlearn/nll"])  # fmt: skip
