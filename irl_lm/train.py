@@ -212,7 +212,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results |= {
         "step": step,
         "steps_per_sec": timer.steps_per_sec(),
-        "loss": {k: v for k, v in dict(config.loss).items()},
+        "loss": dict(config.loss),
     }
     if is_main:
         with open(os.path.join(workdir, "results.json"), "w") as f:
@@ -225,15 +225,19 @@ class _Throughput:
 
     def __init__(self):
         self.first = self.last = None  # (step, time)
-        self.paused = 0.0
+        self.paused = self.pending_pause = 0.0
 
     def update(self, step: int) -> None:
         now = time.perf_counter()
-        self.first = self.first or (step, now)
+        if self.first is None:
+            self.first = (step, now)
+        else:  # only pauses between the first and the latest reported step count
+            self.paused += self.pending_pause
+        self.pending_pause = 0.0
         self.last = (step, now)
 
     def pause(self, seconds: float) -> None:
-        self.paused += seconds
+        self.pending_pause += seconds
 
     def steps_per_sec(self) -> float:
         if self.first is None or self.last[0] == self.first[0]:
