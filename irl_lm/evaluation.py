@@ -34,8 +34,7 @@ class EvalContext:
 class LossEvaluator:
     """The training loss and its terms, teacher-forced on a held-out split."""
 
-    def __init__(self, ctx: EvalContext, *, split="validation", max_examples=0, every=0):
-        del every
+    def __init__(self, ctx: EvalContext, *, split="validation", max_examples=0):
         self.ctx, self.split, self.max_examples = ctx, split, max_examples
 
         def summed_metrics(params, batch):
@@ -93,9 +92,7 @@ class ExpertEvaluator:
         temperature=1.0,
         split="validation",
         seed=0,
-        every=0,
     ):
-        del every
         self.ctx, self.num_samples, self.temperature = ctx, num_samples, temperature
         self.expert = expert_from_config(ctx.config.task)
         spec = self.expert.spec
@@ -210,13 +207,14 @@ def make_evaluators(ctx: EvalContext) -> dict[str, tuple[int, object]]:
     for name, eval_config in ctx.config.evals.items():
         fields = dict(eval_config)
         kind = fields.pop("kind", None)
+        every = int(fields.pop("every", 0))  # 0: only at the end of training
         if kind not in EVALUATORS:
             raise ValueError(
                 f"config.evals.{name}.kind={kind!r} is not an evaluator; "
                 f"allowed: {sorted(EVALUATORS)}"
             )
         try:
-            evaluators[name] = (int(fields.get("every", 0)), EVALUATORS[kind](ctx, **fields))
+            evaluators[name] = (every, EVALUATORS[kind](ctx, **fields))
         except TypeError as e:
             raise ValueError(f"config.evals.{name}: {e}") from None
     return evaluators

@@ -92,12 +92,15 @@ TASKS: dict[str, Callable[[Mapping], seqio.Task]] = {
     "synthetic_expert": _register_synthetic_expert,
 }
 
+
+def _synthetic_expert_lengths(task_config: Mapping) -> dict[str, int]:
+    spec = expert_from_config(task_config).spec
+    return {"inputs": spec.max_input_len_with_eos, "targets": spec.max_target_len}
+
+
 # config.task.name -> function(task_config) -> the task's natural {"inputs", "targets"} lengths
 FEATURE_LENGTHS: dict[str, Callable[[Mapping], dict[str, int]]] = {
-    "synthetic_expert": lambda c: {
-        "inputs": expert_from_config(c).spec.max_input_len_with_eos,
-        "targets": expert_from_config(c).spec.max_target_len,
-    },
+    "synthetic_expert": _synthetic_expert_lengths,
 }
 
 
