@@ -1,7 +1,7 @@
 """seqio tasks, registered from `config.task` (`config.task.name` picks the builder).
 
-Builders register the task under a name that includes its settings, so two configs of the
-same task (say, two expert entropies) can live in one process.
+
+
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def expert_from_config(task_config: Mapping) -> SyntheticExpert:
         raise ValueError(f"config.task.expert: {e}") from None
 
 
-def _register_synthetic_expert(task_config: Mapping) -> seqio.Task:
+def _synthetic_expert_task(task_config: Mapping) -> dict:
     """Examples drawn from the known expert p_E(y | x), deterministic in the expert's seed."""
     expert = expert_from_config(task_config)
     sizes = {
@@ -62,21 +62,11 @@ def _register_synthetic_expert(task_config: Mapping) -> seqio.Task:
         name: seqio.Feature(vocabulary, add_eos=True, dtype=tf.int32)
         for name in ("inputs", "targets")
     }
-    return _add_task(
-        "synthetic_expert",
-        task_config,
+    return dict(
         source=seqio.FunctionDataSource(dataset_fn, splits=SPLITS, num_input_examples=sizes),
         output_features=features,
         preprocessors=[seqio.preprocessors.append_eos_after_trim],
     )
-
-
-def _add_task(prefix: str, task_config: Mapping, **task_kwargs) -> seqio.Task:
-    settings = json.dumps(_to_plain(task_config), sort_keys=True)
-    name = f"{prefix}_{hashlib.sha1(settings.encode()).hexdigest()[:10]}"
-    if name in seqio.TaskRegistry.names():
-        return seqio.TaskRegistry.get(name)
-    return seqio.TaskRegistry.add(name, **task_kwargs)
 
 
 def _to_plain(value):
@@ -87,9 +77,9 @@ def _to_plain(value):
     return value
 
 
-# config.task.name -> builder(task_config) -> registered seqio.Task
-TASKS: dict[str, Callable[[Mapping], seqio.Task]] = {
-    "synthetic_expert": _register_synthetic_expert,
+# config.task.name -> builder(task_config) -> keyword arguments of seqio.TaskRegistry.add
+TASKS: dict[str, Callable[[Mapping], dict]] = {
+    "synthetic_expert": _synthetic_expert_task,
 }
 
 
@@ -105,10 +95,15 @@ FEATURE_LENGTHS: dict[str, Callable[[Mapping], dict[str, int]]] = {
 
 
 def get_task(task_config: Mapping) -> seqio.Task:
+    """The seqio task for `config.task`, registered on first use (built once per settings)."""
     name = task_config.get("name")
     if name not in TASKS:
         raise ValueError(f"config.task.name={name!r} is not a task; allowed: {sorted(TASKS)}")
-    return TASKS[name](task_config)
+    settings = json.dumps(_to_plain(task_config), sort_keys=True)
+    registry_name = f"{name}_{hashlib.sha1(settings.encode()).hexdigest()[:10]}"
+    if registry_name not in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.add(registry_name, **TASKS[name](task_config))
+    return seqio.TaskRegistry.get(registry_name)
 
 
 def feature_lengths(task_config: Mapping) -> dict[str, int]:
