@@ -1,7 +1,7 @@
 """seqio tasks, registered from `config.task` (`config.task.name` picks the builder).
 
-
-
+`get_task` registers each task under a name that includes its settings, built once per
+settings, so two configs of the same task (say, two expert entropies) live in one process.
 """
 
 from __future__ import annotations
