@@ -8,6 +8,7 @@ mesh axes; nothing else in the codebase names a mesh axis.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Mapping
 
@@ -95,6 +96,23 @@ def logical_to_sharding(logical_tree, shape_tree, mesh: Mesh):
         shape_tree,
         is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None,
     )
+
+
+def unbox(tree):
+    """Strips flax's logical-axis boxes (the shardings are applied by jit, not here)."""
+    return jax.tree.map(
+        lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.LogicallyPartitioned) else x,
+        tree,
+        is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned),
+    )
+
+
+def abstract_params(model: nn.Module, example_batch, mesh: Mesh):
+    """(ShapeDtypeStructs of the parameters, their NamedShardings), without allocating."""
+    init = functools.partial(model.init, deterministic=True)
+    boxed = jax.eval_shape(init, jax.random.PRNGKey(0), example_batch)["params"]
+    abstract = unbox(boxed)
+    return abstract, logical_to_sharding(nn.get_partition_spec(boxed), abstract, mesh)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

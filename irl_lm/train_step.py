@@ -11,7 +11,6 @@ import functools
 from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -57,25 +56,9 @@ class TrainState:
     opt_state: Any
 
 
-def unbox(tree):
-    """Strips flax's logical-axis boxes (the shardings are applied by jit, not here)."""
-    return jax.tree.map(
-        lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.LogicallyPartitioned) else x,
-        tree,
-        is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned),
-    )
-
-
 def state_shardings(model, tx, example_batch, mesh):
     """Abstract state and its shardings: eval_shape -> logical specs -> NamedShardings."""
-    init_rng = jax.random.PRNGKey(0)
-    boxed = jax.eval_shape(
-        functools.partial(model.init, deterministic=True), init_rng, example_batch
-    )["params"]
-    abstract_params = unbox(boxed)
-    param_shardings = sharding.logical_to_sharding(
-        nn.get_partition_spec(boxed), abstract_params, mesh
-    )
+    abstract_params, param_shardings = sharding.abstract_params(model, example_batch, mesh)
     abstract_state = jax.eval_shape(
         lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p)),
         abstract_params,
@@ -106,7 +89,7 @@ def state_shardings(model, tx, example_batch, mesh):
 def init_state(model, tx, example_batch, shardings, rng) -> TrainState:
     def init(rng):
         variables = model.init(rng, example_batch, deterministic=True)
-        params = unbox(variables["params"])
+        params = sharding.unbox(variables["params"])
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
     return jax.jit(init, out_shardings=shardings)(rng)

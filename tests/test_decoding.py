@@ -5,7 +5,7 @@ import numpy as np
 
 from irl_lm import decoding
 from irl_lm.models import T5, T5Config
-from irl_lm.train_step import unbox
+from irl_lm.sharding import unbox
 
 CONFIG = T5Config(vocab_size=13, d_model=16, d_kv=4, d_ff=32, num_heads=2, num_layers=1)
 MODEL = T5(CONFIG)

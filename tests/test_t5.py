@@ -106,7 +106,7 @@ def np_t5(params, enc_tokens, dec_inputs):
 
 
 def init(model, batch):
-    from irl_lm.train_step import unbox
+    from irl_lm.sharding import unbox
 
     return unbox(model.init(jax.random.PRNGKey(0), batch)["params"])
 

@@ -1,24 +1,44 @@
-"""Model families, chosen by `config.model.name`; the other `config.model` fields configure it."""
+"""Model families, chosen by `config.model.name`; the other `config.model` fields configure it.
+
+`name` is a family (`t5`) or a preset of one (`t5_small` ... `t5_xxl`: the public checkpoints'
+shapes); fields given next to a preset override it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 
 import flax.linen as nn
+import jax
+import numpy as np
 
-from irl_lm.models.t5 import T5, T5Config
+from irl_lm.models.t5 import T5, T5_PRESETS, T5Config
 
 # name -> (config dataclass, module class)
 MODELS = {"t5": (T5Config, T5)}
+# preset name -> (family, fields)
+PRESETS = {name: ("t5", fields) for name, fields in T5_PRESETS.items()}
+
+
+def resolve_preset(model_config: Mapping) -> dict:
+    """`config.model` with a preset name expanded into its family and fields."""
+    fields = dict(model_config)
+    name = fields.get("name")
+    if name in PRESETS:
+        family, preset = PRESETS[name]
+        fields = {**preset, **fields, "name": family}
+    return fields
 
 
 def build_model(model_config: Mapping) -> nn.Module:
     """Builds the module named by `model_config['name']` from the remaining fields."""
-    fields = dict(model_config)
+    fields = resolve_preset(model_config)
     name = fields.pop("name", None)
     if name not in MODELS:
-        raise ValueError(f"config.model.name={name!r} is not a model; allowed: {sorted(MODELS)}")
+        allowed = sorted(MODELS) + sorted(PRESETS)
+        raise ValueError(f"config.model.name={name!r} is not a model; allowed: {allowed}")
     config_cls, module_cls = MODELS[name]
     allowed = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(fields) - allowed)
@@ -26,7 +46,30 @@ def build_model(model_config: Mapping) -> nn.Module:
         raise ValueError(
             f"config.model: unknown fields {unknown} for model {name!r}; allowed: {sorted(allowed)}"
         )
-    return module_cls(config_cls(**fields))
+    try:
+        return module_cls(config_cls(**fields))
+    except ValueError as e:
+        raise ValueError(f"config.model: {e}") from None
 
 
-__all__ = ["MODELS", "T5", "T5Config", "build_model"]
+def num_params(model: nn.Module) -> int:
+    """Parameter count, from shapes only (nothing is allocated)."""
+    example = {k: np.ones((1, 1), np.int32) for k in type(model).input_features}
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), example)["params"]
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(nn.unbox(shapes)))
+
+
+from irl_lm.models.hf import export_hf, load_hf, load_vocabulary  # noqa: E402
+
+__all__ = [
+    "MODELS",
+    "PRESETS",
+    "T5",
+    "T5Config",
+    "build_model",
+    "export_hf",
+    "load_hf",
+    "load_vocabulary",
+    "num_params",
+    "resolve_preset",
+]

@@ -99,11 +99,23 @@ class MultiHeadAttention(nn.Module):
         return constrain(out, "activation_batch", "activation_length", "activation_embed")
 
 
+# Activation names as Hugging Face's ACT2FN spells them ("gelu_new" is the tanh approximation
+# that T5 v1.1 / FLAN-T5 use; plain "gelu" is the exact erf form).
+ACTIVATIONS = {
+    "gelu_new": lambda h: jax.nn.gelu(h, approximate=True),
+    "gelu_pytorch_tanh": lambda h: jax.nn.gelu(h, approximate=True),
+    "gelu": lambda h: jax.nn.gelu(h, approximate=False),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
+
+
 class MLP(nn.Module):
     """Feed-forward block: gated (`wi_0` activation times `wi_1`) or plain (`wi`)."""
 
     d_ff: int
-    activation: str = "gelu"  # "gelu" (tanh approximation, as T5 v1.1) or "relu"
+    activation: str = "gelu_new"  # a key of ACTIVATIONS
     gated: bool = True
     dropout_rate: float = 0.0
     dtype: jnp.dtype = jnp.float32
@@ -111,9 +123,7 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x_BxTxD, *, deterministic: bool):
         d_model = x_BxTxD.shape[-1]
-        act = {"gelu": lambda h: jax.nn.gelu(h, approximate=True), "relu": jax.nn.relu}[
-            self.activation
-        ]
+        act = ACTIVATIONS[self.activation]
         in_init, in_axes = normal(d_model**-0.5), ("embed", "mlp")
         mlp_axes = ("activation_batch", "activation_length", "activation_mlp")
         if self.gated:

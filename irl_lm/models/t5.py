@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 
 import flax.linen as nn
 import jax
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from irl_lm.models.layers import (
+    ACTIVATIONS,
     MLP,
     Embed,
     MultiHeadAttention,
@@ -42,12 +44,48 @@ class T5Config:
     dropout_rate: float = 0.0
     layer_norm_epsilon: float = 1e-6
     feed_forward_proj: str = "gated-gelu"  # T5 v1.1 / FLAN-T5; "relu" for original T5
-    tie_word_embeddings: bool = False  # original T5 ties the head and scales by d_model^-0.5
+    tie_word_embeddings: bool = False  # original T5: the head is the shared embedding
+    scale_decoder_outputs: bool | None = None  # x d_model^-0.5 before the head; None: as tied
     dtype: str = "float32"  # activation / compute dtype; parameters stay float32
+
+    def __post_init__(self):
+        if self.activation not in ACTIVATIONS:
+            allowed = sorted({f"gated-{a}" for a in ACTIVATIONS} | set(ACTIVATIONS))
+            raise ValueError(
+                f"T5Config.feed_forward_proj={self.feed_forward_proj!r} is not supported; "
+                f"allowed: {allowed}"
+            )
 
     @property
     def decoder_layers(self) -> int:
         return self.num_layers if self.num_decoder_layers is None else self.num_decoder_layers
+
+    @property
+    def gated(self) -> bool:
+        return self.feed_forward_proj.startswith("gated-")
+
+    @property
+    def activation(self) -> str:
+        """The ACTIVATIONS key, as Hugging Face reads `feed_forward_proj`."""
+        if self.feed_forward_proj == "gated-gelu":  # T5 v1.1 means the tanh approximation
+            return "gelu_new"
+        return self.feed_forward_proj.removeprefix("gated-")
+
+    @property
+    def scales_decoder_outputs(self) -> bool:
+        if self.scale_decoder_outputs is None:
+            return self.tie_word_embeddings
+        return self.scale_decoder_outputs
+
+
+# v1.1 shapes (also FLAN-T5's); parameter counts equal the public google/t5-v1_1-* checkpoints.
+T5_PRESETS = {
+    "t5_small": dict(d_model=512, d_kv=64, d_ff=1024, num_heads=6, num_layers=8),
+    "t5_base": dict(d_model=768, d_kv=64, d_ff=2048, num_heads=12, num_layers=12),
+    "t5_large": dict(d_model=1024, d_kv=64, d_ff=2816, num_heads=16, num_layers=24),
+    "t5_xl": dict(d_model=2048, d_kv=64, d_ff=5120, num_heads=32, num_layers=24),
+    "t5_xxl": dict(d_model=4096, d_kv=64, d_ff=10240, num_heads=64, num_layers=24),
+}
 
 
 def relative_position_bucket(
@@ -136,15 +174,14 @@ class DecoderLayer(nn.Module):
 
 
 def _mlp(cfg: T5Config, dtype) -> MLP:
-    gated = cfg.feed_forward_proj.startswith("gated-")
-    activation = cfg.feed_forward_proj.removeprefix("gated-")
-    return MLP(cfg.d_ff, activation, gated, cfg.dropout_rate, dtype, name="mlp")
+    return MLP(cfg.d_ff, cfg.activation, cfg.gated, cfg.dropout_rate, dtype, name="mlp")
 
 
 class T5(nn.Module):
     """`apply({'params': p}, batch)` -> logits `[B, T, V]` for a seqio encoder-decoder batch."""
 
     config: T5Config
+    input_features = ("encoder_input_tokens", "decoder_input_tokens")  # what apply() needs
 
     def setup(self):
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
@@ -213,8 +250,10 @@ class T5(nn.Module):
         for layer in self.decoder_layers:
             x = layer(x, encoded, self_bias, cross_bias, deterministic=deterministic)
         x = self.dropout(self.decoder_norm(x), deterministic=deterministic)
+        if self.config.scales_decoder_outputs:
+            x = x * self.config.d_model**-0.5
         if self.config.tie_word_embeddings:
-            logits = self.token_embedder.attend(x * self.config.d_model**-0.5)
+            logits = self.token_embedder.attend(x)
         else:
             logits = self.lm_head(x)
         return constrain(logits, "activation_batch", "activation_length", "activation_vocab")
@@ -242,3 +281,111 @@ def _padding_mask(q_tokens, k_tokens, q_segments, k_segments):
     if q_segments is not None and k_segments is not None:
         mask = mask & (q_segments[:, :, None] == k_segments[:, None, :])
     return mask
+
+
+# ----------------------------------------------------------------------------- Hugging Face layout
+
+# config.json fields that are ours too (same names, same meaning).
+_HF_FIELDS = (
+    "vocab_size",
+    "d_model",
+    "d_kv",
+    "d_ff",
+    "num_heads",
+    "num_layers",
+    "num_decoder_layers",
+    "relative_attention_num_buckets",
+    "relative_attention_max_distance",
+    "dropout_rate",
+    "layer_norm_epsilon",
+    "feed_forward_proj",
+)
+HF_MODEL_TYPES = ("t5", "mt5")  # mT5 and ByT5 are T5 v1.1 with other vocabularies
+
+
+def from_hf_config(hf: dict, tensors: Mapping[str, np.ndarray]) -> dict:
+    """`T5Config` fields from a Hugging Face T5 `config.json` and the checkpoint's tensors."""
+    # Defaults of transformers' T5Config where an (older) config.json leaves a field out.
+    fields = {"relative_attention_max_distance": 128, "feed_forward_proj": "relu"}
+    fields |= {k: hf[k] for k in _HF_FIELDS if hf.get(k) is not None}
+    tied = bool(hf.get("tie_word_embeddings", True))
+    # transformers' rule: a stored head that differs from the embedding is not tied, whatever
+    # config.json says (transformers 5 writes tie_word_embeddings=true for every T5).
+    head, shared = tensors.get("lm_head.weight"), tensors.get("shared.weight")
+    if tied and head is not None and shared is not None:
+        tied = head.shape == shared.shape and np.array_equal(head, shared)
+    fields["tie_word_embeddings"] = tied
+    # Original T5 scales the decoder output; v1.1 / FLAN-T5 configs say tie_word_embeddings
+    # false, which transformers reads as "do not scale" (newer files say it outright).
+    fields["scale_decoder_outputs"] = bool(
+        hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True))
+    )
+    return fields
+
+
+def to_hf_config(cfg: T5Config) -> dict:
+    """A `config.json` that transformers 4 and 5 read back as this model."""
+    return {
+        "architectures": ["T5ForConditionalGeneration"],
+        "model_type": "t5",
+        **{k: getattr(cfg, k) for k in _HF_FIELDS},
+        "num_decoder_layers": cfg.decoder_layers,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "scale_decoder_outputs": cfg.scales_decoder_outputs,
+        "is_encoder_decoder": True,
+        "decoder_start_token_id": 0,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+    }
+
+
+def hf_tensor_names(cfg: T5Config) -> dict[tuple[str, ...], tuple[str, int | None]]:
+    """Our parameter path -> (Hugging Face tensor name, split).
+
+    split None: the same array. split s: a torch Linear weight `[out, in]`, whose transpose
+    is ours with dimensions `[:s]` and `[s:]` merged (`[embed, heads, kv]` has s=1 from
+    `[heads * kv, embed]`, the output kernel `[heads, kv, embed]` s=2 from `[embed, heads * kv]`).
+    """
+    names = {
+        ("token_embedder", "embedding"): ("shared.weight", None),
+        ("encoder_norm", "scale"): ("encoder.final_layer_norm.weight", None),
+        ("decoder_norm", "scale"): ("decoder.final_layer_norm.weight", None),
+    }
+    for stack in ("encoder", "decoder"):
+        bias = f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+        names[(f"{stack}_relpos", "rel_embedding")] = (bias, None)
+    if not cfg.tie_word_embeddings:
+        names[("lm_head", "kernel")] = ("lm_head.weight", 1)
+
+    def attention(ours: tuple[str, ...], theirs: str) -> None:
+        for our_name, hf_name in (("query", "q"), ("key", "k"), ("value", "v")):
+            names[(*ours, our_name)] = (f"{theirs}.{hf_name}.weight", 1)
+        names[(*ours, "out")] = (f"{theirs}.o.weight", 2)
+
+    def mlp(ours: tuple[str, ...], theirs: str) -> None:
+        for kernel in ("wi_0", "wi_1", "wo") if cfg.gated else ("wi", "wo"):
+            names[(*ours, kernel)] = (f"{theirs}.{kernel}.weight", 1)
+
+    for i in range(cfg.num_layers):
+        layer, block = f"encoder_layers_{i}", f"encoder.block.{i}.layer"
+        names[(layer, "pre_attention_layer_norm", "scale")] = (f"{block}.0.layer_norm.weight", None)
+        attention((layer, "attention"), f"{block}.0.SelfAttention")
+        names[(layer, "pre_mlp_layer_norm", "scale")] = (f"{block}.1.layer_norm.weight", None)
+        mlp((layer, "mlp"), f"{block}.1.DenseReluDense")
+    for i in range(cfg.decoder_layers):
+        layer, block = f"decoder_layers_{i}", f"decoder.block.{i}.layer"
+        norms = ("pre_self_attention_layer_norm", "pre_cross_attention_layer_norm")
+        for j, norm in enumerate((*norms, "pre_mlp_layer_norm")):
+            names[(layer, norm, "scale")] = (f"{block}.{j}.layer_norm.weight", None)
+        attention((layer, "self_attention"), f"{block}.0.SelfAttention")
+        attention((layer, "encoder_decoder_attention"), f"{block}.1.EncDecAttention")
+        mlp((layer, "mlp"), f"{block}.2.DenseReluDense")
+    return names
+
+
+def hf_aliases(cfg: T5Config) -> dict[str, str]:
+    """Tensors a checkpoint may also store that repeat another one (transformers ties them)."""
+    aliases = {f"{stack}.embed_tokens.weight": "shared.weight" for stack in ("encoder", "decoder")}
+    if cfg.tie_word_embeddings:
+        aliases["lm_head.weight"] = "shared.weight"
+    return aliases
