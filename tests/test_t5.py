@@ -152,7 +152,9 @@ def test_packed_rows_equal_unpacked_rows():
 
 
 def test_build_model_errors_name_the_field():
-    with pytest.raises(ValueError, match=r"config.model.name='t6'.*allowed: \['t5'\]"):
+    with pytest.raises(ValueError, match=r"config.model.name='t6'.*allowed: \['t5', 't5_base'"):
         build_model({"name": "t6"})
+    with pytest.raises(ValueError, match=r"feed_forward_proj='gated-tanh'.*allowed"):
+        build_model({"name": "t5", "feed_forward_proj": "gated-tanh"})
     with pytest.raises(ValueError, match=r"unknown fields \['d_modle'\]"):
         build_model({"name": "t5", "d_modle": 3})
