@@ -25,6 +25,10 @@ def trainer_defaults() -> ml_collections.ConfigDict:
     """Everything but task, model and loss, with the values most runs keep."""
     config = ml_collections.ConfigDict()
     config.seed = 0
+    # Parameters to start from (fresh optimizer): "hf:<Hugging Face folder>", one of our
+    # workdirs / WORKDIR/checkpoints/<step> / converted folders, or "" (random init).
+    # The architecture and the vocabulary then come from there.
+    config.init_from = ""
     config.total_steps = 1000
     config.batch_size = 64  # global, in sequences
     config.eval_batch_size = 64

@@ -107,8 +107,13 @@ def unbox(tree):
     )
 
 
-def abstract_params(model: nn.Module, example_batch, mesh: Mesh):
-    """(ShapeDtypeStructs of the parameters, their NamedShardings), without allocating."""
+def abstract_params(model: nn.Module, mesh: Mesh, example_batch=None):
+    """(ShapeDtypeStructs of the parameters, their NamedShardings), without allocating.
+
+    Parameter shapes do not depend on the batch: the default is one token per input feature.
+    """
+    if example_batch is None:
+        example_batch = {k: np.ones((1, 1), np.int32) for k in type(model).input_features}
     init = functools.partial(model.init, deterministic=True)
     boxed = jax.eval_shape(init, jax.random.PRNGKey(0), example_batch)["params"]
     abstract = unbox(boxed)

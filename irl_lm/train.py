@@ -28,7 +28,8 @@ from clu import metric_writers
 from irl_lm import checkpointing, evaluation, sharding, train_step
 from irl_lm.data import pipeline, tasks
 from irl_lm.losses import make_loss
-from irl_lm.models import build_model
+from irl_lm.models import build_model, resolve_preset
+from irl_lm.models.hf import RUNTIME_FIELDS, copy_tokenizer
 
 # ----------------------------------------------------------------------------- config
 
@@ -60,12 +61,44 @@ def validate_config(config) -> None:
         )
 
 
+def resolve_config(config) -> ml_collections.ConfigDict:
+    """A copy of `config` that reads the vocabulary of the checkpoint in `config.init_from`
+    (when it has one and `config.task.vocabulary` is unset)."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    source = checkpointing.parse_init_from(config.get("init_from", ""))
+    if source is not None and not config.task.get("vocabulary"):
+        folder = source.vocabulary_folder()
+        if folder is not None:
+            config.task.vocabulary = folder
+    return config
+
+
 def resolve_model_config(config) -> dict:
-    """`config.model` with `vocab_size` taken from the task's vocabulary when unset."""
-    model_config = dict(config.model)
+    """`config.model` with presets expanded, the architecture of `config.init_from` (when
+    set; `config.model` keeps only the runtime fields), and `vocab_size` taken from the
+    task's vocabulary when unset; checks the model's vocabulary covers the task's."""
+    model_config = resolve_preset(config.model)
+    task_vocab = tasks.get_task(config.task).output_features["targets"].vocabulary
+    source = checkpointing.parse_init_from(config.get("init_from", ""))
+    if source is not None:
+        architecture = source.model_config()
+        replaced = {
+            k: (v, architecture.get(k))
+            for k, v in model_config.items()
+            if k not in RUNTIME_FIELDS and v and v != architecture.get(k)
+        }
+        if replaced:
+            logging.info("config.model fields taken from %s instead: %s", source.describe(),
+                         {k: f"{a!r} -> {b!r}" for k, (a, b) in replaced.items()})  # fmt: skip
+        runtime = {k: model_config[k] for k in RUNTIME_FIELDS if k in model_config}
+        model_config = architecture | runtime
     if not model_config.get("vocab_size"):
-        vocab = tasks.get_task(config.task).output_features["targets"].vocabulary
-        model_config["vocab_size"] = vocab.vocab_size
+        model_config["vocab_size"] = task_vocab.vocab_size
+    if model_config["vocab_size"] < task_vocab.vocab_size:
+        raise ValueError(
+            f"config.model.vocab_size={model_config['vocab_size']} is smaller than the task's "
+            f"vocabulary ({task_vocab.vocab_size} tokens); set it to 0 to take the task's size"
+        )
     return model_config
 
 
@@ -116,14 +149,18 @@ def _on_sigterm(signum, frame):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains `config` in `workdir` (resuming from its latest checkpoint); returns results."""
     validate_config(config)
+    config = resolve_config(config)
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
+    model_config = resolve_model_config(config)
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
+        checkpointing.write_model_config(workdir, model_config)
+        if config.task.get("vocabulary"):  # the workdir carries its tokenizer, for export
+            copy_tokenizer(config.task.vocabulary, workdir)
 
     mesh = sharding.make_mesh(config.mesh)
-    model_config = resolve_model_config(config)
     model = build_model(model_config)
     loss_fn = make_loss(config.loss)
     tx = train_step.make_optimizer(config)
@@ -140,6 +177,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             target = checkpointing.abstract_like(abstract_state, shardings)
             state, metadata = checkpointer.restore(latest, target)
             logging.info("Resumed from step %d in %s", latest, checkpointer.directory)
+            if config.get("init_from"):
+                logging.info("config.init_from ignored: resuming takes precedence")
+        elif config.get("init_from"):
+            source = checkpointing.parse_init_from(config.init_from)
+            params = source.load_params(model, abstract_state.params, shardings.params)
+            state = train_step.state_from_params(tx, params, shardings)
+            metadata = {"data_position": 0}
+            logging.info("Initialised parameters from %s", source.describe())
         else:
             state = train_step.init_state(model, tx, example, shardings, jax.random.fold_in(rng, 0))
             metadata = {"data_position": 0}

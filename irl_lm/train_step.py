@@ -58,7 +58,7 @@ class TrainState:
 
 def state_shardings(model, tx, example_batch, mesh):
     """Abstract state and its shardings: eval_shape -> logical specs -> NamedShardings."""
-    abstract_params, param_shardings = sharding.abstract_params(model, example_batch, mesh)
+    abstract_params, param_shardings = sharding.abstract_params(model, mesh, example_batch)
     abstract_state = jax.eval_shape(
         lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p)),
         abstract_params,
@@ -93,6 +93,15 @@ def init_state(model, tx, example_batch, shardings, rng) -> TrainState:
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
     return jax.jit(init, out_shardings=shardings)(rng)
+
+
+def state_from_params(tx, params, shardings) -> TrainState:
+    """Step 0 with given (already placed) parameters and a fresh optimizer state."""
+
+    def init(params):
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    return jax.jit(init, out_shardings=shardings, donate_argnums=0)(params)
 
 
 # ----------------------------------------------------------------------------- train step

@@ -15,6 +15,7 @@ import seqio
 import tensorflow as tf
 
 from irl_lm.data.synthetic import EOS_ID, ExpertSpec, SyntheticExpert
+from irl_lm.models.hf import load_vocabulary
 
 SPLITS = ("train", "validation", "test")
 
@@ -57,7 +58,15 @@ def _synthetic_expert_task(task_config: Mapping) -> dict:
         del shuffle_files, seed  # generated in order; seqio shuffles examples
         return tf.data.Dataset.from_tensor_slices(examples(split))
 
-    vocabulary = seqio.PassThroughVocabulary(size=expert.spec.vocab_size, eos_id=EOS_ID)
+    vocabulary = task_vocabulary(task_config)
+    if vocabulary is None:
+        vocabulary = seqio.PassThroughVocabulary(size=expert.spec.vocab_size, eos_id=EOS_ID)
+    elif vocabulary.vocab_size < expert.spec.vocab_size or vocabulary.eos_id != EOS_ID:
+        raise ValueError(
+            f"config.task.vocabulary={task_config['vocabulary']!r} has {vocabulary.vocab_size} "
+            f"tokens and EOS id {vocabulary.eos_id}; the synthetic expert needs at least "
+            f"{expert.spec.vocab_size} tokens and EOS id {EOS_ID}"
+        )
     features = {
         name: seqio.Feature(vocabulary, add_eos=True, dtype=tf.int32)
         for name in ("inputs", "targets")
@@ -67,6 +76,13 @@ def _synthetic_expert_task(task_config: Mapping) -> dict:
         output_features=features,
         preprocessors=[seqio.preprocessors.append_eos_after_trim],
     )
+
+
+def task_vocabulary(task_config: Mapping) -> seqio.Vocabulary | None:
+    """`config.task.vocabulary`: a folder with a SentencePiece `spiece.model` (a Hugging Face
+    checkpoint; the trainer fills it in from `config.init_from`), or "" for the task's own."""
+    folder = task_config.get("vocabulary") or ""
+    return load_vocabulary(folder) if folder else None
 
 
 def _to_plain(value):

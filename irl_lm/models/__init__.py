@@ -12,7 +12,6 @@ from collections.abc import Mapping
 
 import flax.linen as nn
 import jax
-import numpy as np
 
 from irl_lm.models.t5 import T5, T5_PRESETS, T5Config
 
@@ -54,9 +53,12 @@ def build_model(model_config: Mapping) -> nn.Module:
 
 def num_params(model: nn.Module) -> int:
     """Parameter count, from shapes only (nothing is allocated)."""
-    example = {k: np.ones((1, 1), np.int32) for k in type(model).input_features}
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), example)["params"]
-    return sum(math.prod(x.shape) for x in jax.tree.leaves(nn.unbox(shapes)))
+    from irl_lm import sharding
+
+    mesh = sharding.make_mesh({"data": -1}, jax.devices()[:1])
+    with sharding.use_mesh(mesh):
+        shapes, _ = sharding.abstract_params(model, mesh)
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
 
 
 from irl_lm.models.hf import export_hf, load_hf, load_vocabulary  # noqa: E402

@@ -94,6 +94,7 @@ def load_hf(folder: str, mesh=None, **overrides):
     bad = sorted(set(overrides) - set(RUNTIME_FIELDS))
     if bad:
         raise ValueError(f"load_hf: {bad} cannot be overridden; allowed: {list(RUNTIME_FIELDS)}")
+    read_config(folder)  # a folder that is not a Hugging Face model fails here, by name
     tensors = read_folder(folder)
     model_config = hf_model_config(folder, tensors) | overrides
     model = build_model(model_config)
@@ -120,9 +121,8 @@ def place_tensors(model, name: str, tensors: Mapping[str, np.ndarray], mesh, *, 
                 f"{source}: tensor {alias!r} has shape {tensors[alias].shape}, but it repeats "
                 f"{target!r} of shape {tensors[target].shape}"
             )
-    example = {k: np.ones((1, 1), np.int32) for k in type(model).input_features}
     with sharding.use_mesh(mesh):
-        abstract, shardings = sharding.abstract_params(model, example, mesh)
+        abstract, shardings = sharding.abstract_params(model, mesh)
 
     def place(path, leaf, leaf_sharding):
         key = tuple(k.key for k in path)

@@ -86,6 +86,15 @@ T5_PRESETS = {
     "t5_xl": dict(d_model=2048, d_kv=64, d_ff=5120, num_heads=32, num_layers=24),
     "t5_xxl": dict(d_model=4096, d_kv=64, d_ff=10240, num_heads=64, num_layers=24),
 }
+# Parameters of the public google/t5-v1_1-{small,...,xxl} checkpoints (shared embedding, untied
+# head, both stacks), as published with KerasHub's T5 1.1 presets and the HF model pages.
+T5_PUBLIC_PARAM_COUNTS = {
+    "t5_small": 76_961_152,
+    "t5_base": 247_577_856,
+    "t5_large": 783_150_080,
+    "t5_xl": 2_849_757_184,
+    "t5_xxl": 11_135_332_352,
+}
 
 
 def relative_position_bucket(
@@ -317,9 +326,9 @@ def from_hf_config(hf: dict, tensors: Mapping[str, np.ndarray]) -> dict:
     fields["tie_word_embeddings"] = tied
     # Original T5 scales the decoder output; v1.1 / FLAN-T5 configs say tie_word_embeddings
     # false, which transformers reads as "do not scale" (newer files say it outright).
-    fields["scale_decoder_outputs"] = bool(
-        hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True))
-    )
+    # mT5 is v1.1 and never scales, whatever its config says.
+    scale = hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True))
+    fields["scale_decoder_outputs"] = bool(scale) and hf.get("model_type") != "mt5"
     return fields
 
 

@@ -1,0 +1,58 @@
+"""Converts checkpoints between Hugging Face folders and our Orbax checkpoints.
+
+    # Hugging Face -> a parameters-only Orbax checkpoint (usable as config.init_from=OUT)
+    python -m irl_lm.convert --src=hf:/ckpts/flan-t5-base --dst=/ckpts/flan-t5-base-orbax
+    # a training workdir (latest step, or WORKDIR/checkpoints/<step>) -> Hugging Face
+    python -m irl_lm.convert --src=/runs/xsum_iqlearn --dst=hf:/export/xsum_iqlearn
+
+`--src` takes everything `config.init_from` does; a `--dst` starting with `hf:` is written as
+a Hugging Face folder (config.json + safetensors + the tokenizer files), any other as Orbax.
+Parameters are sharded over all local devices (fsdp) while converting, so models larger
+than one device load.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags
+
+from irl_lm import checkpointing, sharding
+from irl_lm.models import build_model
+from irl_lm.models.hf import copy_tokenizer, export_hf
+
+_SRC = flags.DEFINE_string("src", None, "hf:DIR, a training workdir, or a converted folder.")
+_DST = flags.DEFINE_string("dst", None, "hf:DIR for a Hugging Face folder, else an Orbax one.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Hugging Face dtype.")
+_SHARD_GB = flags.DEFINE_float("max_shard_gb", 2.0, "Largest safetensors file when exporting.")
+
+
+def convert(src: str, dst: str, *, dtype: str = "float32", max_shard_gb: float = 2.0) -> None:
+    source = checkpointing.parse_init_from(src)
+    if source is None:
+        raise ValueError("--src is empty")
+    model_config = source.model_config()
+    model = build_model(model_config)
+    mesh = sharding.make_mesh({"fsdp": -1})
+    with sharding.use_mesh(mesh):
+        abstract, shardings = sharding.abstract_params(model, mesh)
+    params = source.load_params(model, abstract, shardings)
+    if dst.startswith("hf:"):
+        export_hf(
+            model, params, dst[3:], name=model_config["name"], dtype=dtype,
+            max_shard_bytes=int(max_shard_gb * 2**30), tokenizer_from=source.vocabulary_folder(),
+        )  # fmt: skip
+    else:
+        checkpointing.save_params(dst, params, model_config)
+        copy_tokenizer(source.folder, dst)
+    print(f"{source.describe()} -> {os.path.abspath(dst.removeprefix('hf:'))}")
+
+
+def main(argv):
+    del argv
+    convert(_SRC.value, _DST.value, dtype=_DTYPE.value, max_shard_gb=_SHARD_GB.value)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["src", "dst"])
+    app.run(main)
