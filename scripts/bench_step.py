@@ -25,8 +25,11 @@ from irl_lm.losses import make_loss
 from irl_lm.models import build_model
 
 
-def parse_args(argv):
+def parse_args(argv, extra: bool = False):
+    """The benchmark shape; `extra` adds bench_t5.py's `--preset`."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    if extra:
+        p.add_argument("--preset", default="", help="a T5 preset (t5_small, ...) over the dims")
     p.add_argument("--d_model", type=int, default=256)
     p.add_argument("--d_kv", type=int, default=64)
     p.add_argument("--d_ff", type=int, default=1024)
