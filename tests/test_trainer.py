@@ -134,7 +134,7 @@ def test_nonfinite_loss_names_the_step_and_keeps_last_good_checkpoint(
     "field,value,match",
     [
         ("task.name", "synthetic_exper", r"config.task.name='synthetic_exper'.*allowed"),
-        ("model.name", "t55", r"config.model.name='t55'.*allowed: \['t5'\]"),
+        ("model.name", "t55", r"config.model.name='t55'.*allowed: \['t5', 't5_base'"),
         ("loss.name", "iqleran", r"config.loss.name='iqleran'.*allowed: \['iqlearn', 'mle'\]"),
         ("loss.lam", -1.0, r"config.loss.lam=-1.0.*>= 0"),
         ("loss.gamma", 0.0, r"config.loss.gamma=0.0.*\(0, 1\]"),
