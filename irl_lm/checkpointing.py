@@ -15,6 +15,9 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from irl_lm.models import hf
+from irl_lm.models.safetensors_io import read_folder
+
 
 class Checkpointer:
     def __init__(self, workdir: str, *, keep: int, asynchronous: bool = True):
@@ -82,26 +85,19 @@ class InitSource:
 
     def model_config(self) -> dict:
         if self.kind == "hf":
-            from irl_lm.models.hf import hf_model_config
-
-            return hf_model_config(self.folder)
+            return hf.hf_model_config(self.folder)
         with open(os.path.join(self.folder, MODEL_FILE)) as f:
             return json.load(f)
 
     def vocabulary_folder(self) -> str | None:
         """The folder whose SentencePiece model the run should use, if the source has one."""
-        from irl_lm.models.hf import has_vocabulary
-
-        return self.folder if has_vocabulary(self.folder) else None
+        return self.folder if hf.has_vocabulary(self.folder) else None
 
     def load_params(self, model, abstract_params, param_shardings):
         """The source's parameters, placed on `param_shardings`."""
         if self.kind == "hf":
-            from irl_lm.models.hf import place_tensors
-            from irl_lm.models.safetensors_io import read_folder
-
             mesh = jax.tree.leaves(param_shardings)[0].mesh
-            return place_tensors(
+            return hf.place_tensors(
                 model, self.model_config()["name"], read_folder(self.folder), mesh,
                 source=self.folder,
             )  # fmt: skip
