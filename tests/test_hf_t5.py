@@ -162,3 +162,20 @@ def test_presets_have_the_public_checkpoints_parameter_counts():
     assert [name for name, *_ in table] == ["t5_small", "t5_base", "t5_large", "t5_xl", "t5_xxl"]
     for name, ours, public, theirs in table:
         assert ours == public == theirs, (name, ours, public, theirs)
+
+
+def test_byt5_folder_gives_a_byte_vocabulary(tmp_path):
+    json.dump({"tokenizer_class": "ByT5Tokenizer"}, open(tmp_path / "tokenizer_config.json", "w"))
+    vocab = load_vocabulary(str(tmp_path))
+    reference = transformers.ByT5Tokenizer()
+    assert vocab.vocab_size == len(reference) == 384  # ByT5's model vocab_size
+    for text in ["Grüße aus Köln.", "東京は晴れ", "plain ascii, 123"]:
+        assert vocab.encode(text) == reference(text).input_ids[:-1]
+        assert vocab.decode(vocab.encode(text)) == text
+    # Sentinel count taken from the transformers 5 key as well.
+    sentinels = [f"<extra_id_{i}>" for i in range(7)]
+    json.dump({"extra_special_tokens": sentinels}, open(tmp_path / "tokenizer_config.json", "w"))
+    open(tmp_path / "spiece.model", "wb").close()  # only its presence matters here
+    from irl_lm.models.hf import _extra_ids
+
+    assert _extra_ids(str(tmp_path), default=100) == 7

@@ -239,39 +239,53 @@ def copy_tokenizer(source: str, folder: str) -> list[str]:
 
 
 def has_vocabulary(folder: str) -> bool:
-    return os.path.exists(os.path.join(folder, "spiece.model"))
+    return os.path.exists(os.path.join(folder, "spiece.model")) or _is_byt5(folder)
 
 
 def load_vocabulary(folder: str):
-    """The folder's SentencePiece model as a `seqio.SentencePieceVocabulary`.
+    """The folder's tokenizer as a seqio vocabulary: `SentencePieceVocabulary` for
+    `spiece.model`, `ByteVocabulary` for ByT5 (`tokenizer_class` ByT5Tokenizer).
 
-    T5 tokenizers add `extra_ids` sentinel tokens after the SentencePiece pieces; their
-    number comes from `tokenizer_config.json` (`extra_ids`, or the `<extra_id_N>` tokens it
-    lists), else 0.
+    T5 tokenizers add `extra_ids` sentinel tokens after the pieces (bytes); their number comes
+    from `tokenizer_config.json` (`extra_ids`, or the `<extra_id_N>` tokens it lists), else
+    transformers' defaults (T5: 100, ByT5: 125). Sentinels count down from the top id, as in
+    seqio and the original T5.
     """
     import seqio  # imported here: seqio brings TensorFlow, which model code does not need
 
     path = os.path.join(folder, "spiece.model")
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"{folder}: no spiece.model; seqio needs the SentencePiece model file "
-            "(a folder with only tokenizer.json cannot be used)"
-        )
-    return seqio.SentencePieceVocabulary(path, extra_ids=_extra_ids(folder))
+    if os.path.exists(path):
+        return seqio.SentencePieceVocabulary(path, extra_ids=_extra_ids(folder, default=100))
+    if _is_byt5(folder):
+        return seqio.ByteVocabulary(extra_ids=_extra_ids(folder, default=125))
+    raise FileNotFoundError(
+        f"{folder}: no spiece.model; seqio needs the SentencePiece model file "
+        "(a folder with only tokenizer.json cannot be used)"
+    )
 
 
-def _extra_ids(folder: str) -> int:
+def _tokenizer_config(folder: str) -> dict:
     path = os.path.join(folder, "tokenizer_config.json")
     if not os.path.exists(path):
-        return 0
+        return {}
     with open(path) as f:
-        tokenizer_config = json.load(f)
+        return json.load(f)
+
+
+def _is_byt5(folder: str) -> bool:
+    return _tokenizer_config(folder).get("tokenizer_class") == "ByT5Tokenizer"
+
+
+def _extra_ids(folder: str, *, default: int) -> int:
+    tokenizer_config = _tokenizer_config(folder)
     if "extra_ids" in tokenizer_config:
         return int(tokenizer_config["extra_ids"])
     sentinel = re.compile(r"<extra_id_\d+>")
     listed = set(tokenizer_config.get("additional_special_tokens") or [])
+    listed |= set(tokenizer_config.get("extra_special_tokens") or [])  # transformers 5
     listed |= {
         v.get("content") if isinstance(v, dict) else v
         for v in (tokenizer_config.get("added_tokens_decoder") or {}).values()
     }
-    return sum(1 for token in listed if isinstance(token, str) and sentinel.fullmatch(token))
+    count = sum(1 for token in listed if isinstance(token, str) and sentinel.fullmatch(token))
+    return count or default
