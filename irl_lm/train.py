@@ -70,6 +70,11 @@ def resolve_config(config) -> ml_collections.ConfigDict:
         folder = source.vocabulary_folder()
         if folder is not None:
             config.task.vocabulary = folder
+        else:
+            logging.warning(
+                "config.init_from: %s has no spiece.model; the task keeps its own vocabulary",
+                source.folder,
+            )
     return config
 
 

@@ -228,9 +228,9 @@ def copy_tokenizer(source: str, folder: str) -> list[str]:
     copied = []
     os.makedirs(folder, exist_ok=True)
     for filename in TOKENIZER_FILES:
-        path = os.path.join(source, filename)
-        if os.path.exists(path):
-            shutil.copyfile(path, os.path.join(folder, filename))
+        path, target = os.path.join(source, filename), os.path.join(folder, filename)
+        if os.path.exists(path) and not (os.path.exists(target) and os.path.samefile(path, target)):
+            shutil.copyfile(path, target)
             copied.append(filename)
     return copied
 
