@@ -1,7 +1,15 @@
-"""Temperature sampling from an encoder-decoder, jittable, usable inside training steps.
+"""Decoding with a key/value cache: greedy, temperature / top-k / top-p sampling, beam search.
 
-This simple sampler re-runs the decoder over the whole prefix at each step (no KV cache),
-which is fine for the short sequences of the synthetic task; the cached decoder replaces it.
+One decoder for evaluation, the sampling CLI and online training. A model takes part through
+two methods (both families implement them):
+
+    cache = model.prefill(batch, max_len)        # encoder pass (or prompt), empty caches
+    logits_BxV, cache = model.decode_step(cache, tokens_B, index)
+
+Every cache leaf has the batch first, so rows are repeated (samples) or reordered (beams)
+with one `tree.map`. Each decoder is one `jax.lax.while_loop` over fixed shapes that stops
+when every row has emitted EOS; temperature, top-k, top-p and the length penalty are arrays,
+so changing them does not recompile. After EOS a row emits padding (0).
 """
 
 from __future__ import annotations
@@ -9,73 +17,221 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+NEG_INF = -jnp.inf
+
+
+def _prefill(model, params, batch, max_len: int, repeat: int):
+    cache = model.apply({"params": params}, batch, max_len, method=model.prefill)
+    return jax.tree.map(lambda x: jnp.repeat(x, repeat, axis=0), cache)
+
+
+def _step(model, params, cache, tokens_B, index):
+    logits, cache = model.apply(
+        {"params": params}, cache, tokens_B, index, method=model.decode_step
+    )
+    return jax.nn.log_softmax(logits.astype(jnp.float32)), cache
+
+
+def filter_logits(logits_BxV, top_k, top_p):
+    """Keeps the `top_k` largest logits (0: all), then the smallest set whose probability
+    reaches `top_p` (1: all); the rest become -inf. Ties at a threshold are kept."""
+
+    def apply(logits_BxV):
+        vocab = logits_BxV.shape[-1]
+        sorted_BxV = -jnp.sort(-logits_BxV, axis=-1)
+        k = jnp.where((top_k > 0) & (top_k < vocab), top_k, vocab)
+        kth_Bx1 = jax.lax.dynamic_slice_in_dim(sorted_BxV, k - 1, 1, axis=-1)
+        sorted_BxV = jnp.where(sorted_BxV < kth_Bx1, NEG_INF, sorted_BxV)
+        probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+        # A token stays if the probability of the tokens before it is still below top_p.
+        keep_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV < top_p
+        kept_B = jnp.maximum(jnp.sum(keep_BxV, axis=-1), 1)
+        threshold_Bx1 = jnp.take_along_axis(sorted_BxV, kept_B[:, None] - 1, axis=-1)
+        return jnp.where(logits_BxV < threshold_Bx1, NEG_INF, logits_BxV)
+
+    return jax.lax.cond((top_k > 0) | (top_p < 1.0), apply, lambda x: x, logits_BxV)
+
 
 def sample(
     model,
     params,
-    encoder_input_tokens_BxS,
+    batch,
     rng,
     *,
     max_len: int,
-    temperature,
+    num_decodes: int = 1,
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
     eos_id: int = 1,
 ):
-    """Samples `max_len` tokens per row; after EOS a row emits padding (0).
+    """`num_decodes` samples per input; temperature 0 is greedy decoding.
 
-    `temperature` is an array (changing it does not recompile); 0 means greedy.
-    Returns a dict of `[B, T]` arrays: `tokens`, `log_probs` (under the unmodified model),
-    `entropies` (of the unmodified next-token distribution), `mask` (1 up to and including
-    EOS), and `lengths` `[B]`.
+    Returns `[B, N, T]` arrays (N = num_decodes): `tokens`; `log_probs` under the unmodified
+    model; `sample_log_probs` under the distribution sampled from (after temperature, top-k,
+    top-p; 0 when greedy); `entropies` of the unmodified next-token distribution; `mask`
+    (1 up to and including EOS); and `lengths` `[B, N]`. Zero past each row's end.
     """
-    batch_size = encoder_input_tokens_BxS.shape[0]
-    encoded = model.apply(
-        {"params": params}, encoder_input_tokens_BxS, method=model.encode, deterministic=True
-    )
+    batch_size = batch["encoder_input_tokens"].shape[0]
+    rows = batch_size * num_decodes
+    cache = _prefill(model, params, batch, max_len, num_decodes)
     temperature = jnp.asarray(temperature, jnp.float32)
+    top_k, top_p = jnp.asarray(top_k, jnp.int32), jnp.asarray(top_p, jnp.float32)
+    greedy = temperature <= 0.0
 
-    def step(t, carry):
-        tokens_BxT, log_probs_BxT, entropies_BxT, done_B, rng = carry
-        decoder_input_BxT = jnp.pad(tokens_BxT[:, :-1], ((0, 0), (1, 0)))
-        logits_BxTxV = model.apply(
-            {"params": params},
-            encoded,
-            encoder_input_tokens_BxS,
-            decoder_input_BxT,
-            method=model.decode,
-            deterministic=True,
+    def body(carry):
+        t, previous_B, out, done_B, cache, rng = carry
+        log_p_BxV, cache = _step(model, params, cache, previous_B, t)
+        scaled_BxV = filter_logits(log_p_BxV / jnp.maximum(temperature, 1e-6), top_k, top_p)
+        log_q_BxV = jax.nn.log_softmax(scaled_BxV)
+        rng, key = jax.random.split(rng)
+        token_B = jnp.where(
+            greedy, jnp.argmax(log_p_BxV, axis=-1), jax.random.categorical(key, log_q_BxV)
         )
-        logits_BxV = jax.lax.dynamic_index_in_dim(logits_BxTxV, t, axis=1, keepdims=False)
-        log_p_BxV = jax.nn.log_softmax(logits_BxV.astype(jnp.float32))
-        rng, sample_rng = jax.random.split(rng)
-        scaled_BxV = log_p_BxV / jnp.maximum(temperature, 1e-6)
-        sampled_B = jax.random.categorical(sample_rng, scaled_BxV)
-        token_B = jnp.where(temperature > 0, sampled_B, jnp.argmax(log_p_BxV, axis=-1))
-        token_B = jnp.where(done_B, 0, token_B)
-        log_prob_B = jnp.take_along_axis(log_p_BxV, token_B[:, None], axis=-1)[:, 0]
-        entropy_B = -jnp.sum(jnp.exp(log_p_BxV) * log_p_BxV, axis=-1)
+        token_B = jnp.where(done_B, 0, token_B).astype(jnp.int32)
         live_B = ~done_B
-        tokens_BxT = tokens_BxT.at[:, t].set(token_B)
-        log_probs_BxT = log_probs_BxT.at[:, t].set(jnp.where(live_B, log_prob_B, 0.0))
-        entropies_BxT = entropies_BxT.at[:, t].set(jnp.where(live_B, entropy_B, 0.0))
-        return tokens_BxT, log_probs_BxT, entropies_BxT, done_B | (token_B == eos_id), rng
+        pick = lambda x_BxV: jnp.take_along_axis(x_BxV, token_B[:, None], axis=-1)[:, 0]
+        entropy_B = -jnp.sum(jnp.exp(log_p_BxV) * log_p_BxV, axis=-1)
+        values = {
+            "tokens": token_B,
+            "log_probs": jnp.where(live_B, pick(log_p_BxV), 0.0),
+            "sample_log_probs": jnp.where(live_B & ~greedy, pick(log_q_BxV), 0.0),
+            "entropies": jnp.where(live_B, entropy_B, 0.0),
+        }
+        out = {k: out[k].at[:, t].set(v) for k, v in values.items()}
+        return t + 1, token_B, out, done_B | (token_B == eos_id), cache, rng
 
-    zeros = jnp.zeros((batch_size, max_len), jnp.float32)
-    init = (
-        jnp.zeros((batch_size, max_len), jnp.int32),
-        zeros,
-        zeros,
-        jnp.zeros((batch_size,), bool),
-        rng,
-    )
-    tokens_BxT, log_probs_BxT, entropies_BxT, _, _ = jax.lax.fori_loop(0, max_len, step, init)
-    # A row's length counts its EOS; a row without EOS was truncated at max_len.
-    is_eos_BxT = tokens_BxT == eos_id
-    after_eos_BxT = jnp.cumsum(is_eos_BxT, axis=1) - is_eos_BxT > 0
-    mask_BxT = ~after_eos_BxT
-    return {
-        "tokens": tokens_BxT,
-        "log_probs": log_probs_BxT,
-        "entropies": entropies_BxT,
-        "mask": mask_BxT,
-        "lengths": jnp.sum(mask_BxT, axis=1),
+    def cond(carry):
+        t, _, _, done_B, _, _ = carry
+        return (t < max_len) & ~jnp.all(done_B)
+
+    out = {
+        "tokens": jnp.zeros((rows, max_len), jnp.int32),
+        "log_probs": jnp.zeros((rows, max_len), jnp.float32),
+        "sample_log_probs": jnp.zeros((rows, max_len), jnp.float32),
+        "entropies": jnp.zeros((rows, max_len), jnp.float32),
     }
+    start = jnp.zeros((rows,), jnp.int32)
+    init = (jnp.int32(0), start, out, jnp.zeros((rows,), bool), cache, rng)
+    _, _, out, _, _, _ = jax.lax.while_loop(cond, body, init)
+    out |= _mask_and_lengths(out["tokens"], eos_id)
+    return jax.tree.map(lambda x: x.reshape(batch_size, num_decodes, *x.shape[1:]), out)
+
+
+def greedy(model, params, batch, *, max_len: int, eos_id: int = 1):
+    """The most likely token at every step: `sample` at temperature 0, N = 1."""
+    return sample(
+        model, params, batch, jax.random.PRNGKey(0), max_len=max_len, temperature=0.0,
+        eos_id=eos_id,
+    )  # fmt: skip
+
+
+def length_penalty(length, alpha):
+    """The t5x / Google NMT length normalisation: ((5 + length) / 6) ** alpha."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def beam_search(model, params, batch, *, max_len: int, num_beams: int, alpha=0.6, eos_id: int = 1):
+    """Beam search scoring a finished sequence by log p(y) / length_penalty(len(y)), EOS
+    counted in its length; a sequence still unfinished at `max_len` competes at that length.
+    Each step extends the W beams to their 2W best continuations; those ending in EOS within
+    the W best are finished, the W best others go on.
+
+    Returns `tokens` `[B, W, T]` best first, `scores` `[B, W]`, `log_probs` (per token, under
+    the model) `[B, W, T]`, `mask` and `lengths` `[B, W]`.
+    """
+    batch_size, beams = batch["encoder_input_tokens"].shape[0], num_beams
+    alpha = jnp.asarray(alpha, jnp.float32)
+    cache = _prefill(model, params, batch, max_len, beams)
+    offsets_Bx1 = (jnp.arange(batch_size) * beams)[:, None]
+
+    def body(carry):
+        t, alive, finished, cache = carry
+        previous = jnp.where(t > 0, alive["tokens"][:, :, jnp.maximum(t - 1, 0)], 0)
+        log_p, cache = _step(model, params, cache, previous.reshape(-1), t)
+        vocab = log_p.shape[-1]
+        log_p_BxWxV = log_p.reshape(batch_size, beams, vocab)
+        total_BxWV = (alive["score"][:, :, None] + log_p_BxWxV).reshape(batch_size, -1)
+        # 2W candidates: enough that W of them are not EOS.
+        cand_score, flat = jax.lax.top_k(total_BxWV, min(2 * beams, beams * vocab))
+        origin, token = flat // vocab, flat % vocab
+        gather = lambda x: jnp.take_along_axis(x, origin[..., None], axis=1)
+        token_lp = jnp.take_along_axis(log_p_BxWxV.reshape(batch_size, -1), flat, axis=1)
+        cand_tokens = gather(alive["tokens"]).at[:, :, t].set(token)
+        cand_lps = gather(alive["log_probs"]).at[:, :, t].set(token_lp)
+        is_eos = token == eos_id
+
+        # Unfinished candidates continue: the W best by log-probability.
+        alive_score, pick = jax.lax.top_k(jnp.where(is_eos, NEG_INF, cand_score), beams)
+        take = lambda x: jnp.take_along_axis(x, pick.reshape(pick.shape + (1,) * (x.ndim - 2)), 1)
+        alive = {"tokens": take(cand_tokens), "log_probs": take(cand_lps), "score": alive_score}
+        rows = (offsets_Bx1 + take(origin)).reshape(-1)
+        cache = jax.tree.map(lambda x: x[rows], cache)
+
+        # EOS candidates among the W best join the W best finished so far, by normalised score
+        # (only the W best: with one beam, beam search is greedy decoding).
+        in_beam = jnp.arange(cand_score.shape[1]) < beams
+        new_score = jnp.where(
+            is_eos & in_beam, cand_score / length_penalty(t + 1.0, alpha), NEG_INF
+        )
+        finished = _top_beams(
+            finished,
+            {"tokens": cand_tokens, "log_probs": cand_lps, "score": new_score,
+             "length": jnp.full(new_score.shape, t + 1, jnp.int32)},
+            beams,
+        )  # fmt: skip
+        return t + 1, alive, finished, cache
+
+    def cond(carry):
+        t, alive, finished, _ = carry
+        # An input is done once it has W finished beams, all scoring at least as well as the
+        # best unfinished one would if it ended now (the usual heuristic; with alpha > 0 a
+        # longer continuation could still score higher).
+        best_now = jnp.max(alive["score"], axis=1) / length_penalty(t, alpha)
+        done = jnp.min(finished["score"], axis=1) >= best_now
+        return (t < max_len) & ~jnp.all(done)
+
+    empty = lambda dtype: jnp.zeros((batch_size, beams, max_len), dtype)
+    first = jnp.concatenate(
+        [jnp.zeros((batch_size, 1)), jnp.full((batch_size, beams - 1), NEG_INF)], axis=1
+    )
+    alive = {"tokens": empty(jnp.int32), "log_probs": empty(jnp.float32), "score": first}
+    finished = {
+        "tokens": empty(jnp.int32),
+        "log_probs": empty(jnp.float32),
+        "score": jnp.full((batch_size, beams), NEG_INF),
+        "length": jnp.zeros((batch_size, beams), jnp.int32),
+    }
+    t, alive, finished, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), alive, finished, cache))
+    truncated = {
+        **alive,
+        "score": jnp.where(t >= max_len, alive["score"] / length_penalty(max_len, alpha), NEG_INF),
+        "length": jnp.full((batch_size, beams), max_len, jnp.int32),
+    }
+    best = _top_beams(finished, truncated, beams)
+    mask = jnp.arange(max_len)[None, None, :] < best["length"][..., None]
+    return {
+        "tokens": jnp.where(mask, best["tokens"], 0),
+        "log_probs": jnp.where(mask, best["log_probs"], 0.0),
+        "scores": best["score"],
+        "mask": mask,
+        "lengths": best["length"],
+    }
+
+
+def _top_beams(a: dict, b: dict, beams: int) -> dict:
+    """The `beams` highest-scoring of two sets of beams (each `[B, W', ...]`), best first."""
+    both = jax.tree.map(lambda x, y: jnp.concatenate([x, y], axis=1), a, b)
+    _, pick = jax.lax.top_k(both["score"], beams)
+    return jax.tree.map(
+        lambda x: jnp.take_along_axis(x, pick.reshape(pick.shape + (1,) * (x.ndim - 2)), 1),
+        both,
+    )
+
+
+def _mask_and_lengths(tokens_BxT, eos_id: int) -> dict:
+    """mask: up to and including the first EOS (a row without EOS was cut at max_len)."""
+    is_eos = tokens_BxT == eos_id
+    after_eos = jnp.cumsum(is_eos, axis=1) - is_eos > 0
+    mask = ~after_eos
+    return {"mask": mask, "lengths": jnp.sum(mask, axis=1)}

@@ -99,33 +99,42 @@ class ExpertEvaluator:
         self.max_len = spec.max_target_len
         examples = [self.expert.example(split, i) for i in range(num_examples)]
         self.inputs = [e["inputs"] for e in examples]
-        # One row per (input, sample), padded to a multiple of the batch-sharded mesh size.
+        # Policy samples: num_samples per input (row = input * num_samples + sample); expert
+        # samples in the same rows. Both padded to a multiple of the batch-sharded mesh size.
+        shards = ctx.mesh.shape["data"] * ctx.mesh.shape["fsdp"]
         rows = num_examples * num_samples
-        padded = _round_up(rows, ctx.mesh.shape["data"] * ctx.mesh.shape["fsdp"])
         self.rows = rows
-        encoder_inputs = np.zeros((padded, spec.max_input_len_with_eos), np.int32)
+        encoder_inputs = np.zeros((_round_up(num_examples, shards), spec.max_input_len_with_eos),
+                                  np.int32)  # fmt: skip
+        for i, x in enumerate(self.inputs):
+            encoder_inputs[i, : len(x) + 1] = np.append(x, EOS_ID)
+        padded = _round_up(rows, shards)
+        expert_inputs = np.zeros((padded, spec.max_input_len_with_eos), np.int32)
         expert_targets = np.zeros((padded, self.max_len), np.int32)
         rng = np.random.default_rng([seed, 7])
         self.expert_samples = []
         for row in range(rows):
             x = self.inputs[row // num_samples]
-            encoder_inputs[row, : len(x) + 1] = np.append(x, EOS_ID)
+            expert_inputs[row] = encoder_inputs[row // num_samples]
             y = self.expert.sample(x, rng)
             expert_targets[row, : len(y)] = y
             self.expert_samples.append(y)
-        self._encoder_inputs = _global_array(encoder_inputs, ctx.mesh)
+        self._policy_batch = {"encoder_input_tokens": _global_array(encoder_inputs, ctx.mesh)}
         self._expert_batch = {
-            "encoder_input_tokens": self._encoder_inputs,
+            "encoder_input_tokens": _global_array(expert_inputs, ctx.mesh),
             "decoder_input_tokens": _global_array(
                 np.pad(expert_targets[:, :-1], ((0, 0), (1, 0))), ctx.mesh
             ),
             "decoder_target_tokens": _global_array(expert_targets, ctx.mesh),
         }
         replicated = sharding.replicated(ctx.mesh)
-        self._sample = jax.jit(
-            functools.partial(decoding.sample, ctx.model, max_len=self.max_len, eos_id=ctx.eos_id),
-            out_shardings=replicated,
-        )
+        sample = functools.partial(
+            decoding.sample, ctx.model, max_len=self.max_len, num_decodes=num_samples,
+            eos_id=ctx.eos_id,
+        )  # fmt: skip
+        # [E, N, T] -> rows [E * N, T] in the order of the expert rows.
+        flat = lambda *a, **k: jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), sample(*a, **k))
+        self._sample = jax.jit(flat, out_shardings=replicated)
         self._token_log_probs = jax.jit(self._teacher_forced_log_probs, out_shardings=replicated)
         self._rng = jax.random.PRNGKey(seed)
 
@@ -156,7 +165,7 @@ class ExpertEvaluator:
     def __call__(self, params, step):
         del step  # the same rng every time: differences between evals come from the policy
         out = jax.device_get(
-            self._sample(params, self._encoder_inputs, self._rng, temperature=self.temperature)
+            self._sample(params, self._policy_batch, self._rng, temperature=self.temperature)
         )
         policy_samples, valid, reverse_terms, reverse_tokens = [], 0, 0.0, 0
         for row in range(self.rows):

@@ -179,3 +179,35 @@ def test_byt5_folder_gives_a_byte_vocabulary(tmp_path):
     from irl_lm.models.hf import _extra_ids
 
     assert _extra_ids(str(tmp_path), default=100) == 7
+
+
+@pytest.mark.parametrize("variant", ["t5_v1_1", "t5_original"])
+def test_greedy_decoding_equals_transformers_generate(variant, tmp_path):
+    from irl_lm import decoding
+
+    reference = save_hf_model(tmp_path, variant, seed=3)
+    model, params = load_hf(str(tmp_path))
+    batch = random_batch(128, seed=4, batch=3, enc_len=9)
+    enc = torch.tensor(batch["encoder_input_tokens"], dtype=torch.long)
+    generate = lambda: reference.generate(
+        input_ids=enc, attention_mask=(enc > 0).long(), do_sample=False, num_beams=1,
+        max_new_tokens=12,
+    ).numpy()[:, 1:]  # fmt: skip
+    # EOS takes over the most frequent greedy token, so rows stop at different lengths.
+    with torch.no_grad():
+        counts = np.bincount(generate().ravel(), minlength=128)
+        counts[[0, 1]] = 0
+        reference.lm_head.weight[1] = 1.01 * reference.lm_head.weight[counts.argmax()]
+    params = jax.tree.map(np.asarray, params)
+    if "lm_head" in params:
+        head = reference.lm_head.weight.detach().numpy().T
+        params["lm_head"]["kernel"] = head
+    else:
+        params["token_embedder"]["embedding"] = reference.shared.weight.detach().numpy().copy()
+    ours = jax.device_get(decoding.greedy(model, params, batch, max_len=12))["tokens"][:, 0]
+    with torch.no_grad():
+        theirs = generate()
+    theirs = np.pad(theirs, ((0, 0), (0, 12 - theirs.shape[1])))
+    np.testing.assert_array_equal(ours, theirs)
+    lengths = [int((row == 1).argmax()) + 1 if (row == 1).any() else 12 for row in theirs]
+    assert len(set(lengths)) > 1, lengths  # the fixture stops rows at different steps

@@ -68,35 +68,47 @@ class MultiHeadAttention(nn.Module):
     """Multi-head attention with separate q/k/v/o kernels and an additive bias.
 
     T5 folds the 1/sqrt(d_kv) scaling into the query initialisation, so none is applied here.
+    `project_kv` and `attend` split the call so a decoder can cache keys and values.
     """
 
+    features: int  # d_model
     num_heads: int
     head_dim: int
     dropout_rate: float = 0.0
     dtype: jnp.dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x_q_BxQxD, x_kv_BxKxD, bias_BxHxQxK, *, deterministic: bool):
-        d_model = x_q_BxQxD.shape[-1]
-        h, d = self.num_heads, self.head_dim
+    def setup(self):
+        d, h, k = self.features, self.num_heads, self.head_dim
         qkv_axes = ("embed", "heads", "kv")
-        w_q = param(self, "query", normal((d_model * d) ** -0.5), (d_model, h, d), qkv_axes)
-        w_k = param(self, "key", normal(d_model**-0.5), (d_model, h, d), qkv_axes)
-        w_v = param(self, "value", normal(d_model**-0.5), (d_model, h, d), qkv_axes)
-        w_o = param(self, "out", normal((h * d) ** -0.5), (h, d, d_model), ("heads", "kv", "embed"))
+        self.query = param(self, "query", normal((d * k) ** -0.5), (d, h, k), qkv_axes)
+        self.key = param(self, "key", normal(d**-0.5), (d, h, k), qkv_axes)
+        self.value = param(self, "value", normal(d**-0.5), (d, h, k), qkv_axes)
+        self.out = param(self, "out", normal((h * k) ** -0.5), (h, k, d), ("heads", "kv", "embed"))
+        self.dropout = nn.Dropout(self.dropout_rate)
 
-        cast = lambda w: w.astype(self.dtype)
-        head_axes = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
-        q = constrain(jnp.einsum("bqd,dhk->bqhk", x_q_BxQxD, cast(w_q)), *head_axes)
-        k = constrain(jnp.einsum("bsd,dhk->bshk", x_kv_BxKxD, cast(w_k)), *head_axes)
-        v = constrain(jnp.einsum("bsd,dhk->bshk", x_kv_BxKxD, cast(w_v)), *head_axes)
+    def project_kv(self, x_kv_BxKxD):
+        """Keys and values `[B, K, H, Dk]` of the attended-to positions."""
+        k = jnp.einsum("bsd,dhk->bshk", x_kv_BxKxD, self.key.astype(self.dtype))
+        v = jnp.einsum("bsd,dhk->bshk", x_kv_BxKxD, self.value.astype(self.dtype))
+        return constrain(k, *HEAD_AXES), constrain(v, *HEAD_AXES)
 
-        scores = jnp.einsum("bqhk,bshk->bhqs", q, k).astype(jnp.float32) + bias_BxHxQxK
+    def attend(self, x_q_BxQxD, k_BxKxHxDk, v_BxKxHxDk, bias_BxHxQxK, *, deterministic: bool):
+        q = constrain(
+            jnp.einsum("bqd,dhk->bqhk", x_q_BxQxD, self.query.astype(self.dtype)), *HEAD_AXES
+        )
+        scores = jnp.einsum("bqhk,bshk->bhqs", q, k_BxKxHxDk).astype(jnp.float32) + bias_BxHxQxK
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        probs = nn.Dropout(self.dropout_rate)(probs, deterministic=deterministic)
-        out = jnp.einsum("bhqs,bshk->bqhk", probs, v)
-        out = jnp.einsum("bqhk,hkd->bqd", out, cast(w_o))
+        probs = self.dropout(probs, deterministic=deterministic)
+        out = jnp.einsum("bhqs,bshk->bqhk", probs, v_BxKxHxDk)
+        out = jnp.einsum("bqhk,hkd->bqd", out, self.out.astype(self.dtype))
         return constrain(out, "activation_batch", "activation_length", "activation_embed")
+
+    def __call__(self, x_q_BxQxD, x_kv_BxKxD, bias_BxHxQxK, *, deterministic: bool):
+        k, v = self.project_kv(x_kv_BxKxD)
+        return self.attend(x_q_BxQxD, k, v, bias_BxHxQxK, deterministic=deterministic)
+
+
+HEAD_AXES = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
 
 
 # Activation names as Hugging Face's ACT2FN spells them ("gelu_new" is the tanh approximation

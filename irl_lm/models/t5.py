@@ -98,21 +98,22 @@ T5_PUBLIC_PARAM_COUNTS = {
 
 
 def relative_position_bucket(
-    relative_position: np.ndarray, *, bidirectional: bool, num_buckets: int, max_distance: int
-) -> np.ndarray:
+    relative_position, *, bidirectional: bool, num_buckets: int, max_distance: int
+) -> jax.Array:
     """T5's bucketing of (key position - query position): exact when small, log-spaced after."""
-    buckets = np.zeros_like(relative_position)
+    relative_position = jnp.asarray(relative_position, jnp.int32)
+    buckets = jnp.zeros_like(relative_position)
     if bidirectional:
         num_buckets //= 2
         buckets += (relative_position > 0) * num_buckets
-        distance = np.abs(relative_position)
+        distance = jnp.abs(relative_position)
     else:
-        distance = -np.minimum(relative_position, 0)
+        distance = -jnp.minimum(relative_position, 0)
     max_exact = num_buckets // 2
-    log_ratio = np.log(np.maximum(distance, 1) / max_exact) / math.log(max_distance / max_exact)
-    large = max_exact + (log_ratio * (num_buckets - max_exact)).astype(relative_position.dtype)
-    large = np.minimum(large, num_buckets - 1)
-    return buckets + np.where(distance < max_exact, distance, large)
+    log_ratio = jnp.log(jnp.maximum(distance, 1) / max_exact) / math.log(max_distance / max_exact)
+    large = max_exact + (log_ratio * (num_buckets - max_exact)).astype(jnp.int32)
+    large = jnp.minimum(large, num_buckets - 1)
+    return buckets + jnp.where(distance < max_exact, distance, large)
 
 
 class RelativePositionBias(nn.Module):
@@ -122,8 +123,8 @@ class RelativePositionBias(nn.Module):
     bidirectional: bool
 
     @nn.compact
-    def __call__(self, q_len: int, k_len: int) -> jax.Array:
-        """Bias `[1, H, Q, K]` (float32)."""
+    def __call__(self, q_len: int, k_len: int, q_offset=0) -> jax.Array:
+        """Bias `[1, H, Q, K]` (float32) for queries at `q_offset + [0, Q)`, keys at `[0, K)`."""
         table = param(
             self,
             "rel_embedding",
@@ -131,14 +132,14 @@ class RelativePositionBias(nn.Module):
             (self.num_buckets, self.num_heads),
             ("relpos_buckets", "heads"),
         )
-        relative = np.arange(k_len)[None, :] - np.arange(q_len)[:, None]
+        relative = jnp.arange(k_len)[None, :] - (jnp.arange(q_len)[:, None] + q_offset)
         buckets = relative_position_bucket(
             relative,
             bidirectional=self.bidirectional,
             num_buckets=self.num_buckets,
             max_distance=self.max_distance,
         )
-        bias = table[buckets]  # [Q, K, H]
+        bias = jnp.take(table, buckets, axis=0)  # [Q, K, H]
         return jnp.transpose(bias, (2, 0, 1))[None].astype(jnp.float32)
 
 
@@ -150,9 +151,10 @@ class EncoderLayer(nn.Module):
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
         h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_attention_layer_norm")(x)
-        h = MultiHeadAttention(cfg.num_heads, cfg.d_kv, cfg.dropout_rate, dtype, name="attention")(
-            h, h, bias, deterministic=deterministic
+        attention = MultiHeadAttention(
+            cfg.d_model, cfg.num_heads, cfg.d_kv, cfg.dropout_rate, dtype, name="attention"
         )
+        h = attention(h, h, bias, deterministic=deterministic)
         x = x + drop(h)
         h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
         x = x + drop(_mlp(cfg, dtype)(h, deterministic=deterministic))
@@ -160,30 +162,66 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+    """Pre-norm self-attention, cross-attention and MLP; teacher-forced over a whole sequence
+    (`__call__`) or one position at a time against a key/value cache (`step`)."""
+
     config: T5Config
 
-    @nn.compact
-    def __call__(self, x, encoded, self_bias, cross_bias, *, deterministic):
+    def setup(self):
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
-        drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
-        attention = lambda name: MultiHeadAttention(
-            cfg.num_heads, cfg.d_kv, cfg.dropout_rate, dtype, name=name
+        norm = lambda: RMSNorm(cfg.layer_norm_epsilon, dtype)
+        attention = lambda: MultiHeadAttention(
+            cfg.d_model, cfg.num_heads, cfg.d_kv, cfg.dropout_rate, dtype
         )
-        h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_self_attention_layer_norm")(x)
-        x = x + drop(attention("self_attention")(h, h, self_bias, deterministic=deterministic))
-        h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_cross_attention_layer_norm")(x)
+        self.pre_self_attention_layer_norm = norm()
+        self.self_attention = attention()
+        self.pre_cross_attention_layer_norm = norm()
+        self.encoder_decoder_attention = attention()
+        self.pre_mlp_layer_norm = norm()
+        self.mlp = _mlp(cfg, dtype, name=None)
+        self.dropout = nn.Dropout(cfg.dropout_rate)
+
+    def __call__(self, x, encoded, self_bias, cross_bias, *, deterministic):
+        h = self.pre_self_attention_layer_norm(x)
+        self_kv = self.self_attention.project_kv(h)
+        cross_kv = self.encoder_decoder_attention.project_kv(encoded)
+        return self._block(x, h, self_kv, cross_kv, self_bias, cross_bias, deterministic)
+
+    def cross_kv(self, encoded):
+        """The cross-attention keys and values: computed once per input when decoding."""
+        return self.encoder_decoder_attention.project_kv(encoded)
+
+    def step(self, x_Bx1xD, cache, self_bias, cross_bias, index):
+        """One position: writes its key/value at `index` of the cache; returns (x, cache)."""
+        h = self.pre_self_attention_layer_norm(x_Bx1xD)
+        k_new, v_new = self.self_attention.project_kv(h)
+        update = lambda c, new: jax.lax.dynamic_update_slice_in_dim(
+            c, new.astype(c.dtype), index, axis=1
+        )
+        cache = cache | {"k": update(cache["k"], k_new), "v": update(cache["v"], v_new)}
+        self_kv, cross_kv = (cache["k"], cache["v"]), (cache["cross_k"], cache["cross_v"])
+        x = self._block(x_Bx1xD, h, self_kv, cross_kv, self_bias, cross_bias, True)
+        return x, cache
+
+    def _block(self, x, h, self_kv, cross_kv, self_bias, cross_bias, deterministic):
+        """The layer after the first norm: `h` is x normed, `self_kv` its keys/values."""
+        drop = lambda y: self.dropout(y, deterministic=deterministic)
         x = x + drop(
-            attention("encoder_decoder_attention")(
-                h, encoded, cross_bias, deterministic=deterministic
+            self.self_attention.attend(h, *self_kv, self_bias, deterministic=deterministic)
+        )
+        h = self.pre_cross_attention_layer_norm(x)
+        x = x + drop(
+            self.encoder_decoder_attention.attend(
+                h, *cross_kv, cross_bias, deterministic=deterministic
             )
         )
-        h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
-        x = x + drop(_mlp(cfg, dtype)(h, deterministic=deterministic))
+        h = self.pre_mlp_layer_norm(x)
+        x = x + drop(self.mlp(h, deterministic=deterministic))
         return constrain(x, "activation_batch", "activation_length", "activation_embed")
 
 
-def _mlp(cfg: T5Config, dtype) -> MLP:
-    return MLP(cfg.d_ff, cfg.activation, cfg.gated, cfg.dropout_rate, dtype, name="mlp")
+def _mlp(cfg: T5Config, dtype, name: str | None = "mlp") -> MLP:
+    return MLP(cfg.d_ff, cfg.activation, cfg.gated, cfg.dropout_rate, dtype, name=name)
 
 
 class T5(nn.Module):
@@ -258,14 +296,51 @@ class T5(nn.Module):
         x = self.dropout(self.token_embedder(decoder_input_tokens), deterministic=deterministic)
         for layer in self.decoder_layers:
             x = layer(x, encoded, self_bias, cross_bias, deterministic=deterministic)
-        x = self.dropout(self.decoder_norm(x), deterministic=deterministic)
+        return self._logits(self.dropout(self.decoder_norm(x), deterministic=deterministic))
+
+    def _logits(self, x_BxTxD):
         if self.config.scales_decoder_outputs:
-            x = x * self.config.d_model**-0.5
+            x_BxTxD = x_BxTxD * self.config.d_model**-0.5
         if self.config.tie_word_embeddings:
-            logits = self.token_embedder.attend(x)
+            logits = self.token_embedder.attend(x_BxTxD)
         else:
-            logits = self.lm_head(x)
+            logits = self.lm_head(x_BxTxD)
         return constrain(logits, "activation_batch", "activation_length", "activation_vocab")
+
+    # -- incremental decoding (irl_lm.decoding): prefill once, then one token per step ------
+
+    def prefill(self, batch, max_len: int):
+        """The decoding cache for `batch['encoder_input_tokens']` and up to `max_len` steps:
+        the encoder output's cross-attention keys/values per layer, and empty self-attention
+        keys/values `[B, max_len, H, Dk]`. Every leaf has the batch first, so a decoder can
+        repeat or reorder rows (samples, beams) with one `tree.map`."""
+        tokens = batch["encoder_input_tokens"]
+        encoded = self.encode(tokens)
+        batch_size, dtype = tokens.shape[0], jnp.dtype(self.config.dtype)
+        empty = jnp.zeros((batch_size, max_len, self.config.num_heads, self.config.d_kv), dtype)
+        layers = []
+        for layer in self.decoder_layers:
+            cross_k, cross_v = layer.cross_kv(encoded)
+            layers.append({"k": empty, "v": empty, "cross_k": cross_k, "cross_v": cross_v})
+        return {"layers": layers, "encoder_input_tokens": tokens}
+
+    def decode_step(self, cache, tokens_B, index):
+        """Logits `[B, V]` for the position `index` (its input token `tokens_B`: the previous
+        output, 0 at the start) and the updated cache."""
+        max_len = cache["layers"][0]["k"].shape[1]
+        visible = jnp.arange(max_len) <= index  # causal: positions written so far
+        self_bias = attention_bias(visible[None, None, :]) + self.decoder_relpos(
+            1, max_len, q_offset=index
+        )
+        encoder_real = cache["encoder_input_tokens"] > 0
+        cross_bias = attention_bias(encoder_real[:, None, :])
+        x = self.token_embedder(tokens_B[:, None])
+        layers = []
+        for layer, layer_cache in zip(self.decoder_layers, cache["layers"], strict=True):
+            x, layer_cache = layer.step(x, layer_cache, self_bias, cross_bias, index)
+            layers.append(layer_cache)
+        logits = self._logits(self.decoder_norm(x))[:, 0]
+        return logits, cache | {"layers": layers}
 
     def __call__(self, batch, *, deterministic=True):
         encoded = self.encode(
