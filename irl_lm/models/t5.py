@@ -191,17 +191,16 @@ class DecoderLayer(nn.Module):
         """The cross-attention keys and values: computed once per input when decoding."""
         return self.encoder_decoder_attention.project_kv(encoded)
 
-    def step(self, x_Bx1xD, cache, self_bias, cross_bias, index):
-        """One position: writes its key/value at `index` of the cache; returns (x, cache)."""
+    def step(self, x_Bx1xD, kv, cross_kv, self_bias, cross_bias, index):
+        """One position: writes its key/value at `index` of `kv`; returns (x, kv)."""
         h = self.pre_self_attention_layer_norm(x_Bx1xD)
         k_new, v_new = self.self_attention.project_kv(h)
         update = lambda c, new: jax.lax.dynamic_update_slice_in_dim(
             c, new.astype(c.dtype), index, axis=1
         )
-        cache = cache | {"k": update(cache["k"], k_new), "v": update(cache["v"], v_new)}
-        self_kv, cross_kv = (cache["k"], cache["v"]), (cache["cross_k"], cache["cross_v"])
-        x = self._block(x_Bx1xD, h, self_kv, cross_kv, self_bias, cross_bias, True)
-        return x, cache
+        kv = {"k": update(kv["k"], k_new), "v": update(kv["v"], v_new)}
+        x = self._block(x_Bx1xD, h, (kv["k"], kv["v"]), cross_kv, self_bias, cross_bias, True)
+        return x, kv
 
     def _block(self, x, h, self_kv, cross_kv, self_bias, cross_bias, deterministic):
         """The layer after the first norm: `h` is x normed, `self_kv` its keys/values."""
@@ -310,37 +309,44 @@ class T5(nn.Module):
     # -- incremental decoding (irl_lm.decoding): prefill once, then one token per step ------
 
     def prefill(self, batch, max_len: int):
-        """The decoding cache for `batch['encoder_input_tokens']` and up to `max_len` steps:
-        the encoder output's cross-attention keys/values per layer, and empty self-attention
-        keys/values `[B, max_len, H, Dk]`. Every leaf has the batch first, so a decoder can
-        repeat or reorder rows (samples, beams) with one `tree.map`."""
+        """The decoding cache for `batch['encoder_input_tokens']` and up to `max_len` steps.
+
+        `cache['inputs']`: what depends on the input only (the encoder tokens, the
+        cross-attention keys/values per layer); `cache['decode']`: what each decoded row
+        writes (self-attention keys/values `[B, max_len, H, Dk]` per layer). Every leaf has
+        the batch first: a decoder repeats rows for samples and beams, and reorders only
+        `decode` between beams of the same input.
+        """
         tokens = batch["encoder_input_tokens"]
         encoded = self.encode(tokens)
         batch_size, dtype = tokens.shape[0], jnp.dtype(self.config.dtype)
         empty = jnp.zeros((batch_size, max_len, self.config.num_heads, self.config.d_kv), dtype)
-        layers = []
-        for layer in self.decoder_layers:
-            cross_k, cross_v = layer.cross_kv(encoded)
-            layers.append({"k": empty, "v": empty, "cross_k": cross_k, "cross_v": cross_v})
-        return {"layers": layers, "encoder_input_tokens": tokens}
+        cross = [dict(zip("kv", layer.cross_kv(encoded), strict=True))
+                 for layer in self.decoder_layers]  # fmt: skip
+        return {
+            "inputs": {"encoder_input_tokens": tokens, "cross": cross},
+            "decode": {"layers": [{"k": empty, "v": empty} for _ in self.decoder_layers]},
+        }
 
     def decode_step(self, cache, tokens_B, index):
         """Logits `[B, V]` for the position `index` (its input token `tokens_B`: the previous
         output, 0 at the start) and the updated cache."""
-        max_len = cache["layers"][0]["k"].shape[1]
+        max_len = cache["decode"]["layers"][0]["k"].shape[1]
         visible = jnp.arange(max_len) <= index  # causal: positions written so far
         self_bias = attention_bias(visible[None, None, :]) + self.decoder_relpos(
             1, max_len, q_offset=index
         )
-        encoder_real = cache["encoder_input_tokens"] > 0
+        encoder_real = cache["inputs"]["encoder_input_tokens"] > 0
         cross_bias = attention_bias(encoder_real[:, None, :])
         x = self.token_embedder(tokens_B[:, None])
         layers = []
-        for layer, layer_cache in zip(self.decoder_layers, cache["layers"], strict=True):
-            x, layer_cache = layer.step(x, layer_cache, self_bias, cross_bias, index)
-            layers.append(layer_cache)
+        for layer, kv, cross in zip(
+            self.decoder_layers, cache["decode"]["layers"], cache["inputs"]["cross"], strict=True
+        ):
+            x, kv = layer.step(x, kv, (cross["k"], cross["v"]), self_bias, cross_bias, index)
+            layers.append(kv)
         logits = self._logits(self.decoder_norm(x))[:, 0]
-        return logits, cache | {"layers": layers}
+        return logits, {"inputs": cache["inputs"], "decode": {"layers": layers}}
 
     def __call__(self, batch, *, deterministic=True):
         encoded = self.encode(

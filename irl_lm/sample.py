@@ -1,0 +1,160 @@
+"""Decodes a JSONL file of inputs with a checkpoint: greedy, temperature sampling or beams.
+
+    python -m irl_lm.sample --hf /ckpts/flan-t5-base --input-file in.jsonl \
+        --output-file out.jsonl --method beam --num-beams 4 --max-decode-len 64
+    python -m irl_lm.sample --workdir workdirs/ft --input-file in.jsonl --output-file out.jsonl \
+        --method temperature --temperature 0.7 --top-p 0.9 --num-decodes 4 --seed 1
+
+Each input line holds `"inputs"` (text; needs the checkpoint's vocabulary) or `"input_ids"`
+(token ids; EOS is appended when missing). Each output line, in input order, holds
+`"output_ids"` (one list per decode or beam, without padding), `"outputs"` (their text, when
+there is a vocabulary), `"scores"` (beam: the length-normalised beam score; sampling: the
+sequence's log-probability under the model) and `"lengths"`. Rows are sharded over the
+local devices (`--fsdp` / `--tensor` shard the parameters); one shape is compiled once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import sys
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from irl_lm import checkpointing, decoding, sharding
+from irl_lm.models import build_model
+from irl_lm.models.hf import load_vocabulary
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--hf", help="a Hugging Face model folder")
+    source.add_argument("--workdir", help="a training workdir (latest step) or converted folder")
+    p.add_argument("--input-file", required=True)
+    p.add_argument("--output-file", required=True)
+    p.add_argument("--method", choices=["greedy", "temperature", "beam"], default="greedy")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0: no top-k filtering")
+    p.add_argument("--top-p", type=float, default=1.0, help="1: no nucleus filtering")
+    p.add_argument("--num-beams", type=int, default=4)
+    p.add_argument("--alpha", type=float, default=0.6, help="beam length penalty exponent")
+    p.add_argument("--num-decodes", type=int, default=1, help="samples per input")
+    p.add_argument("--max-decode-len", type=int, default=64)
+    p.add_argument("--max-input-len", type=int, default=0, help="0: the longest input")
+    p.add_argument("--batch-size", type=int, default=32, help="inputs per decoding call")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--fsdp", type=int, default=1)
+    p.add_argument("--tensor", type=int, default=1)
+    return p.parse_args(argv)
+
+
+def read_inputs(path: str, vocab, eos_id: int, vocab_size: int) -> list[list[int]]:
+    """Token ids per line, EOS-terminated; errors name the file and line."""
+    rows = []
+    with open(path) as f:
+        for line_no, line in enumerate(f, 1):
+            where = f"{path}:{line_no}"
+            if not line.strip():
+                raise ValueError(f"{where}: empty line; every line must be a JSON object")
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not JSON ({e})") from None
+            if "input_ids" in record:
+                ids = record["input_ids"]
+                if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+                    raise ValueError(f"{where}: 'input_ids' must be a list of integers")
+            elif "inputs" in record:
+                if vocab is None:
+                    raise ValueError(
+                        f"{where}: 'inputs' is text, but the checkpoint has no vocabulary "
+                        "(spiece.model); give 'input_ids' instead"
+                    )
+                ids = list(vocab.encode(record["inputs"]))
+            else:
+                raise ValueError(f"{where}: needs 'inputs' (text) or 'input_ids' (token ids)")
+            bad = [i for i in ids if not 0 <= i < vocab_size]
+            if bad:
+                raise ValueError(f"{where}: token ids {bad[:5]} outside [0, {vocab_size})")
+            rows.append(ids if ids and ids[-1] == eos_id else [*ids, eos_id])
+    if not rows:
+        raise ValueError(f"{path}: no inputs")
+    return rows
+
+
+def decode_fn(model, args, eos_id: int):
+    """The jitted decoder for `args.method`; returns (params, batch, rng) -> outputs."""
+    if args.method == "beam":
+        decode = functools.partial(
+            decoding.beam_search, model, max_len=args.max_decode_len, num_beams=args.num_beams,
+            alpha=args.alpha, eos_id=eos_id,
+        )  # fmt: skip
+        return jax.jit(lambda params, batch, rng: decode(params, batch))
+    temperature = 0.0 if args.method == "greedy" else args.temperature
+    decode = functools.partial(
+        decoding.sample, model, max_len=args.max_decode_len, num_decodes=args.num_decodes,
+        temperature=temperature, top_k=args.top_k, top_p=args.top_p, eos_id=eos_id,
+    )  # fmt: skip
+    return jax.jit(decode)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    source = checkpointing.parse_init_from(f"hf:{args.hf}" if args.hf else args.workdir)
+    model = build_model(source.model_config() | {"dtype": args.dtype, "dropout_rate": 0.0})
+    mesh = sharding.make_mesh({"data": -1, "fsdp": args.fsdp, "tensor": args.tensor})
+    vocab_folder = source.vocabulary_folder()
+    vocab = load_vocabulary(vocab_folder) if vocab_folder else None
+    eos_id = vocab.eos_id if vocab is not None else 1
+    inputs = read_inputs(args.input_file, vocab, eos_id, model.config.vocab_size)
+    length = args.max_input_len or max(len(ids) for ids in inputs)
+    truncated = sum(len(ids) > length for ids in inputs)
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    batch_size = math.ceil(args.batch_size / shards) * shards
+
+    with sharding.use_mesh(mesh):
+        abstract, shardings = sharding.abstract_params(model, mesh)
+        params = source.load_params(model, abstract, shardings)
+        decode = decode_fn(model, args, eos_id)
+        key = jax.random.PRNGKey(args.seed)
+        with open(args.output_file, "w") as out:
+            for start in tqdm(range(0, len(inputs), batch_size), desc="decoding", unit="batch"):
+                chunk = inputs[start : start + batch_size]
+                tokens = np.zeros((batch_size, length), np.int32)
+                for row, ids in enumerate(chunk):
+                    ids = ids if len(ids) <= length else [*ids[: length - 1], eos_id]
+                    tokens[row, : len(ids)] = ids
+                batch = sharding.shard_host_batch({"encoder_input_tokens": tokens}, mesh)
+                result = jax.device_get(decode(params, batch, jax.random.fold_in(key, start)))
+                for row in range(len(chunk)):
+                    out.write(json.dumps(_record(result, row, vocab, args.method)) + "\n")
+    summary = {"inputs": len(inputs), "truncated_inputs": truncated, "output": args.output_file}
+    if truncated:
+        print(f"{truncated} inputs longer than {length} tokens were truncated", file=sys.stderr)
+    print(json.dumps(summary))
+    return summary
+
+
+def _record(result, row: int, vocab, method: str) -> dict:
+    lengths = [int(n) for n in result["lengths"][row]]
+    output_ids = [
+        [int(t) for t in seq[:n]] for seq, n in zip(result["tokens"][row], lengths, strict=True)
+    ]
+    if method == "beam":
+        scores = [float(s) for s in result["scores"][row]]
+    else:
+        scores = [float(s) for s in result["log_probs"][row].sum(-1)]
+    record = {"output_ids": output_ids, "scores": scores, "lengths": lengths}
+    if vocab is not None:
+        record["outputs"] = [vocab.decode(ids) for ids in output_ids]
+    return record
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
