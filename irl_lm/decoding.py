@@ -83,7 +83,8 @@ def sample(
     Returns `[B, N, T]` arrays (N = num_decodes): `tokens`; `log_probs` under the unmodified
     model; `sample_log_probs` under the distribution sampled from (after temperature, top-k,
     top-p; 0 when greedy); `entropies` of the unmodified next-token distribution; `mask`
-    (1 up to and including EOS); and `lengths` `[B, N]`. Zero past each row's end.
+    (1 up to and including EOS); `lengths` `[B, N]`; and `num_steps`, the decoding steps
+    run (fewer than `max_len` when every row ended early). Zero past each row's end.
     """
     batch_size = batch["encoder_input_tokens"].shape[0]
     rows = batch_size * num_decodes
@@ -128,9 +129,10 @@ def sample(
     }
     start = jnp.zeros((rows,), jnp.int32)
     init = (jnp.int32(0), start, out, jnp.zeros((rows,), bool), cache, rng)
-    _, _, out, _, _, _ = jax.lax.while_loop(cond, body, init)
+    steps, _, out, _, _, _ = jax.lax.while_loop(cond, body, init)
     out |= _mask_and_lengths(out["tokens"], eos_id)
-    return jax.tree.map(lambda x: x.reshape(batch_size, num_decodes, *x.shape[1:]), out)
+    out = jax.tree.map(lambda x: x.reshape(batch_size, num_decodes, *x.shape[1:]), out)
+    return out | {"num_steps": steps}
 
 
 def _inverse_cdf_sample(key, log_q_BxV):
@@ -162,7 +164,7 @@ def beam_search(model, params, batch, *, max_len: int, num_beams: int, alpha=0.6
     the W best are finished, the W best others go on.
 
     Returns `tokens` `[B, W, T]` best first, `scores` `[B, W]`, `log_probs` (per token, under
-    the model) `[B, W, T]`, `mask` and `lengths` `[B, W]`.
+    the model) `[B, W, T]`, `mask`, `lengths` `[B, W]` and `num_steps`.
     """
     batch_size, beams = batch["encoder_input_tokens"].shape[0], num_beams
     alpha = jnp.asarray(alpha, jnp.float32)
@@ -242,6 +244,7 @@ def beam_search(model, params, batch, *, max_len: int, num_beams: int, alpha=0.6
         "scores": best["score"],
         "mask": mask,
         "lengths": best["length"],
+        "num_steps": t,
     }
 
 

@@ -132,8 +132,13 @@ class ExpertEvaluator:
             decoding.sample, ctx.model, max_len=self.max_len, num_decodes=num_samples,
             eos_id=ctx.eos_id,
         )  # fmt: skip
+
         # [E, N, T] -> rows [E * N, T] in the order of the expert rows.
-        flat = lambda *a, **k: jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), sample(*a, **k))
+        def flat(*args, **kwargs):
+            out = sample(*args, **kwargs)
+            del out["num_steps"]
+            return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), out)
+
         self._sample = jax.jit(flat, out_shardings=replicated)
         self._token_log_probs = jax.jit(self._teacher_forced_log_probs, out_shardings=replicated)
         self._rng = jax.random.PRNGKey(seed)

@@ -61,7 +61,7 @@ def test_cached_steps_equal_the_teacher_forced_pass(config):
 def test_greedy_follows_the_teacher_forced_argmax():
     params, batch = setup()
     out = jax.device_get(decoding.greedy(MODEL, params, batch, max_len=8))
-    out = {k: v[:, 0] for k, v in out.items()}
+    out = {k: v[:, 0] for k, v in out.items() if k != "num_steps"}
     log_p = teacher_forced_log_probs(params, batch, out["tokens"])
     for row in range(6):
         n = int(out["lengths"][row])
@@ -168,3 +168,20 @@ def test_beam_search_finds_the_best_sequences_by_enumeration():
         np.testing.assert_array_equal(out["tokens"][row, 0], tokens[best[0]])
         assert out["lengths"][row, 0] == len(candidates[best[0]])
     assert (np.diff(out["scores"], axis=1) <= 1e-6).all()  # best first
+
+
+def test_options_are_arrays_and_the_loop_stops_at_the_last_eos():
+    params, batch = setup(batch=4, eos_boost=1.0)
+    decode = jax.jit(
+        lambda p, b, r, temperature, top_k, top_p: decoding.sample(
+            MODEL, p, b, r, max_len=20, temperature=temperature, top_k=top_k, top_p=top_p
+        )
+    )
+    outs = [
+        jax.device_get(decode(params, batch, jax.random.PRNGKey(0), *options))
+        for options in [(1.0, 0, 1.0), (0.5, 3, 0.9), (0.0, 0, 1.0)]
+    ]
+    assert decode._cache_size() == 1  # new temperature / top-k / top-p values: no recompile
+    # The loop runs until the last row's EOS (or max_len), no further.
+    assert [int(out["num_steps"]) for out in outs] == [out["lengths"].max() for out in outs]
+    assert min(int(out["num_steps"]) for out in outs) < 20
