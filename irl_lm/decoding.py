@@ -1,7 +1,8 @@
 """Decoding with a key/value cache: greedy, temperature / top-k / top-p sampling, beam search.
 
 One decoder for evaluation, the sampling CLI and online training. A model takes part through
-two methods (both families implement them):
+two methods (both families implement them; the batch holds `encoder_input_tokens` for T5,
+right-padded prompts `decoder_input_tokens` for a decoder-only model):
 
     cache = model.prefill(batch, max_len)        # encoder pass (or prompt), empty caches
     logits_BxV, cache = model.decode_step(cache, tokens_B, index)
@@ -20,6 +21,11 @@ import jax
 import jax.numpy as jnp
 
 NEG_INF = -jnp.inf
+
+
+def _batch_size(batch) -> int:
+    """Rows of a batch: encoder inputs (encoder-decoder) or prompts (decoder-only)."""
+    return jax.tree.leaves(batch)[0].shape[0]
 
 
 def _prefill(model, params, batch, max_len: int, repeat: int):
@@ -86,7 +92,7 @@ def sample(
     (1 up to and including EOS); `lengths` `[B, N]`; and `num_steps`, the decoding steps
     run (fewer than `max_len` when every row ended early). Zero past each row's end.
     """
-    batch_size = batch["encoder_input_tokens"].shape[0]
+    batch_size = _batch_size(batch)
     rows = batch_size * num_decodes
     cache = _prefill(model, params, batch, max_len, num_decodes)
     temperature = jnp.asarray(temperature, jnp.float32)
@@ -166,7 +172,7 @@ def beam_search(model, params, batch, *, max_len: int, num_beams: int, alpha=0.6
     Returns `tokens` `[B, W, T]` best first, `scores` `[B, W]`, `log_probs` (per token, under
     the model) `[B, W, T]`, `mask`, `lengths` `[B, W]` and `num_steps`.
     """
-    batch_size, beams = batch["encoder_input_tokens"].shape[0], num_beams
+    batch_size, beams = _batch_size(batch), num_beams
     alpha = jnp.asarray(alpha, jnp.float32)
     cache = _prefill(model, params, batch, max_len, beams)
     offsets_Bx1 = (jnp.arange(batch_size) * beams)[:, None]

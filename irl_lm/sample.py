@@ -6,7 +6,9 @@
         --method temperature --temperature 0.7 --top-p 0.9 --num-decodes 4 --seed 1
 
 Each input line holds `"inputs"` (text; needs the checkpoint's vocabulary) or `"input_ids"`
-(token ids; EOS is appended when missing). Each output line, in input order, holds
+(token ids). For T5 they are the encoder input (EOS appended when missing); for a
+decoder-only model (`--hf` on a Llama folder) the prompt to continue. Each output line, in
+input order, holds
 `"output_ids"` (one list per decode or beam, without padding), `"outputs"` (their text, when
 there is a vocabulary), `"scores"` (beam: the length-normalised beam score; sampling: the
 sequence's log-probability under the model) and `"lengths"`. Rows are sharded over the
@@ -48,14 +50,17 @@ def parse_args(argv):
     p.add_argument("--max-input-len", type=int, default=0, help="0: the longest input")
     p.add_argument("--batch-size", type=int, default=32, help="inputs per decoding call")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eos-id", type=int, default=None, help="default: the vocabulary's, else 1")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--fsdp", type=int, default=1)
     p.add_argument("--tensor", type=int, default=1)
     return p.parse_args(argv)
 
 
-def read_inputs(path: str, vocab, eos_id: int, vocab_size: int) -> list[list[int]]:
-    """Token ids per line, EOS-terminated; errors name the file and line."""
+def read_inputs(
+    path: str, vocab, eos_id: int, vocab_size: int, *, append_eos: bool
+) -> list[list[int]]:
+    """Token ids per line (EOS-terminated for an encoder); errors name the file and line."""
     rows = []
     with open(path) as f:
         for line_no, line in enumerate(f, 1):
@@ -82,7 +87,11 @@ def read_inputs(path: str, vocab, eos_id: int, vocab_size: int) -> list[list[int
             bad = [i for i in ids if not 0 <= i < vocab_size]
             if bad:
                 raise ValueError(f"{where}: token ids {bad[:5]} outside [0, {vocab_size})")
-            rows.append(ids if ids and ids[-1] == eos_id else [*ids, eos_id])
+            if append_eos and not (ids and ids[-1] == eos_id):
+                ids = [*ids, eos_id]
+            if not ids:
+                raise ValueError(f"{where}: empty prompt")
+            rows.append(ids)
     if not rows:
         raise ValueError(f"{path}: no inputs")
     return rows
@@ -111,8 +120,14 @@ def main(argv=None) -> dict:
     mesh = sharding.make_mesh({"data": -1, "fsdp": args.fsdp, "tensor": args.tensor})
     vocab_folder = source.vocabulary_folder()
     vocab = load_vocabulary(vocab_folder) if vocab_folder else None
-    eos_id = vocab.eos_id if vocab is not None else 1
-    inputs = read_inputs(args.input_file, vocab, eos_id, model.config.vocab_size)
+    eos_id = args.eos_id if args.eos_id is not None else vocab.eos_id if vocab else 1
+    # T5 reads its inputs with the encoder (EOS-terminated, cut at the end when too long);
+    # a decoder-only model continues a prompt (no EOS, cut at the start when too long).
+    feature = type(model).input_features[0]
+    encoder = feature == "encoder_input_tokens"
+    inputs = read_inputs(
+        args.input_file, vocab, eos_id, model.config.vocab_size, append_eos=encoder
+    )
     length = args.max_input_len or max(len(ids) for ids in inputs)
     truncated = sum(len(ids) > length for ids in inputs)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -128,9 +143,10 @@ def main(argv=None) -> dict:
                 chunk = inputs[start : start + batch_size]
                 tokens = np.zeros((batch_size, length), np.int32)
                 for row, ids in enumerate(chunk):
-                    ids = ids if len(ids) <= length else [*ids[: length - 1], eos_id]
+                    if len(ids) > length:
+                        ids = [*ids[: length - 1], eos_id] if encoder else ids[-length:]
                     tokens[row, : len(ids)] = ids
-                batch = sharding.shard_host_batch({"encoder_input_tokens": tokens}, mesh)
+                batch = sharding.shard_host_batch({feature: tokens}, mesh)
                 result = jax.device_get(decode(params, batch, jax.random.fold_in(key, start)))
                 for row in range(len(chunk)):
                     out.write(json.dumps(_record(result, row, vocab, args.method)) + "\n")

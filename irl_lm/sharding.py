@@ -27,6 +27,7 @@ LOGICAL_AXIS_RULES = (
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
+    ("kv_heads", "tensor"),  # grouped-query attention: replicated when not divisible
     ("kv", None),
     ("relpos_buckets", None),
     ("norm", None),

@@ -14,7 +14,7 @@ py=${PYTHON:-python3}
   $py -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
   echo "== tests on the accelerator (float32 matmuls at highest precision)"
   JAX_DEFAULT_MATMUL_PRECISION=highest $py -m pytest -q -p no:cacheprovider \
-    tests/test_losses.py tests/test_t5.py tests/test_hf_t5.py
+    tests/test_losses.py tests/test_t5.py tests/test_decoding.py tests/test_hf_t5.py tests/test_hf_decoder_only.py
   echo "== step benchmark: tiny, float32"
   $py scripts/bench_step.py --d_model=64 --d_kv=16 --d_ff=128 --num_heads=4 --num_layers=2 \
     --vocab_size=512 --batch=16 --input_len=32 --target_len=16

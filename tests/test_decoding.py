@@ -1,5 +1,6 @@
 """The cached decoders against teacher-forced forward passes of the same model and NumPy."""
 
+import dataclasses
 import functools
 import itertools
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from irl_lm import decoding
-from irl_lm.models import T5, T5Config
+from irl_lm.models import T5, DecoderOnly, DecoderOnlyConfig, T5Config
 from irl_lm.sharding import unbox
 
 CONFIG = T5Config(
@@ -185,3 +186,60 @@ def test_options_are_arrays_and_the_loop_stops_at_the_last_eos():
     # The loop runs until the last row's EOS (or max_len), no further.
     assert [int(out["num_steps"]) for out in outs] == [out["lengths"].max() for out in outs]
     assert min(int(out["num_steps"]) for out in outs) < 20
+
+
+# ----------------------------------------------------------------------------- decoder-only
+
+LLAMA = DecoderOnlyConfig(
+    vocab_size=17, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, rope_theta=50.0,
+)  # fmt: skip
+
+
+def decoder_only_setup(config=LLAMA, seed=0):
+    model = DecoderOnly(config)
+    rng = np.random.default_rng(seed)
+    lengths = [5, 2, 4, 1]  # right-padded prompts of different lengths
+    prompts = np.zeros((4, 5), np.int32)
+    for row, n in enumerate(lengths):
+        prompts[row, :n] = rng.integers(2, config.vocab_size, n)
+    example = {"decoder_input_tokens": prompts}
+    params = unbox(model.init(jax.random.PRNGKey(seed), example)["params"])
+    return model, params, prompts, lengths
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_decoder_only_cached_steps_equal_the_teacher_forced_pass(tied):
+    """Prompt prefill, then one token per step: the logits of step t equal a full forward
+    pass over prompt + continuation at position len(prompt) - 1 + t, row by row."""
+    config = dataclasses.replace(LLAMA, tie_word_embeddings=tied)
+    model, params, prompts, lengths = decoder_only_setup(config)
+    steps = 9
+    continuation = np.random.default_rng(1).integers(2, 17, (4, steps)).astype(np.int32)
+    cache = model.apply({"params": params}, {"decoder_input_tokens": prompts}, steps,
+                        method=model.prefill)  # fmt: skip
+    step = jax.jit(functools.partial(model.apply, method=model.decode_step))
+    previous = np.zeros(4, np.int32)
+    got = []
+    for t in range(steps):
+        logits, cache = step({"params": params}, cache, previous, t)
+        got.append(np.asarray(jax.nn.log_softmax(logits)))
+        previous = continuation[:, t]
+    for row, n in enumerate(lengths):
+        sequence = np.concatenate([prompts[row, :n], continuation[row]])[None]
+        full = model.apply({"params": params}, {"decoder_input_tokens": sequence})
+        expected = np.asarray(jax.nn.log_softmax(full))[0, n - 1 : n - 1 + steps]
+        np.testing.assert_allclose(np.stack(got)[:, row], expected, atol=1e-5)
+
+
+def test_decoder_only_greedy_and_beam_through_the_same_decoders():
+    model, params, prompts, lengths = decoder_only_setup()
+    batch = {"decoder_input_tokens": prompts}
+    greedy = jax.device_get(decoding.greedy(model, params, batch, max_len=6, eos_id=1))
+    beam = jax.device_get(decoding.beam_search(model, params, batch, max_len=6, num_beams=1))
+    np.testing.assert_array_equal(beam["tokens"], greedy["tokens"])
+    for row, n in enumerate(lengths):  # each new token is the argmax given all before it
+        tokens = greedy["tokens"][row, 0, : greedy["lengths"][row, 0]]
+        sequence = np.concatenate([prompts[row, :n], tokens])[None]
+        full = np.asarray(model.apply({"params": params}, {"decoder_input_tokens": sequence}))
+        np.testing.assert_array_equal(full[0, n - 1 : n - 1 + len(tokens)].argmax(-1), tokens)

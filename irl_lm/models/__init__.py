@@ -13,10 +13,11 @@ from collections.abc import Mapping
 import flax.linen as nn
 import jax
 
+from irl_lm.models.decoder_only import DecoderOnly, DecoderOnlyConfig
 from irl_lm.models.t5 import T5, T5_PRESETS, T5Config
 
 # name -> (config dataclass, module class)
-MODELS = {"t5": (T5Config, T5)}
+MODELS = {"t5": (T5Config, T5), "decoder_only": (DecoderOnlyConfig, DecoderOnly)}
 # preset name -> (family, fields)
 PRESETS = {name: ("t5", fields) for name, fields in T5_PRESETS.items()}
 
@@ -64,6 +65,8 @@ def num_params(model: nn.Module) -> int:
 from irl_lm.models.hf import export_hf, load_hf, load_vocabulary  # noqa: E402
 
 __all__ = [
+    "DecoderOnly",
+    "DecoderOnlyConfig",
     "MODELS",
     "PRESETS",
     "T5",

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from irl_lm import sharding
-from irl_lm.models import t5
+from irl_lm.models import decoder_only, t5
 from irl_lm.models.safetensors_io import read_folder, write_folder
 
 
@@ -41,6 +41,8 @@ class HFLayout:
 LAYOUTS = (
     HFLayout("t5", t5.HF_MODEL_TYPES, t5.from_hf_config, t5.to_hf_config, t5.hf_tensor_names,
              t5.hf_aliases),
+    HFLayout("decoder_only", decoder_only.HF_MODEL_TYPES, decoder_only.from_hf_config,
+             decoder_only.to_hf_config, decoder_only.hf_tensor_names, decoder_only.hf_aliases),
 )  # fmt: skip
 
 # Fields a user may change on an imported model: how it runs, not what it is.
