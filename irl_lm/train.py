@@ -42,7 +42,13 @@ def validate_config(config) -> None:
     """Fails at start, naming the field and the allowed values, before anything is built."""
     tasks.get_task(config.task)  # checks task name and fields
     make_loss(config.loss)
-    build_model(config.model)  # checks model name and fields
+    model = build_model(config.model)  # checks model name and fields
+    if "encoder_input_tokens" not in type(model).input_features:
+        raise ValueError(
+            f"config.model.name={config.model.name!r}: the trainer trains encoder-decoder "
+            "models (t5, t5_*) so far; decoder-only models decode and import from Hugging "
+            "Face, their training (prefix-LM batches) is not built yet"
+        )
     choices = {"optimizer.name": OPTIMIZERS, "schedule.name": SCHEDULES}
     for field, allowed in choices.items():
         group, key = field.split(".")

@@ -134,7 +134,11 @@ def test_nonfinite_loss_names_the_step_and_keeps_last_good_checkpoint(
     "field,value,match",
     [
         ("task.name", "synthetic_exper", r"config.task.name='synthetic_exper'.*allowed"),
-        ("model.name", "t55", r"config.model.name='t55'.*allowed: \['t5', 't5_base'"),
+        (
+            "model.name",
+            "t55",
+            r"config.model.name='t55'.*allowed: \['decoder_only', 't5', 't5_base'",
+        ),
         ("loss.name", "iqleran", r"config.loss.name='iqleran'.*allowed: \['iqlearn', 'mle'\]"),
         ("loss.lam", -1.0, r"config.loss.lam=-1.0.*>= 0"),
         ("loss.gamma", 0.0, r"config.loss.gamma=0.0.*\(0, 1\]"),
@@ -181,3 +185,17 @@ def test_sigterm_saves_a_checkpoint_and_stops(make_config, tmp_path, monkeypatch
     results = train.train_and_evaluate(config, str(tmp_path))
     assert results["step"] == 3
     assert checkpointing.Checkpointer(str(tmp_path), keep=3).latest_step() == 3
+
+
+def test_decoder_only_model_is_refused_by_the_trainer_for_now(make_config, tmp_path):
+    config = make_config()
+    config.model = dict(
+        name="decoder_only",
+        vocab_size=0,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+    )
+    with pytest.raises(ValueError, match=r"config.model.name='decoder_only'.*not built yet"):
+        train.train_and_evaluate(config, str(tmp_path))
