@@ -64,6 +64,9 @@ class Embed(nn.Module):
         return constrain(logits, "activation_batch", "activation_length", "activation_vocab")
 
 
+HEAD_AXES = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with separate q/k/v/o kernels and an additive bias.
 
@@ -106,9 +109,6 @@ class MultiHeadAttention(nn.Module):
     def __call__(self, x_q_BxQxD, x_kv_BxKxD, bias_BxHxQxK, *, deterministic: bool):
         k, v = self.project_kv(x_kv_BxKxD)
         return self.attend(x_q_BxQxD, k, v, bias_BxHxQxK, deterministic=deterministic)
-
-
-HEAD_AXES = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
 
 
 # Activation names as Hugging Face's ACT2FN spells them ("gelu_new" is the tanh approximation
