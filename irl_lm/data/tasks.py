@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 import seqio
 import tensorflow as tf
 
+from irl_lm.data import text_tasks
 from irl_lm.data.synthetic import EOS_ID, ExpertSpec, SyntheticExpert
 from irl_lm.models.hf import load_vocabulary
 
@@ -80,9 +81,22 @@ def _synthetic_expert_task(task_config: Mapping) -> dict:
 
 def task_vocabulary(task_config: Mapping) -> seqio.Vocabulary | None:
     """`config.task.vocabulary`: a folder with a SentencePiece `spiece.model` (a Hugging Face
-    checkpoint; the trainer fills it in from `config.init_from`), or "" for the task's own."""
-    folder = task_config.get("vocabulary") or ""
-    return load_vocabulary(folder) if folder else None
+    checkpoint; the trainer fills it in from `config.init_from`), "byte" (UTF-8 bytes, as
+    ByT5: needs no file), or "" for the task's own."""
+    value = task_config.get("vocabulary") or ""
+    if value == "byte":
+        return seqio.ByteVocabulary()
+    return load_vocabulary(value) if value else None
+
+
+def _text_task(name: str, task_config: Mapping) -> dict:
+    vocabulary = task_vocabulary(task_config)
+    if vocabulary is None:
+        raise ValueError(
+            f"config.task.vocabulary is empty: the {name} task needs one (a folder with "
+            "spiece.model, set for you by config.init_from=hf:DIR, or 'byte')"
+        )
+    return text_tasks.build(name, task_config, vocabulary, feature_lengths(task_config))
 
 
 def _to_plain(value):
@@ -96,6 +110,7 @@ def _to_plain(value):
 # config.task.name -> builder(task_config) -> keyword arguments of seqio.TaskRegistry.add
 TASKS: dict[str, Callable[[Mapping], dict]] = {
     "synthetic_expert": _synthetic_expert_task,
+    **{name: functools.partial(_text_task, name) for name in text_tasks.TEXT_TASKS},
 }
 
 
@@ -107,6 +122,10 @@ def _synthetic_expert_lengths(task_config: Mapping) -> dict[str, int]:
 # config.task.name -> function(task_config) -> the task's natural {"inputs", "targets"} lengths
 FEATURE_LENGTHS: dict[str, Callable[[Mapping], dict[str, int]]] = {
     "synthetic_expert": _synthetic_expert_lengths,
+    **{
+        name: lambda task_config, name=name: text_tasks.default_lengths(name)
+        for name in text_tasks.TEXT_TASKS
+    },
 }
 
 

@@ -1,0 +1,153 @@
+"""The paper's text tasks (XSUM, GSM8k, TL;DR, WMT22) as seqio task builders.
+
+Each task is a preprocessing function from one raw example (the field layout of
+`../shared/data/`, which is also that of the TFDS / Hugging Face copies) to `inputs` /
+`targets` text. Examples come from JSON Lines files named per split in `config.task.files`
+(`source="jsonl"`), read completely and checked: a malformed line or a missing field fails
+naming the file, line and field. Token lengths over `max_input_len` / `max_target_len` are
+truncated by the feature converter and counted in the log when the split is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from collections.abc import Callable, Mapping
+
+import seqio
+import tensorflow as tf
+from absl import logging
+
+SPLITS = ("train", "validation", "test")
+LANGUAGES = {"en": "English", "de": "German", "cs": "Czech", "zh": "Chinese"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TextTask:
+    fields: tuple[str, ...]  # the raw fields `preprocess` reads
+    preprocess: Callable[[Mapping], tuple[str, str]]  # raw example -> (inputs, targets)
+    max_lengths: tuple[int, int]  # default (inputs, targets) token lengths
+
+
+def _xsum(ex):
+    return "summarize: " + ex["document"], ex["summary"]
+
+
+def _gsm8k(ex):
+    return ex["question"], ex["answer"]  # the worked answer, ending in "#### <number>"
+
+
+def _tldr(ex):
+    return f"SUBREDDIT: r/{ex['subreddit']}\nTITLE: {ex['title']}\nPOST: {ex['post']}\nTL;DR:", ex[
+        "summary"
+    ]
+
+
+def _translation(source: str, target: str):
+    def preprocess(ex):
+        prefix = f"translate {LANGUAGES[source]} to {LANGUAGES[target]}: "
+        return prefix + ex[source], ex[target]
+
+    return TextTask((source, target), preprocess, (256, 256))
+
+
+TEXT_TASKS: dict[str, TextTask] = {
+    "xsum": TextTask(("document", "summary"), _xsum, (512, 64)),
+    "gsm8k": TextTask(("question", "answer"), _gsm8k, (256, 256)),
+    "tldr": TextTask(("subreddit", "title", "post", "summary"), _tldr, (512, 64)),
+    **{
+        f"wmt22_{s}_{t}": _translation(s, t)
+        for s, t in [
+            ("en", "de"),
+            ("de", "en"),
+            ("en", "cs"),
+            ("cs", "en"),
+            ("en", "zh"),
+            ("zh", "en"),
+        ]
+    },  # fmt: skip
+}
+
+
+def read_jsonl(path: str, fields: tuple[str, ...]) -> list[dict]:
+    """Every line of `path` as a dict; errors name the file, line and field."""
+    rows = []
+    try:
+        f = open(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config.task.files: {path} does not exist") from None
+    with f:
+        for line_no, line in enumerate(f, 1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{line_no}: not a JSON object ({e})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{line_no}: not a JSON object")
+            for field in fields:
+                if not isinstance(row.get(field), str):
+                    raise ValueError(
+                        f"{path}:{line_no}: field {field!r} is missing or not a string"
+                    )
+            rows.append(row)
+    return rows
+
+
+def build(
+    name: str, task_config: Mapping, vocabulary: seqio.Vocabulary, lengths: Mapping[str, int]
+) -> dict:
+    """seqio.TaskRegistry.add arguments for text task `name` from `config.task`, whose
+    batches have `lengths` tokens (inputs, targets)."""
+    task = TEXT_TASKS[name]
+    source = task_config.get("source", "jsonl")
+    if source != "jsonl":
+        raise ValueError(
+            f"config.task.source={source!r} for {name}: only 'jsonl' (local files, the layout "
+            "of shared/data) is available so far; set config.task.files.<split>"
+        )
+    files = dict(task_config.get("files") or {})
+    unknown = sorted(set(files) - set(SPLITS))
+    if unknown or not files:
+        raise ValueError(
+            f"config.task.files for {name} must name JSON Lines files for splits in {SPLITS}; "
+            f"got {sorted(files) or 'none'}"
+        )
+    limit = int(task_config.get("num_train_examples") or 0)
+    max_in, max_out = lengths["inputs"], lengths["targets"]
+
+    @functools.cache
+    def examples(split: str) -> dict[str, list[str]]:
+        rows = read_jsonl(files[split], task.fields)
+        if split == "train" and limit:
+            rows = rows[:limit]
+        pairs = [task.preprocess(row) for row in rows]
+        inputs, targets = [p[0] for p in pairs], [p[1] for p in pairs]
+        # EOS takes one position of each feature.
+        long_in = sum(len(vocabulary.encode(x)) + 1 > max_in for x in inputs)
+        long_out = sum(len(vocabulary.encode(y)) + 1 > max_out for y in targets)
+        logging.info(
+            "%s/%s: %d examples from %s; %d inputs longer than %d and %d targets longer than "
+            "%d tokens are truncated",
+            name, split, len(rows), files[split], long_in, max_in, long_out, max_out,
+        )  # fmt: skip
+        return {"inputs": inputs, "targets": targets}
+
+    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+        del shuffle_files, seed
+        return tf.data.Dataset.from_tensor_slices(examples(split))
+
+    features = {
+        key: seqio.Feature(vocabulary, add_eos=True, dtype=tf.int32)
+        for key in ("inputs", "targets")
+    }
+    return dict(
+        source=seqio.FunctionDataSource(dataset_fn, splits=tuple(files)),
+        output_features=features,
+        preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+    )
+
+
+def default_lengths(name: str) -> dict[str, int]:
+    max_in, max_out = TEXT_TASKS[name].max_lengths
+    return {"inputs": max_in, "targets": max_out}
