@@ -58,3 +58,60 @@ def loss_config(name: str, lam: float = 0.1, gamma: float = 0.99) -> ml_collecti
     """`config.loss` for a loss name, with the paper's defaults for its fields."""
     fields = {"mle": {}, "iqlearn": {"lam": lam, "gamma": gamma}}.get(name, {})
     return ml_collections.ConfigDict({"name": name, **fields})
+
+
+def text_task_config(
+    task: str, arg: str | None, *, files: dict[str, str], lengths: tuple[int, int]
+):
+    """The config of a paper task (`configs/xsum.py` ...). `arg` keys:
+
+    mode   "tiny" (the default): a byte-level T5 with 2+2 layers, 30 steps on the shared
+           files, greedy decode evaluation of 8 examples (a CPU smoke run, about a minute);
+           "full": `model` (a preset, e.g. t5_base), fine-tuned from `--config.init_from`,
+           with the vocabulary of that checkpoint and evaluation every 1000 steps.
+    loss, lam, gamma, model, data (the folder of the shared JSONL files).
+    `files` maps splits to paths under `data`; point `--config.task.files.<split>` at the
+    full corpora for real runs.
+    """
+    args = parse_arg(
+        arg, mode="tiny", loss="mle", lam="0.1", gamma="0.99", model="t5_base",
+        data="../shared/data",
+    )  # fmt: skip
+    if args["mode"] not in ("tiny", "full"):
+        raise ValueError(f"config arg mode={args['mode']!r}; allowed: tiny, full")
+    tiny = args["mode"] == "tiny"
+    config = trainer_defaults()
+    config.task = dict(
+        name=task,
+        source="jsonl",
+        files={split: f"{args['data']}/{path}" for split, path in files.items()},
+        vocabulary="byte" if tiny else "",  # "": taken from config.init_from's checkpoint
+        max_input_len=128 if tiny else lengths[0],
+        max_target_len=48 if tiny else lengths[1],
+        num_train_examples=256 if tiny else 0,
+    )
+    config.loss = loss_config(args["loss"], float(args["lam"]), float(args["gamma"]))
+    if tiny:
+        config.model = dict(name="t5", vocab_size=0, d_model=64, d_kv=16, d_ff=128,
+                            num_heads=4, num_layers=2, num_decoder_layers=2)  # fmt: skip
+        config.total_steps, config.batch_size, config.eval_batch_size = 30, 8, 8
+        config.log_every, config.checkpoint.every = 10, 30
+        config.schedule.warmup_steps = 5
+        config.optimizer.learning_rate = 3e-3
+        config.evals = dict(
+            validation=dict(kind="loss", every=0, max_examples=16),
+            decode=dict(kind="decode", every=0, max_examples=8, method="greedy"),
+        )
+    else:
+        config.model = dict(name=args["model"], dropout_rate=0.1)
+        config.total_steps, config.batch_size = 20_000, 64
+        config.optimizer.learning_rate = 1e-4
+        config.schedule.warmup_steps = 1000
+        config.checkpoint.every = 1000
+        config.evals = dict(
+            validation=dict(kind="loss", every=1000, max_examples=1024),
+            decode=dict(kind="decode", every=1000, max_examples=512, method="greedy"),
+            samples=dict(kind="decode", every=5000, max_examples=256, method="temperature",
+                         temperature=1.0, num_decodes=4),
+        )  # fmt: skip
+    return config

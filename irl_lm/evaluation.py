@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
 from collections.abc import Callable, Mapping
 
 import jax
@@ -16,10 +18,11 @@ import numpy as np
 from jax.sharding import Mesh
 
 from irl_lm import decoding, sharding
-from irl_lm.data import pipeline
+from irl_lm.data import pipeline, text_tasks
 from irl_lm.data.synthetic import EOS_ID
-from irl_lm.data.tasks import expert_from_config
+from irl_lm.data.tasks import expert_from_config, feature_lengths, get_task
 from irl_lm.metrics import ids_to_text, self_bleu
+from irl_lm.metrics import text as text_metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,12 +32,14 @@ class EvalContext:
     mesh: Mesh
     loss_fn: Callable
     eos_id: int
+    workdir: str | None = None  # where evaluators write files (predictions); None: nowhere
 
 
 class LossEvaluator:
     """The training loss and its terms, teacher-forced on a held-out split."""
 
-    def __init__(self, ctx: EvalContext, *, split="validation", max_examples=0):
+    def __init__(self, ctx: EvalContext, name: str, *, split="validation", max_examples=0):
+        del name
         self.ctx, self.split, self.max_examples = ctx, split, max_examples
 
         def summed_metrics(params, batch):
@@ -86,6 +91,7 @@ class ExpertEvaluator:
     def __init__(
         self,
         ctx: EvalContext,
+        name: str,
         *,
         num_examples=64,
         num_samples=4,
@@ -93,6 +99,7 @@ class ExpertEvaluator:
         split="validation",
         seed=0,
     ):
+        del name
         self.ctx, self.num_samples, self.temperature = ctx, num_samples, temperature
         self.expert = expert_from_config(ctx.config.task)
         spec = self.expert.spec
@@ -212,7 +219,120 @@ class ExpertEvaluator:
 
 
 # config.evals.<name>.kind -> evaluator class
-EVALUATORS = {"loss": LossEvaluator, "synthetic_expert": ExpertEvaluator}
+class DecodeEvaluator:
+    """Decodes held-out inputs and scores them with the task's metrics (`TextTask.metrics`).
+
+    `method`: "greedy", "temperature" (with `temperature`, `top_k`, `top_p`, `num_decodes`
+    samples per input: Self-BLEU when several) or "beam" (`num_beams`, `alpha`; the best beam
+    is scored). Writes `workdir/predictions/<name>/<step>.jsonl` (input, target, predictions,
+    scores) and a few examples as text.
+    """
+
+    def __init__(
+        self,
+        ctx: EvalContext,
+        name: str,
+        *,
+        split="validation",
+        max_examples=64,
+        method="greedy",
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        num_decodes=1,
+        num_beams=4,
+        alpha=0.6,
+        max_decode_len=0,
+        seed=0,
+    ):
+        if method not in ("greedy", "temperature", "beam"):
+            raise ValueError(f"method={method!r}; allowed: greedy, temperature, beam")
+        task = get_task(ctx.config.task)
+        self.ctx, self.name, self.method = ctx, name, method
+        self.metrics = text_tasks.TEXT_TASKS[ctx.config.task.name].metrics
+        self.vocab = task.output_features["targets"].vocabulary
+        lengths = feature_lengths(ctx.config.task)
+        examples = list(
+            task.get_dataset(lengths, split=split, shuffle=False, use_cached=False)
+            .take(max_examples or -1)
+            .as_numpy_iterator()
+        )
+        self.inputs = [ex["inputs_pretokenized"].decode() for ex in examples]
+        self.targets = [ex["targets_pretokenized"].decode() for ex in examples]
+        shards = ctx.mesh.shape["data"] * ctx.mesh.shape["fsdp"]
+        rows = _round_up(max(ctx.config.eval_batch_size, 1), shards)
+        tokens = np.zeros((_round_up(len(examples), rows), lengths["inputs"]), np.int32)
+        for i, ex in enumerate(examples):
+            tokens[i, : len(ex["inputs"])] = ex["inputs"]
+        self.batches = [tokens[i : i + rows] for i in range(0, len(tokens), rows)]
+        max_len = max_decode_len or lengths["targets"]
+        if method == "beam":
+            decode = functools.partial(
+                decoding.beam_search, ctx.model, max_len=max_len, num_beams=num_beams,
+                alpha=alpha, eos_id=ctx.eos_id,
+            )  # fmt: skip
+            self._decode = jax.jit(lambda p, b, r: decode(p, b), out_shardings=_replicated(ctx))
+        else:
+            decode = functools.partial(
+                decoding.sample, ctx.model, max_len=max_len, num_decodes=num_decodes,
+                temperature=0.0 if method == "greedy" else temperature, top_k=top_k,
+                top_p=top_p, eos_id=ctx.eos_id,
+            )  # fmt: skip
+            self._decode = jax.jit(decode, out_shardings=_replicated(ctx))
+        self.rng = jax.random.PRNGKey(seed)
+
+    def __call__(self, params, step):
+        predictions, scores, entropies = [], [], []
+        for i, tokens in enumerate(self.batches):
+            batch = {"encoder_input_tokens": _global_array(tokens, self.ctx.mesh)}
+            out = jax.device_get(self._decode(params, batch, jax.random.fold_in(self.rng, i)))
+            for row in range(len(tokens)):
+                lengths = out["lengths"][row]
+                predictions.append(
+                    [
+                        self.vocab.decode(seq[:n].tolist())
+                        for seq, n in zip(out["tokens"][row], lengths, strict=True)
+                    ]
+                )
+                scores.append(out["scores"][row].tolist() if "scores" in out
+                              else out["log_probs"][row].sum(-1).tolist())  # fmt: skip
+                if "entropies" in out:
+                    entropies.append(out["entropies"][row].sum() / max(lengths.sum(), 1))
+        predictions, scores = predictions[: len(self.targets)], scores[: len(self.targets)]
+        first = [p[0] for p in predictions]
+        results = {}
+        for metric in self.metrics:
+            results |= getattr(text_metrics, metric)(self.targets, first)
+        if len(predictions[0]) > 1 and self.method != "beam":
+            results |= self_bleu(predictions)
+        results["length"] = float(np.mean([len(p) for p in first]))
+        if entropies:
+            results["entropy"] = float(np.mean(entropies[: len(self.targets)]))
+        if self.ctx.workdir and jax.process_index() == 0:
+            folder = os.path.join(self.ctx.workdir, "predictions", self.name)
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, f"{step}.jsonl"), "w") as f:
+                for x, y, p, s in zip(self.inputs, self.targets, predictions, scores, strict=True):
+                    f.write(json.dumps({"input": x, "target": y, "predictions": p, "scores": s})
+                            + "\n")  # fmt: skip
+        texts = {
+            "samples": "\n\n".join(
+                f"input: {x[:300]}  \ntarget: {y}  \nprediction: {p[0]}"
+                for x, y, p in list(zip(self.inputs, self.targets, predictions, strict=True))[:3]
+            )
+        }
+        return results, texts
+
+
+def _replicated(ctx: EvalContext):
+    return sharding.replicated(ctx.mesh)
+
+
+EVALUATORS = {
+    "loss": LossEvaluator,
+    "synthetic_expert": ExpertEvaluator,
+    "decode": DecodeEvaluator,
+}
 
 
 def make_evaluators(ctx: EvalContext) -> dict[str, tuple[int, object]]:
@@ -228,7 +348,7 @@ def make_evaluators(ctx: EvalContext) -> dict[str, tuple[int, object]]:
                 f"allowed: {sorted(EVALUATORS)}"
             )
         try:
-            evaluators[name] = (every, EVALUATORS[kind](ctx, **fields))
+            evaluators[name] = (every, EVALUATORS[kind](ctx, name, **fields))
         except TypeError as e:
             raise ValueError(f"config.evals.{name}: {e}") from None
     return evaluators

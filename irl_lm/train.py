@@ -208,7 +208,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             model, loss_fn, tx, mesh, shardings,
             grad_accum_steps=config.grad_accum_steps, eos_id=eos_id,
         )  # fmt: skip
-        ctx = evaluation.EvalContext(config, model, mesh, loss_fn, eos_id)
+        ctx = evaluation.EvalContext(config, model, mesh, loss_fn, eos_id, workdir)
         evaluators = evaluation.make_evaluators(ctx)
         train_iter = pipeline.TrainIterator(config, position=metadata["data_position"])
         step = int(jax.device_get(state.step))

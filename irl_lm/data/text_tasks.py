@@ -28,6 +28,7 @@ class TextTask:
     fields: tuple[str, ...]  # the raw fields `preprocess` reads
     preprocess: Callable[[Mapping], tuple[str, str]]  # raw example -> (inputs, targets)
     max_lengths: tuple[int, int]  # default (inputs, targets) token lengths
+    metrics: tuple[str, ...]  # functions of irl_lm.metrics.text scoring decoded outputs
 
 
 def _xsum(ex):
@@ -49,13 +50,13 @@ def _translation(source: str, target: str):
         prefix = f"translate {LANGUAGES[source]} to {LANGUAGES[target]}: "
         return prefix + ex[source], ex[target]
 
-    return TextTask((source, target), preprocess, (256, 256))
+    return TextTask((source, target), preprocess, (256, 256), ("bleu", "chrf"))
 
 
 TEXT_TASKS: dict[str, TextTask] = {
-    "xsum": TextTask(("document", "summary"), _xsum, (512, 64)),
-    "gsm8k": TextTask(("question", "answer"), _gsm8k, (256, 256)),
-    "tldr": TextTask(("subreddit", "title", "post", "summary"), _tldr, (512, 64)),
+    "xsum": TextTask(("document", "summary"), _xsum, (512, 64), ("rouge",)),
+    "gsm8k": TextTask(("question", "answer"), _gsm8k, (256, 256), ("gsm8k_accuracy",)),
+    "tldr": TextTask(("subreddit", "title", "post", "summary"), _tldr, (512, 64), ("rouge",)),
     **{
         f"wmt22_{s}_{t}": _translation(s, t)
         for s, t in [

@@ -1,0 +1,20 @@
+"""XSUM summarisation (T5 in the paper: ROUGE-1/2/Lsum, base/large/xl).
+
+    python -m irl_lm.main --config=configs/xsum.py:mode=tiny --workdir=/tmp/xsum_tiny
+    python -m irl_lm.main --config=configs/xsum.py:mode=full,loss=iqlearn,lam=0.1,model=t5_base \
+        --config.init_from=hf:/ckpts/t5-v1_1-base --workdir=workdirs/xsum_iq \
+        --config.task.files.train=/data/xsum/train.jsonl \
+        --config.task.files.validation=/data/xsum/validation.jsonl
+
+mode=tiny: about a minute on 2 CPU cores; a byte-level model trained 30 steps on the shared
+1000-example test subset, so ROUGE stays near 0 (the point is that every piece runs). For
+reference, the lead sentence scores ROUGE-1 16.45 on that subset (tests/test_text_metrics.py);
+fine-tuned T5-base reaches about 35-40 ROUGE-1 on XSUM.
+"""
+
+from irl_lm.config_utils import text_task_config
+
+
+def get_config(arg=None):
+    files = {"train": "xsum/test_first1000.jsonl", "validation": "xsum/test_first1000.jsonl"}
+    return text_task_config("xsum", arg, files=files, lengths=(512, 64))
