@@ -35,3 +35,23 @@ def test_full_mode_resolves_to_the_preset_with_a_checkpoint_vocabulary():
     config.task.vocabulary = "byte"  # stands in for a checkpoint's here
     train.validate_config(config)
     assert train.resolve_model_config(config)["d_model"] == 768  # t5_base
+
+
+def test_evaluate_cli_rescores_a_workdir(tmp_path):
+    if not os.path.isdir(DATA):
+        pytest.skip(f"shared data not found at {DATA} (see shared/data/README.md)")
+    from irl_lm.evaluate import evaluate
+
+    config = load(os.path.join(CONFIG_DIR, "gsm8k.py")).get_config(f"mode=tiny,data={DATA}")
+    config.total_steps = 4
+    config.checkpoint.every = 2
+    trained = train.train_and_evaluate(config, str(tmp_path))
+    again = evaluate(str(tmp_path))  # the latest step: the same parameters, the same scores
+    assert again["step"] == 4
+    assert again["eval"]["decode"] == pytest.approx(trained["eval"]["decode"])
+    assert again["eval"]["validation"] == pytest.approx(trained["eval"]["validation"], rel=1e-5)
+    earlier = evaluate(str(tmp_path), step=2, names=["validation"])
+    assert set(earlier["eval"]) == {"validation"}
+    assert json.load(open(tmp_path / "eval-2.json"))["step"] == 2
+    with pytest.raises(ValueError, match=r"--evals \['nope'\] not in config.evals"):
+        evaluate(str(tmp_path), names=["nope"])
