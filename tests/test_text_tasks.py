@@ -82,5 +82,18 @@ def test_bad_files_name_the_file_line_and_field(tmp_path):
             task.get_dataset(tasks.feature_lengths(config), split="validation", use_cached=False)
     with pytest.raises(ValueError, match="config.task.vocabulary is empty"):
         tasks.get_task(task_config("xsum", {"test": str(path)}, vocabulary=""))
-    with pytest.raises(ValueError, match="source='tfds'.*only 'jsonl'"):
-        tasks.get_task(task_config("xsum", {"test": str(path)}, source="tfds"))
+    with pytest.raises(ValueError, match=r"source='web'; allowed: \['hf', 'jsonl'"):
+        tasks.get_task(task_config("xsum", {"test": str(path)}, source="web"))
+
+
+@pytest.mark.parametrize(
+    "name,source",
+    [("wmt22_en_de", "sacrebleu"), ("tldr", "hf")],
+)
+def test_unreachable_remote_sources_say_so_and_name_the_jsonl_option(name, source):
+    """No network and no `datasets` package here: reading a split fails clearly (TFDS is
+    left out: its download retries take minutes before failing)."""
+    config = task_config(name, {}, source=source)
+    task = tasks.get_task(config)  # registering reaches nothing
+    with pytest.raises(RuntimeError, match=rf"source='{source}': could not read.*source='jsonl'"):
+        task.get_dataset(tasks.feature_lengths(config), split="test", use_cached=False)

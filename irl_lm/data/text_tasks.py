@@ -40,9 +40,7 @@ def _gsm8k(ex):
 
 
 def _tldr(ex):
-    return f"SUBREDDIT: r/{ex['subreddit']}\nTITLE: {ex['title']}\nPOST: {ex['post']}\nTL;DR:", ex[
-        "summary"
-    ]
+    return ex["prompt"], ex["label"]  # "SUBREDDIT: r/...\nTITLE: ...\nPOST: ...\nTL;DR:"
 
 
 def _translation(source: str, target: str):
@@ -56,7 +54,7 @@ def _translation(source: str, target: str):
 TEXT_TASKS: dict[str, TextTask] = {
     "xsum": TextTask(("document", "summary"), _xsum, (512, 64), ("rouge",)),
     "gsm8k": TextTask(("question", "answer"), _gsm8k, (256, 256), ("gsm8k_accuracy",)),
-    "tldr": TextTask(("subreddit", "title", "post", "summary"), _tldr, (512, 64), ("rouge",)),
+    "tldr": TextTask(("prompt", "label"), _tldr, (512, 64), ("rouge",)),
     **{
         f"wmt22_{s}_{t}": _translation(s, t)
         for s, t in [
@@ -102,24 +100,28 @@ def build(
     batches have `lengths` tokens (inputs, targets)."""
     task = TEXT_TASKS[name]
     source = task_config.get("source", "jsonl")
-    if source != "jsonl":
-        raise ValueError(
-            f"config.task.source={source!r} for {name}: only 'jsonl' (local files, the layout "
-            "of shared/data) is available so far; set config.task.files.<split>"
-        )
+    if source not in SOURCES:
+        raise ValueError(f"config.task.source={source!r}; allowed: {sorted(SOURCES)}")
     files = dict(task_config.get("files") or {})
-    unknown = sorted(set(files) - set(SPLITS))
-    if unknown or not files:
-        raise ValueError(
-            f"config.task.files for {name} must name JSON Lines files for splits in {SPLITS}; "
-            f"got {sorted(files) or 'none'}"
-        )
+    if source == "jsonl":
+        unknown = sorted(set(files) - set(SPLITS))
+        if unknown or not files:
+            raise ValueError(
+                f"config.task.files for {name} must name JSON Lines files for splits in "
+                f"{SPLITS}; got {sorted(files) or 'none'}"
+            )
+        splits = tuple(files)
+    else:
+        splits = SPLITS
     limit = int(task_config.get("num_train_examples") or 0)
     max_in, max_out = lengths["inputs"], lengths["targets"]
 
     @functools.cache
     def examples(split: str) -> dict[str, list[str]]:
-        rows = read_jsonl(files[split], task.fields)
+        if source == "jsonl":
+            rows, origin = read_jsonl(files[split], task.fields), files[split]
+        else:
+            rows, origin = SOURCES[source](name, split, task_config), f"{source} source"
         if split == "train" and limit:
             rows = rows[:limit]
         pairs = [task.preprocess(row) for row in rows]
@@ -130,7 +132,7 @@ def build(
         logging.info(
             "%s/%s: %d examples from %s; %d inputs longer than %d and %d targets longer than "
             "%d tokens are truncated",
-            name, split, len(rows), files[split], long_in, max_in, long_out, max_out,
+            name, split, len(rows), origin, long_in, max_in, long_out, max_out,
         )  # fmt: skip
         return {"inputs": inputs, "targets": targets}
 
@@ -143,7 +145,7 @@ def build(
         for key in ("inputs", "targets")
     }
     return dict(
-        source=seqio.FunctionDataSource(dataset_fn, splits=tuple(files)),
+        source=seqio.FunctionDataSource(dataset_fn, splits=splits),
         output_features=features,
         preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
     )
@@ -152,3 +154,68 @@ def build(
 def default_lengths(name: str) -> dict[str, int]:
     max_in, max_out = TEXT_TASKS[name].max_lengths
     return {"inputs": max_in, "targets": max_out}
+
+
+# ----------------------------------------------------------------------------- remote sources
+# Each returns the rows of one split in the field layout of shared/data; nothing is fetched
+# before a split is first read. Unreachable sources fail saying so and naming the jsonl option.
+
+TFDS_NAMES = {"gsm8k": "gsm8k", "xsum": "xsum"}  # TFDS xsum needs its manual download
+HF_NAMES = {"xsum": "EdinburghNLP/xsum", "tldr": "CarperAI/openai_summarize_tldr"}
+HF_SPLITS = {"validation": "valid"}  # CarperAI's TL;DR names its validation split "valid"
+
+
+def _unreachable(source: str, what: str, split: str, error: Exception) -> RuntimeError:
+    return RuntimeError(
+        f"config.task.source={source!r}: could not read {what} ({type(error).__name__}: "
+        f"{str(error)[:200]}). Offline or without that package, use source='jsonl' with "
+        f"config.task.files.{split} pointing at a local JSON Lines file (see shared/data)."
+    )
+
+
+def _tfds_rows(name: str, split: str, task_config: Mapping) -> list[dict]:
+    import tensorflow_datasets as tfds
+
+    if name not in TFDS_NAMES:
+        raise ValueError(f"no TFDS source for {name}; TFDS has {sorted(TFDS_NAMES)}")
+    try:
+        dataset = tfds.load(TFDS_NAMES[name], split=split, data_dir=task_config.get("data_dir"))
+    except Exception as e:  # network, missing manual download, unknown split
+        raise _unreachable("tfds", f"TFDS {TFDS_NAMES[name]!r} split {split!r}", split, e) from e
+    return [{k: v.decode() for k, v in ex.items() if isinstance(v, bytes)}
+            for ex in tfds.as_numpy(dataset)]  # fmt: skip
+
+
+def _hf_rows(name: str, split: str, task_config: Mapping) -> list[dict]:
+    if name not in HF_NAMES:
+        raise ValueError(f"no Hugging Face source for {name}; it has {sorted(HF_NAMES)}")
+    hf_name = task_config.get("hf_name") or HF_NAMES[name]
+    try:
+        import datasets
+
+        rows = datasets.load_dataset(hf_name, split=HF_SPLITS.get(split, split))
+    except Exception as e:  # not installed, network, unknown split
+        raise _unreachable("hf", f"Hugging Face {hf_name!r} split {split!r}", split, e) from e
+    return [dict(row) for row in rows]
+
+
+def _sacrebleu_rows(name: str, split: str, task_config: Mapping) -> list[dict]:
+    """WMT22 generaltest2022 through sacreBLEU's test-set loader (the test split only)."""
+    if not name.startswith("wmt22_") or split == "train":
+        raise ValueError(
+            f"the sacrebleu source holds WMT22 test sets only; for {name}/{split} use jsonl"
+        )
+    source, target = name.split("_")[1:]
+    from sacrebleu.utils import get_reference_files, get_source_file
+
+    try:
+        with open(get_source_file("wmt22", f"{source}-{target}")) as f:
+            sources = f.read().splitlines()
+        with open(get_reference_files("wmt22", f"{source}-{target}")[0]) as f:
+            references = f.read().splitlines()
+    except Exception as e:
+        raise _unreachable("sacrebleu", f"WMT22 {source}-{target}", split, e) from e
+    return [{source: s, target: t} for s, t in zip(sources, references, strict=True)]
+
+
+SOURCES = {"jsonl": None, "tfds": _tfds_rows, "hf": _hf_rows, "sacrebleu": _sacrebleu_rows}
