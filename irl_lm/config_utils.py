@@ -102,6 +102,10 @@ def text_task_config(
             validation=dict(kind="loss", every=0, max_examples=16),
             decode=dict(kind="decode", every=0, max_examples=8, method="greedy"),
         )
+        if task == "gsm8k":  # the paper's second GSM8k metric
+            config.evals.calculator = dict(
+                kind="decode", every=0, max_examples=4, method="greedy", calculator=True
+            )
     else:
         config.model = dict(name=args["model"], dropout_rate=0.1)
         config.total_steps, config.batch_size = 20_000, 64
@@ -114,4 +118,8 @@ def text_task_config(
             samples=dict(kind="decode", every=5000, max_examples=256, method="temperature",
                          temperature=1.0, num_decodes=4),
         )  # fmt: skip
+        if task == "gsm8k":
+            config.evals.calculator = dict(
+                kind="decode", every=5000, max_examples=512, method="greedy", calculator=True
+            )
     return config

@@ -270,3 +270,50 @@ def _mask_and_lengths(tokens_BxT, eos_id: int) -> dict:
     after_eos = jnp.cumsum(is_eos, axis=1) - is_eos > 0
     mask = ~after_eos
     return {"mask": mask, "lengths": jnp.sum(mask, axis=1)}
+
+
+def greedy_with_calculator(model, params, batch, vocabulary, *, max_len: int, eos_id: int = 1):
+    """Greedy decoding that inserts the GSM8k calculator's results (`irl_lm.calculator`):
+    when a row's text ends with an open `<<expression=`, the tokens of the result are fed
+    to the model as its next outputs. A host loop over one jitted step (the text has to be
+    read between steps), so slower than `greedy`; returns `tokens` `[B, 1, T]`, `lengths`
+    `[B, 1]` and `calls` `[B]`, the number of insertions per row.
+    """
+    from irl_lm import calculator
+
+    rows = _batch_size(batch)
+    cache = jax.jit(lambda p, b: _prefill(model, p, b, max_len, 1))(params, batch)
+
+    @jax.jit
+    def step(params, cache, tokens_B, index):
+        log_p, cache = _step(model, params, cache, tokens_B, index)
+        return _argmax(log_p), cache
+
+    tokens = [[] for _ in range(rows)]
+    queued = [[] for _ in range(rows)]  # forced tokens (calculator results) still to feed
+    done, calls = [False] * rows, [0] * rows
+    previous = jnp.zeros((rows,), jnp.int32)
+    for t in range(max_len):
+        if all(done):
+            break
+        predicted, cache = step(params, cache, previous, t)
+        predicted = jax.device_get(predicted)
+        chosen = []
+        for row in range(rows):
+            token = queued[row].pop(0) if queued[row] else int(predicted[row])
+            if done[row]:
+                token = 0
+            else:
+                tokens[row].append(token)
+                done[row] = token == eos_id
+                result = None if done[row] else calculator.insertion(vocabulary.decode(tokens[row]))
+                if result is not None:
+                    queued[row] = list(vocabulary.encode(result))
+                    calls[row] += 1
+            chosen.append(token)
+        previous = jnp.asarray(chosen, jnp.int32)
+    out = jnp.zeros((rows, 1, max_len), jnp.int32)
+    for row, seq in enumerate(tokens):
+        out = out.at[row, 0, : len(seq)].set(jnp.asarray(seq, jnp.int32))
+    lengths = jnp.asarray([[len(seq)] for seq in tokens], jnp.int32)
+    return {"tokens": out, "lengths": lengths, "calls": jnp.asarray(calls)}

@@ -224,8 +224,9 @@ class DecodeEvaluator:
 
     `method`: "greedy", "temperature" (with `temperature`, `top_k`, `top_p`, `num_decodes`
     samples per input: Self-BLEU when several) or "beam" (`num_beams`, `alpha`; the best beam
-    is scored). Writes `workdir/predictions/<name>/<step>.jsonl` (input, target, predictions,
-    scores) and a few examples as text.
+    is scored). `calculator=True` (greedy only) inserts the GSM8k calculator's results.
+    Writes `workdir/predictions/<name>/<step>.jsonl` (input, target, predictions, scores)
+    and a few examples as text.
     """
 
     def __init__(
@@ -243,10 +244,13 @@ class DecodeEvaluator:
         num_beams=4,
         alpha=0.6,
         max_decode_len=0,
+        calculator=False,
         seed=0,
     ):
         if method not in ("greedy", "temperature", "beam"):
             raise ValueError(f"method={method!r}; allowed: greedy, temperature, beam")
+        if calculator and method != "greedy":
+            raise ValueError("calculator=True needs method='greedy'")
         task = get_task(ctx.config.task)
         self.ctx, self.name, self.method = ctx, name, method
         self.metrics = text_tasks.TEXT_TASKS[ctx.config.task.name].metrics
@@ -266,7 +270,11 @@ class DecodeEvaluator:
             tokens[i, : len(ex["inputs"])] = ex["inputs"]
         self.batches = [tokens[i : i + rows] for i in range(0, len(tokens), rows)]
         max_len = max_decode_len or lengths["targets"]
-        if method == "beam":
+        if calculator:
+            self._decode = lambda p, b, r: decoding.greedy_with_calculator(
+                ctx.model, p, b, self.vocab, max_len=max_len, eos_id=ctx.eos_id
+            )
+        elif method == "beam":
             decode = functools.partial(
                 decoding.beam_search, ctx.model, max_len=max_len, num_beams=num_beams,
                 alpha=alpha, eos_id=ctx.eos_id,
@@ -294,8 +302,12 @@ class DecodeEvaluator:
                         for seq, n in zip(out["tokens"][row], lengths, strict=True)
                     ]
                 )
-                scores.append(out["scores"][row].tolist() if "scores" in out
-                              else out["log_probs"][row].sum(-1).tolist())  # fmt: skip
+                if "scores" in out:
+                    scores.append(out["scores"][row].tolist())
+                elif "log_probs" in out:
+                    scores.append(out["log_probs"][row].sum(-1).tolist())
+                else:  # the calculator's host loop: the number of insertions
+                    scores.append([int(out["calls"][row])])
                 if "entropies" in out:
                     entropies.append(out["entropies"][row].sum() / max(lengths.sum(), 1))
         predictions, scores = predictions[: len(self.targets)], scores[: len(self.targets)]

@@ -26,6 +26,8 @@ def test_tiny_mode_trains_and_decodes(name, tmp_path):
         rows = [json.loads(line) for line in f]
     assert len(rows) == 8
     assert set(rows[0]) == {"input", "target", "predictions", "scores"}
+    if name == "gsm8k":  # the calculator's accuracy, the paper's second GSM8k metric
+        assert 0.0 <= results["eval"]["calculator"]["accuracy"] <= 100.0
     print(f"\n{name} mode=tiny: {scores}")
 
 
