@@ -14,9 +14,10 @@ FILES = {
     "xsum": "xsum/test_first1000.jsonl",
     "gsm8k": "gsm8k/test.jsonl",
     "tldr": "tldr/test_500.jsonl",
-    "wmt22_en_de": "wmt22/en-de.jsonl",
-    "wmt22_de_en": "wmt22/de-en.jsonl",
-}
+    **{f"wmt22_{s}_{t}": f"wmt22/{s}-{t}.jsonl"
+       for s, t in [("en", "de"), ("de", "en"), ("en", "cs"), ("cs", "en"), ("en", "zh"),
+                    ("zh", "en")]},
+}  # fmt: skip
 
 
 def task_config(name, files, **overrides):

@@ -160,7 +160,15 @@ def default_lengths(name: str) -> dict[str, int]:
 # Each returns the rows of one split in the field layout of shared/data; nothing is fetched
 # before a split is first read. Unreachable sources fail saying so and naming the jsonl option.
 
-TFDS_NAMES = {"gsm8k": "gsm8k", "xsum": "xsum"}  # TFDS xsum needs its manual download
+# TFDS xsum needs its manual download; WMT22 trains on a WMT19 corpus by default
+# (`config.task.tfds_name` picks another, e.g. "wmt19_translate/de-en:1.0.0").
+TFDS_NAMES = {
+    "gsm8k": "gsm8k",
+    "xsum": "xsum",
+    **{f"wmt22_{s}_{t}": f"wmt19_translate/{'-'.join(sorted((s, t), key=lambda x: x == 'en'))}"
+       for s, t in [("en", "de"), ("de", "en"), ("en", "cs"), ("cs", "en"), ("en", "zh"),
+                    ("zh", "en")]},
+}  # fmt: skip
 HF_NAMES = {"xsum": "EdinburghNLP/xsum", "tldr": "CarperAI/openai_summarize_tldr"}
 HF_SPLITS = {"validation": "valid"}  # CarperAI's TL;DR names its validation split "valid"
 
@@ -176,12 +184,13 @@ def _unreachable(source: str, what: str, split: str, error: Exception) -> Runtim
 def _tfds_rows(name: str, split: str, task_config: Mapping) -> list[dict]:
     import tensorflow_datasets as tfds
 
-    if name not in TFDS_NAMES:
-        raise ValueError(f"no TFDS source for {name}; TFDS has {sorted(TFDS_NAMES)}")
+    tfds_name = task_config.get("tfds_name") or TFDS_NAMES.get(name)
+    if tfds_name is None:
+        raise ValueError(f"no TFDS source for {name}; set config.task.tfds_name")
     try:
-        dataset = tfds.load(TFDS_NAMES[name], split=split, data_dir=task_config.get("data_dir"))
+        dataset = tfds.load(tfds_name, split=split, data_dir=task_config.get("data_dir"))
     except Exception as e:  # network, missing manual download, unknown split
-        raise _unreachable("tfds", f"TFDS {TFDS_NAMES[name]!r} split {split!r}", split, e) from e
+        raise _unreachable("tfds", f"TFDS {tfds_name!r} split {split!r}", split, e) from e
     return [{k: v.decode() for k, v in ex.items() if isinstance(v, bytes)}
             for ex in tfds.as_numpy(dataset)]  # fmt: skip
 
