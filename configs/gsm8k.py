@@ -4,7 +4,7 @@
     python -m irl_lm.main --config=configs/gsm8k.py:mode=full,loss=iqlearn,model=t5_large \
         --config.init_from=hf:/ckpts/flan-t5-large --workdir=workdirs/gsm8k_iq
 
-mode=tiny: about a minute on 2 CPU cores, training on the first 256 of the shared 4000 train
+mode=tiny: about 20 s on 2 CPU cores, training on the first 256 of the shared 4000 train
 examples; accuracy stays at 0 (a smoke run). The shared files hold the first 4000 training
 examples and the whole 1319-example test split; the paper fine-tunes T5 base/large/xl and
 reports accuracy with and without a calculator.

@@ -6,8 +6,8 @@
         --config.task.files.train=/data/xsum/train.jsonl \
         --config.task.files.validation=/data/xsum/validation.jsonl
 
-mode=tiny: about a minute on 2 CPU cores; a byte-level model trained 30 steps on the shared
-1000-example test subset, so ROUGE stays near 0 (the point is that every piece runs). For
+mode=tiny: about 20 s on 2 CPU cores; a byte-level model trained 30 steps on the shared
+1000-example test subset: ROUGE-1 about 8, from frequent words (every piece runs). For
 reference, the lead sentence scores ROUGE-1 16.45 on that subset (tests/test_text_metrics.py);
 fine-tuned T5-base reaches about 35-40 ROUGE-1 on XSUM.
 """

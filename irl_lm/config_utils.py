@@ -66,7 +66,7 @@ def text_task_config(
     """The config of a paper task (`configs/xsum.py` ...). `arg` keys:
 
     mode   "tiny" (the default): a byte-level T5 with 2+2 layers, 30 steps on the shared
-           files, greedy decode evaluation of 8 examples (a CPU smoke run, about a minute);
+           files, greedy decode evaluation of 8 examples (a CPU smoke run, about 20 s);
            "full": `model` (a preset, e.g. t5_base), fine-tuned from `--config.init_from`,
            with the vocabulary of that checkpoint and evaluation every 1000 steps.
     loss, lam, gamma, model, data (the folder of the shared JSONL files).
