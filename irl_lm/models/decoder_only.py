@@ -26,6 +26,9 @@ from irl_lm.models.layers import (
     constrain,
     normal,
     param,
+    untied_head,
+    vocab_logits,
+    write_kv,
 )
 
 
@@ -142,10 +145,7 @@ class DecoderOnlyLayer(nn.Module):
         """One position: writes its key/value at cache `slot`; returns (x, kv)."""
         h = self.input_layernorm(x_Bx1xD)
         k_new, v_new = self.self_attention.project_kv(h, positions_Bx1)
-        update = lambda c, new: jax.lax.dynamic_update_slice_in_dim(
-            c, new.astype(c.dtype), slot, axis=1
-        )
-        kv = {"k": update(kv["k"], k_new), "v": update(kv["v"], v_new)}
+        kv = write_kv(kv, k_new, v_new, slot)
         return self._block(x_Bx1xD, h, positions_Bx1, (kv["k"], kv["v"]), bias, True), kv
 
     def _block(self, x, h, positions, kv, bias, deterministic):
@@ -168,14 +168,7 @@ class DecoderOnly(nn.Module):
         self.final_norm = RMSNorm(cfg.rms_norm_eps, dtype)
         self.dropout = nn.Dropout(cfg.dropout_rate)
         if not cfg.tie_word_embeddings:
-            self.lm_head = nn.Dense(
-                cfg.vocab_size,
-                use_bias=False,
-                dtype=dtype,
-                kernel_init=nn.with_logical_partitioning(
-                    normal(cfg.hidden_size**-0.5), ("embed", "vocab")
-                ),
-            )
+            self.lm_head = untied_head(cfg.vocab_size, cfg.hidden_size, dtype)
 
     def __call__(self, batch, *, deterministic=True):
         """Teacher-forced logits; causal, within a packed segment when segment ids are given."""
@@ -195,11 +188,8 @@ class DecoderOnly(nn.Module):
         return self._logits(self.dropout(self.final_norm(x), deterministic=deterministic))
 
     def _logits(self, x_BxTxD):
-        if self.config.tie_word_embeddings:
-            logits = self.token_embedder.attend(x_BxTxD)
-        else:
-            logits = self.lm_head(x_BxTxD)
-        return constrain(logits, "activation_batch", "activation_length", "activation_vocab")
+        head = None if self.config.tie_word_embeddings else self.lm_head
+        return vocab_logits(x_BxTxD, self.token_embedder, head)
 
     # -- incremental decoding (irl_lm.decoding) ------------------------------------------------
 

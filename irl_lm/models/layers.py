@@ -153,6 +153,26 @@ class MLP(nn.Module):
         return constrain(out, "activation_batch", "activation_length", "activation_embed")
 
 
+def untied_head(vocab_size: int, features: int, dtype) -> nn.Dense:
+    """The output projection `[embed, vocab]` of a model whose head is not its embedding."""
+    init = nn.with_logical_partitioning(normal(features**-0.5), ("embed", "vocab"))
+    return nn.Dense(vocab_size, use_bias=False, dtype=dtype, kernel_init=init)
+
+
+def vocab_logits(x_BxTxD, embedder: Embed, head: nn.Dense | None) -> jax.Array:
+    """Logits through the untied `head`, or through the embedding when `head` is None."""
+    logits = embedder.attend(x_BxTxD) if head is None else head(x_BxTxD)
+    return constrain(logits, "activation_batch", "activation_length", "activation_vocab")
+
+
+def write_kv(kv: dict, k_new, v_new, slot) -> dict:
+    """A decoding cache `{"k", "v"}` (`[B, S, H, Dk]`) with new keys/values written at `slot`."""
+    write = lambda cache, new: jax.lax.dynamic_update_slice_in_dim(
+        cache, new.astype(cache.dtype), slot, axis=1
+    )
+    return {"k": write(kv["k"], k_new), "v": write(kv["v"], v_new)}
+
+
 def attention_bias(mask_BxQxK: jax.Array) -> jax.Array:
     """Boolean mask `[B, Q, K]` -> additive float32 bias `[B, 1, Q, K]`."""
     return jnp.where(mask_BxQxK, 0.0, NEG_INF).astype(jnp.float32)[:, None]

@@ -27,6 +27,9 @@ from irl_lm.models.layers import (
     constrain,
     normal,
     param,
+    untied_head,
+    vocab_logits,
+    write_kv,
 )
 
 
@@ -195,10 +198,7 @@ class DecoderLayer(nn.Module):
         """One position: writes its key/value at `index` of `kv`; returns (x, kv)."""
         h = self.pre_self_attention_layer_norm(x_Bx1xD)
         k_new, v_new = self.self_attention.project_kv(h)
-        update = lambda c, new: jax.lax.dynamic_update_slice_in_dim(
-            c, new.astype(c.dtype), index, axis=1
-        )
-        kv = {"k": update(kv["k"], k_new), "v": update(kv["v"], v_new)}
+        kv = write_kv(kv, k_new, v_new, index)
         x = self._block(x_Bx1xD, h, (kv["k"], kv["v"]), cross_kv, self_bias, cross_bias, True)
         return x, kv
 
@@ -246,14 +246,7 @@ class T5(nn.Module):
         self.decoder_norm = RMSNorm(cfg.layer_norm_epsilon, dtype)
         self.dropout = nn.Dropout(cfg.dropout_rate)
         if not cfg.tie_word_embeddings:
-            self.lm_head = nn.Dense(
-                cfg.vocab_size,
-                use_bias=False,
-                dtype=dtype,
-                kernel_init=nn.with_logical_partitioning(
-                    normal(cfg.d_model**-0.5), ("embed", "vocab")
-                ),
-            )
+            self.lm_head = untied_head(cfg.vocab_size, cfg.d_model, dtype)
 
     def encode(self, encoder_input_tokens, encoder_segment_ids=None, *, deterministic=True):
         """Encoder states `[B, S, D]`."""
@@ -300,11 +293,8 @@ class T5(nn.Module):
     def _logits(self, x_BxTxD):
         if self.config.scales_decoder_outputs:
             x_BxTxD = x_BxTxD * self.config.d_model**-0.5
-        if self.config.tie_word_embeddings:
-            logits = self.token_embedder.attend(x_BxTxD)
-        else:
-            logits = self.lm_head(x_BxTxD)
-        return constrain(logits, "activation_batch", "activation_length", "activation_vocab")
+        head = None if self.config.tie_word_embeddings else self.lm_head
+        return vocab_logits(x_BxTxD, self.token_embedder, head)
 
     # -- incremental decoding (irl_lm.decoding): prefill once, then one token per step ------
 
