@@ -97,10 +97,7 @@ class InitSource:
         """The source's parameters, placed on `param_shardings`."""
         if self.kind == "hf":
             mesh = jax.tree.leaves(param_shardings)[0].mesh
-            return hf.place_tensors(
-                model, self.model_config()["name"], read_folder(self.folder), mesh,
-                source=self.folder,
-            )  # fmt: skip
+            return hf.place_tensors(model, read_folder(self.folder), mesh, source=self.folder)
         target = abstract_like(abstract_params, param_shardings)
         if self.kind == "params":
             with ocp.StandardCheckpointer() as checkpointer:

@@ -48,7 +48,7 @@ def test_llama_import_and_export_match_transformers(variant, tmp_path):
     np.testing.assert_allclose(ours, theirs, atol=ATOL, rtol=0)
 
     params = jax.tree.map(lambda x: x * 0.9, params)
-    export_hf(model, params, str(tmp_path / "out"), name="decoder_only", max_shard_bytes=30_000)
+    export_hf(model, params, str(tmp_path / "out"), max_shard_bytes=30_000)
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "out")).eval()
     ours = np.asarray(model.apply({"params": params}, {"decoder_input_tokens": tokens}))
     np.testing.assert_allclose(ours, logits_of(reloaded, tokens), atol=ATOL, rtol=0)

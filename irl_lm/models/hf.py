@@ -55,12 +55,16 @@ TOKENIZER_FILES = (
 )
 
 
-def _layout_for_name(name: str) -> HFLayout:
+def _layout_for(model) -> HFLayout:
+    """The layout of the family `model` belongs to."""
+    from irl_lm.models import MODELS
+
+    names = [name for name, (_, module_cls) in MODELS.items() if isinstance(model, module_cls)]
     for layout in LAYOUTS:
-        if layout.name == name:
+        if layout.name in names:
             return layout
     raise ValueError(
-        f"model {name!r} has no Hugging Face layout; known: {[x.name for x in LAYOUTS]}"
+        f"{type(model).__name__} has no Hugging Face layout; known: {[x.name for x in LAYOUTS]}"
     )
 
 
@@ -101,12 +105,12 @@ def load_hf(folder: str, mesh=None, **overrides):
     model_config = hf_model_config(folder, tensors) | overrides
     model = build_model(model_config)
     mesh = mesh if mesh is not None else sharding.make_mesh({"data": -1})
-    return model, place_tensors(model, model_config["name"], tensors, mesh, source=folder)
+    return model, place_tensors(model, tensors, mesh, source=folder)
 
 
-def place_tensors(model, name: str, tensors: Mapping[str, np.ndarray], mesh, *, source: str):
+def place_tensors(model, tensors: Mapping[str, np.ndarray], mesh, *, source: str):
     """Our parameter tree from Hugging Face tensors, each created on its mesh sharding."""
-    layout = _layout_for_name(name)
+    layout = _layout_for(model)
     names = layout.tensor_names(model.config)
     aliases = layout.aliases(model.config)
     used = {hf_name for hf_name, _ in names.values()}
@@ -176,7 +180,6 @@ def export_hf(
     params,
     folder: str,
     *,
-    name: str = "t5",
     dtype: str = "float32",
     max_shard_bytes: int = 2 * 2**30,
     tokenizer_from: str | None = None,
@@ -186,7 +189,7 @@ def export_hf(
     Parameters are fetched one at a time (gathered across hosts); process 0 writes.
     `tokenizer_from` copies the tokenizer files of another folder alongside.
     """
-    layout = _layout_for_name(name)
+    layout = _layout_for(model)
     names = layout.tensor_names(model.config)
     flat = {
         tuple(k.key for k in path): leaf
@@ -194,8 +197,8 @@ def export_hf(
     }
     if set(flat) != set(names):
         raise ValueError(
-            f"params do not match model {name!r}: missing {sorted(set(names) - set(flat))[:5]}, "
-            f"unexpected {sorted(set(flat) - set(names))[:5]}"
+            f"params do not match model {layout.name!r}: missing "
+            f"{sorted(set(names) - set(flat))[:5]}, unexpected {sorted(set(flat) - set(names))[:5]}"
         )
     target = np.dtype(jax.numpy.dtype(dtype))
 
