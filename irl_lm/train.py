@@ -67,9 +67,9 @@ def validate_config(config) -> None:
         )
 
 
-def resolve_config(config) -> ml_collections.ConfigDict:
+def resolve_config(config) -> tuple[ml_collections.ConfigDict, checkpointing.InitSource | None]:
     """A copy of `config` that reads the vocabulary of the checkpoint in `config.init_from`
-    (when it has one and `config.task.vocabulary` is unset)."""
+    (when it has one and `config.task.vocabulary` is unset), and that checkpoint."""
     config = ml_collections.ConfigDict(config.to_dict())
     source = checkpointing.parse_init_from(config.get("init_from", ""))
     if source is not None and not config.task.get("vocabulary"):
@@ -81,16 +81,17 @@ def resolve_config(config) -> ml_collections.ConfigDict:
                 "config.init_from: %s has no spiece.model; the task keeps its own vocabulary",
                 source.folder,
             )
-    return config
+    return config, source
 
 
-def resolve_model_config(config) -> dict:
+def resolve_model_config(config, source: checkpointing.InitSource | None = None) -> dict:
     """`config.model` with presets expanded, the architecture of `config.init_from` (when
     set; `config.model` keeps only the runtime fields), and `vocab_size` taken from the
     task's vocabulary when unset; checks the model's vocabulary covers the task's."""
     model_config = resolve_preset(config.model)
     task_vocab = tasks.get_task(config.task).output_features["targets"].vocabulary
-    source = checkpointing.parse_init_from(config.get("init_from", ""))
+    if source is None:
+        source = checkpointing.parse_init_from(config.get("init_from", ""))
     if source is not None:
         architecture = source.model_config()
         replaced = {
@@ -160,10 +161,10 @@ def _on_sigterm(signum, frame):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains `config` in `workdir` (resuming from its latest checkpoint); returns results."""
     validate_config(config)
-    config = resolve_config(config)
+    config, source = resolve_config(config)
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
-    model_config = resolve_model_config(config)
+    model_config = resolve_model_config(config, source)
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
@@ -188,10 +189,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             target = checkpointing.abstract_like(abstract_state, shardings)
             state, metadata = checkpointer.restore(latest, target)
             logging.info("Resumed from step %d in %s", latest, checkpointer.directory)
-            if config.get("init_from"):
+            if source is not None:
                 logging.info("config.init_from ignored: resuming takes precedence")
-        elif config.get("init_from"):
-            source = checkpointing.parse_init_from(config.init_from)
+        elif source is not None:
             params = source.load_params(model, abstract_state.params, shardings.params)
             state = train_step.state_from_params(tx, params, shardings)
             metadata = {"data_position": 0}
