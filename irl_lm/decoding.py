@@ -272,6 +272,38 @@ def _mask_and_lengths(tokens_BxT, eos_id: int) -> dict:
     return {"mask": mask, "lengths": jnp.sum(mask, axis=1)}
 
 
+METHODS = ("greedy", "temperature", "beam")
+
+
+def make_decoder(
+    model,
+    method: str,
+    *,
+    max_len: int,
+    eos_id: int = 1,
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
+    num_decodes: int = 1,
+    num_beams: int = 4,
+    alpha=0.6,
+):
+    """`(params, batch, rng) -> outputs` for a decoding method named in a config or on the
+    command line: "greedy", "temperature" (`sample`) or "beam" (`beam_search`)."""
+    if method not in METHODS:
+        raise ValueError(f"decoding method={method!r}; allowed: {list(METHODS)}")
+    if method == "beam":
+        return lambda params, batch, rng: beam_search(
+            model, params, batch, max_len=max_len, num_beams=num_beams, alpha=alpha,
+            eos_id=eos_id,
+        )  # fmt: skip
+    temperature = 0.0 if method == "greedy" else temperature
+    return lambda params, batch, rng: sample(
+        model, params, batch, rng, max_len=max_len, num_decodes=num_decodes,
+        temperature=temperature, top_k=top_k, top_p=top_p, eos_id=eos_id,
+    )  # fmt: skip
+
+
 def greedy_with_calculator(model, params, batch, vocabulary, *, max_len: int, eos_id: int = 1):
     """Greedy decoding that inserts the GSM8k calculator's results (`irl_lm.calculator`):
     when a row's text ends with an open `<<expression=`, the tokens of the result are fed

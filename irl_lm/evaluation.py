@@ -247,8 +247,6 @@ class DecodeEvaluator:
         calculator=False,
         seed=0,
     ):
-        if method not in ("greedy", "temperature", "beam"):
-            raise ValueError(f"method={method!r}; allowed: greedy, temperature, beam")
         if calculator and method != "greedy":
             raise ValueError("calculator=True needs method='greedy'")
         task = get_task(ctx.config.task)
@@ -274,17 +272,11 @@ class DecodeEvaluator:
             self._decode = lambda p, b, r: decoding.greedy_with_calculator(
                 ctx.model, p, b, self.vocab, max_len=max_len, eos_id=ctx.eos_id
             )
-        elif method == "beam":
-            decode = functools.partial(
-                decoding.beam_search, ctx.model, max_len=max_len, num_beams=num_beams,
-                alpha=alpha, eos_id=ctx.eos_id,
-            )  # fmt: skip
-            self._decode = jax.jit(lambda p, b, r: decode(p, b), out_shardings=_replicated(ctx))
         else:
-            decode = functools.partial(
-                decoding.sample, ctx.model, max_len=max_len, num_decodes=num_decodes,
-                temperature=0.0 if method == "greedy" else temperature, top_k=top_k,
-                top_p=top_p, eos_id=ctx.eos_id,
+            decode = decoding.make_decoder(
+                ctx.model, method, max_len=max_len, eos_id=ctx.eos_id, temperature=temperature,
+                top_k=top_k, top_p=top_p, num_decodes=num_decodes, num_beams=num_beams,
+                alpha=alpha,
             )  # fmt: skip
             self._decode = jax.jit(decode, out_shardings=_replicated(ctx))
         self.rng = jax.random.PRNGKey(seed)

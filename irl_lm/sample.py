@@ -18,7 +18,6 @@ local devices (`--fsdp` / `--tensor` shard the parameters); one shape is compile
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import sys
@@ -39,7 +38,7 @@ def parse_args(argv):
     source.add_argument("--workdir", help="a training workdir (latest step) or converted folder")
     p.add_argument("--input-file", required=True)
     p.add_argument("--output-file", required=True)
-    p.add_argument("--method", choices=["greedy", "temperature", "beam"], default="greedy")
+    p.add_argument("--method", choices=decoding.METHODS, default="greedy")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0, help="0: no top-k filtering")
     p.add_argument("--top-p", type=float, default=1.0, help="1: no nucleus filtering")
@@ -97,22 +96,6 @@ def read_inputs(
     return rows
 
 
-def decode_fn(model, args, eos_id: int):
-    """The jitted decoder for `args.method`; returns (params, batch, rng) -> outputs."""
-    if args.method == "beam":
-        decode = functools.partial(
-            decoding.beam_search, model, max_len=args.max_decode_len, num_beams=args.num_beams,
-            alpha=args.alpha, eos_id=eos_id,
-        )  # fmt: skip
-        return jax.jit(lambda params, batch, rng: decode(params, batch))
-    temperature = 0.0 if args.method == "greedy" else args.temperature
-    decode = functools.partial(
-        decoding.sample, model, max_len=args.max_decode_len, num_decodes=args.num_decodes,
-        temperature=temperature, top_k=args.top_k, top_p=args.top_p, eos_id=eos_id,
-    )  # fmt: skip
-    return jax.jit(decode)
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     source = checkpointing.parse_init_from(f"hf:{args.hf}" if args.hf else args.workdir)
@@ -136,7 +119,13 @@ def main(argv=None) -> dict:
     with sharding.use_mesh(mesh):
         abstract, shardings = sharding.abstract_params(model, mesh)
         params = source.load_params(model, abstract, shardings)
-        decode = decode_fn(model, args, eos_id)
+        decode = jax.jit(
+            decoding.make_decoder(
+                model, args.method, max_len=args.max_decode_len, eos_id=eos_id,
+                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                num_decodes=args.num_decodes, num_beams=args.num_beams, alpha=args.alpha,
+            )
+        )  # fmt: skip
         key = jax.random.PRNGKey(args.seed)
         with open(args.output_file, "w") as out:
             for start in tqdm(range(0, len(inputs), batch_size), desc="decoding", unit="batch"):

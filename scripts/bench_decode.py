@@ -47,19 +47,18 @@ def main(argv=None):
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
 
     mesh = sharding.make_mesh({"data": -1}, jax.devices()[:1])
-    sample = functools.partial(decoding.sample, model, max_len=steps, eos_id=NO_EOS)
-    beam = functools.partial(decoding.beam_search, model, max_len=steps, eos_id=NO_EOS)
+    decoder = functools.partial(decoding.make_decoder, model, max_len=steps, eos_id=NO_EOS)
     methods = {  # name -> (ours: (params, batch, rng) -> outputs, HF generate arguments)
         "greedy": (
-            lambda p, b, r: sample(p, b, r, temperature=0.0),
+            decoder("greedy"),
             dict(do_sample=False, num_beams=1),
         ),
         "sample": (
-            lambda p, b, r: sample(p, b, r, temperature=1.0),
+            decoder("temperature", temperature=1.0),
             dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, num_beams=1),
         ),
         "beam 4": (
-            lambda p, b, r: beam(p, b, num_beams=4, alpha=0.6),
+            decoder("beam", num_beams=4, alpha=0.6),
             dict(do_sample=False, num_beams=4, length_penalty=0.6, early_stopping=False),
         ),
     }
