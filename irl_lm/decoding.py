@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 NEG_INF = -jnp.inf
 
@@ -344,8 +345,8 @@ def greedy_with_calculator(model, params, batch, vocabulary, *, max_len: int, eo
                     calls[row] += 1
             chosen.append(token)
         previous = jnp.asarray(chosen, jnp.int32)
-    out = jnp.zeros((rows, 1, max_len), jnp.int32)
+    out = np.zeros((rows, 1, max_len), np.int32)
     for row, seq in enumerate(tokens):
-        out = out.at[row, 0, : len(seq)].set(jnp.asarray(seq, jnp.int32))
-    lengths = jnp.asarray([[len(seq)] for seq in tokens], jnp.int32)
-    return {"tokens": out, "lengths": lengths, "calls": jnp.asarray(calls)}
+        out[row, 0, : len(seq)] = seq
+    lengths = np.array([[len(seq)] for seq in tokens], np.int32)
+    return {"tokens": out, "lengths": lengths, "calls": np.array(calls)}

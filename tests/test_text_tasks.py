@@ -7,17 +7,15 @@ import numpy as np
 import pytest
 import seqio
 
-from irl_lm.data import tasks
+from irl_lm.data import tasks, text_tasks
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 FILES = {
     "xsum": "xsum/test_first1000.jsonl",
     "gsm8k": "gsm8k/test.jsonl",
     "tldr": "tldr/test_500.jsonl",
-    **{f"wmt22_{s}_{t}": f"wmt22/{s}-{t}.jsonl"
-       for s, t in [("en", "de"), ("de", "en"), ("en", "cs"), ("cs", "en"), ("en", "zh"),
-                    ("zh", "en")]},
-}  # fmt: skip
+    **{f"wmt22_{s}_{t}": f"wmt22/{s}-{t}.jsonl" for s, t in text_tasks.WMT22_PAIRS},
+}
 
 
 def task_config(name, files, **overrides):

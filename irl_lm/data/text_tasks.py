@@ -21,6 +21,8 @@ from absl import logging
 
 SPLITS = ("train", "validation", "test")
 LANGUAGES = {"en": "English", "de": "German", "cs": "Czech", "zh": "Chinese"}
+# The WMT22 pairs with a shared test file (task wmt22_<source>_<target>).
+WMT22_PAIRS = (("en", "de"), ("de", "en"), ("en", "cs"), ("cs", "en"), ("en", "zh"), ("zh", "en"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,17 +57,7 @@ TEXT_TASKS: dict[str, TextTask] = {
     "xsum": TextTask(("document", "summary"), _xsum, (512, 64), ("rouge",)),
     "gsm8k": TextTask(("question", "answer"), _gsm8k, (256, 256), ("gsm8k_accuracy",)),
     "tldr": TextTask(("prompt", "label"), _tldr, (512, 64), ("rouge",)),
-    **{
-        f"wmt22_{s}_{t}": _translation(s, t)
-        for s, t in [
-            ("en", "de"),
-            ("de", "en"),
-            ("en", "cs"),
-            ("cs", "en"),
-            ("en", "zh"),
-            ("zh", "en"),
-        ]
-    },  # fmt: skip
+    **{f"wmt22_{s}_{t}": _translation(s, t) for s, t in WMT22_PAIRS},
 }
 
 
@@ -166,8 +158,7 @@ TFDS_NAMES = {
     "gsm8k": "gsm8k",
     "xsum": "xsum",
     **{f"wmt22_{s}_{t}": f"wmt19_translate/{'-'.join(sorted((s, t), key=lambda x: x == 'en'))}"
-       for s, t in [("en", "de"), ("de", "en"), ("en", "cs"), ("cs", "en"), ("en", "zh"),
-                    ("zh", "en")]},
+       for s, t in WMT22_PAIRS},
 }  # fmt: skip
 HF_NAMES = {"xsum": "EdinburghNLP/xsum", "tldr": "CarperAI/openai_summarize_tldr"}
 HF_SPLITS = {"validation": "valid"}  # CarperAI's TL;DR names its validation split "valid"
