@@ -1,7 +1,8 @@
 """Model families, chosen by `config.model.name`; the other `config.model` fields configure it.
 
-`name` is a family (`t5`) or a preset of one (`t5_small` ... `t5_xxl`: the public checkpoints'
-shapes); fields given next to a preset override it.
+`name` is a family (`t5`: encoder-decoder; `decoder_only`: Llama / Gemma / PaLM-style) or a
+preset of one (`t5_small` ... `t5_xxl`, `gemma3_270m`, `gemma3_1b`, `llama3_2_1b`,
+`tinyllama_1_1b`: the public checkpoints' shapes); fields given next to a preset override it.
 """
 
 from __future__ import annotations
@@ -13,13 +14,23 @@ from collections.abc import Mapping
 import flax.linen as nn
 import jax
 
-from irl_lm.models.decoder_only import DecoderOnly, DecoderOnlyConfig
-from irl_lm.models.t5 import T5, T5_PRESETS, T5Config
+from irl_lm.models.decoder_only import (
+    DECODER_ONLY_PRESETS,
+    DECODER_ONLY_PUBLIC_PARAM_COUNTS,
+    DecoderOnly,
+    DecoderOnlyConfig,
+)
+from irl_lm.models.t5 import T5, T5_PRESETS, T5_PUBLIC_PARAM_COUNTS, T5Config
 
 # name -> (config dataclass, module class)
 MODELS = {"t5": (T5Config, T5), "decoder_only": (DecoderOnlyConfig, DecoderOnly)}
 # preset name -> (family, fields)
-PRESETS = {name: ("t5", fields) for name, fields in T5_PRESETS.items()}
+PRESETS = {
+    **{name: ("t5", fields) for name, fields in T5_PRESETS.items()},
+    **{name: ("decoder_only", fields) for name, fields in DECODER_ONLY_PRESETS.items()},
+}
+# preset name -> parameter count of the public checkpoint it mirrors
+PUBLIC_PARAM_COUNTS = {**T5_PUBLIC_PARAM_COUNTS, **DECODER_ONLY_PUBLIC_PARAM_COUNTS}
 
 
 def resolve_preset(model_config: Mapping) -> dict:
@@ -69,6 +80,7 @@ __all__ = [
     "DecoderOnlyConfig",
     "MODELS",
     "PRESETS",
+    "PUBLIC_PARAM_COUNTS",
     "T5",
     "T5Config",
     "build_model",

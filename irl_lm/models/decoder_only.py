@@ -1,8 +1,15 @@
-"""Decoder-only transformer (the Llama architecture) in Flax: the stand-in for PaLM2.
+"""Decoder-only transformer in Flax: the stand-in for PaLM2, covering the Llama and Gemma
+(2 / 3) families from one config.
 
-RMS norm, rotary position embeddings (the rotate-half layout of Hugging Face checkpoints),
-multi-head / grouped-query / multi-query attention, a gated SiLU MLP, tied or untied output
-head. Field names of `DecoderOnlyConfig` are those of a Hugging Face Llama `config.json`.
+Llama: RMS norm, rotary position embeddings (rotate-half layout of Hugging Face checkpoints,
+optionally "linear" or "llama3" frequency scaling), multi-head / grouped-query / multi-query
+attention, gated MLP, tied or untied head. Gemma adds: RMS norm scale `1 + w`, embeddings
+times sqrt(hidden_size), norms on the attention and MLP outputs too, query/key norms (Gemma 3),
+a query scale of `query_pre_attn_scalar^-1/2`, tanh soft-capping of attention scores and
+logits (Gemma 2), and sliding-window layers with their own rope base (`layer_types`).
+`parallel_block` gives PaLM's block: x + attn(norm(x)) + mlp(norm(x)).
+
+Field names of `DecoderOnlyConfig` follow Hugging Face's `config.json` where one exists.
 Batches use seqio's decoder-only feature names (`decoder_input_tokens`, and
 `decoder_segment_ids` / `decoder_positions` when packed).
 """
@@ -10,6 +17,7 @@ Batches use seqio's decoder-only feature names (`decoder_input_tokens`, and
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 
 import flax.linen as nn
@@ -31,6 +39,9 @@ from irl_lm.models.layers import (
     write_kv,
 )
 
+FULL, SLIDING = "full_attention", "sliding_attention"
+ROPE_TYPES = ("default", "linear", "llama3")
+
 
 @dataclasses.dataclass(frozen=True)
 class DecoderOnlyConfig:
@@ -42,23 +53,60 @@ class DecoderOnlyConfig:
     num_key_value_heads: int | None = None  # None: as many as query heads; 1: multi-query
     head_dim: int | None = None  # None: hidden_size // num_attention_heads
     rms_norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
-    hidden_act: str = "silu"
+    hidden_act: str = "silu"  # gated MLP: silu = SwiGLU, gelu_pytorch_tanh = GeGLU
     tie_word_embeddings: bool = False
+    max_position_embeddings: int | None = None  # informational (HF config); not enforced
+    # Rotary embeddings of full-attention layers: base and frequency scaling ("default",
+    # "linear": frequencies / rope_factor, "llama3": Llama 3.1's smooth low-frequency scaling).
+    rope_theta: float = 10000.0
+    rope_type: str = "default"
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0  # llama3 only
+    rope_high_freq_factor: float = 4.0  # llama3 only
+    rope_original_max_position_embeddings: int = 8192  # llama3 only
+    # Sliding-window layers: `layer_types[i]` is "full_attention" or "sliding_attention"
+    # (None: all full); a sliding layer's query at i sees keys j with i - j < sliding_window,
+    # rotated with base rope_local_base_freq (None: rope_theta) and no scaling.
+    layer_types: tuple[str, ...] | None = None
+    sliding_window: int | None = None
+    rope_local_base_freq: float | None = None
+    # Gemma features (all off for Llama).
+    norm_plus_one: bool = False  # RMS norm scale is 1 + w (parameters start at 0)
+    scale_embeddings: bool = False  # token embeddings times sqrt(hidden_size)
+    post_norms: bool = False  # also norm the attention and MLP outputs (Gemma 2 / 3)
+    qk_norm: bool = False  # RMS norm over each query and key head (Gemma 3)
+    query_pre_attn_scalar: float | None = None  # scores * its^-1/2; None: head_dim
+    attn_logit_softcapping: float | None = None  # scores -> c·tanh(scores / c)
+    final_logit_softcapping: float | None = None  # logits -> c·tanh(logits / c)
+    parallel_block: bool = False  # PaLM: attention and MLP read the same norm of x
+    model_type: str = "llama"  # Hugging Face layout for export: a key of HF_MODEL_TYPES
     dropout_rate: float = 0.0
     dtype: str = "float32"  # activation / compute dtype; parameters stay float32
 
     def __post_init__(self):
-        if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(
-                f"DecoderOnlyConfig.hidden_act={self.hidden_act!r} is not supported; "
-                f"allowed: {sorted(ACTIVATIONS)}"
-            )
-        if self.num_attention_heads % self.kv_heads:
-            raise ValueError(
-                f"num_attention_heads={self.num_attention_heads} is not a multiple of "
-                f"num_key_value_heads={self.kv_heads}"
-            )
+        if self.layer_types is not None:  # JSON gives a list; the config must stay hashable
+            object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        checks = [
+            (self.hidden_act in ACTIVATIONS, f"hidden_act={self.hidden_act!r}",
+             sorted(ACTIVATIONS)),
+            (self.rope_type in ROPE_TYPES, f"rope_type={self.rope_type!r}", ROPE_TYPES),
+            (self.model_type in HF_MODEL_TYPES, f"model_type={self.model_type!r}",
+             sorted(HF_MODEL_TYPES)),
+            (self.num_attention_heads % self.kv_heads == 0,
+             f"num_attention_heads={self.num_attention_heads} with num_key_value_heads="
+             f"{self.kv_heads}", "a multiple of num_key_value_heads"),
+            (self.layer_types is None or (len(self.layer_types) == self.num_hidden_layers
+             and set(self.layer_types) <= {FULL, SLIDING}),
+             f"layer_types={self.layer_types}",
+             f"{self.num_hidden_layers} entries of {FULL!r} / {SLIDING!r}"),
+            (SLIDING not in (self.layer_types or ()) or (self.sliding_window or 0) > 0,
+             f"sliding_window={self.sliding_window}", "> 0 when a layer is sliding_attention"),
+            (not (self.parallel_block and self.post_norms),
+             "parallel_block with post_norms", "one of the two"),
+        ]  # fmt: skip
+        for ok, what, allowed in checks:
+            if not ok:
+                raise ValueError(f"DecoderOnlyConfig.{what} is not supported; allowed: {allowed}")
 
     @property
     def kv_heads(self) -> int:
@@ -68,12 +116,78 @@ class DecoderOnlyConfig:
     def head_size(self) -> int:
         return self.head_dim or self.hidden_size // self.num_attention_heads
 
+    def layer_type(self, i: int) -> str:
+        return self.layer_types[i] if self.layer_types else FULL
 
-def rotary(x_BxTxHxD, positions_BxT, theta: float):
+
+def _gemma3_layer_types(num_layers: int) -> tuple[str, ...]:
+    """Gemma 3: five sliding-window layers, then one global, repeated."""
+    return tuple(FULL if (i + 1) % 6 == 0 else SLIDING for i in range(num_layers))
+
+
+_GEMMA3 = dict(
+    model_type="gemma3_text", vocab_size=262_144, num_attention_heads=4, num_key_value_heads=1,
+    head_dim=256, query_pre_attn_scalar=256, rms_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh",
+    tie_word_embeddings=True, rope_theta=1_000_000.0, rope_local_base_freq=10_000.0,
+    sliding_window=512, max_position_embeddings=32_768, norm_plus_one=True,
+    scale_embeddings=True, post_norms=True, qk_norm=True,
+)  # fmt: skip
+# The shapes of public checkpoints (their config.json); `config.model.name` picks one.
+DECODER_ONLY_PRESETS = {
+    "gemma3_270m": dict(_GEMMA3, hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
+                        layer_types=_gemma3_layer_types(18)),
+    "gemma3_1b": dict(_GEMMA3, hidden_size=1152, intermediate_size=6912, num_hidden_layers=26,
+                      layer_types=_gemma3_layer_types(26)),
+    "llama3_2_1b": dict(
+        vocab_size=128_256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+        num_attention_heads=32, num_key_value_heads=8, head_dim=64, tie_word_embeddings=True,
+        rope_theta=500_000.0, rope_type="llama3", rope_factor=32.0, rope_low_freq_factor=1.0,
+        rope_high_freq_factor=4.0, rope_original_max_position_embeddings=8192,
+        max_position_embeddings=131_072),
+    "tinyllama_1_1b": dict(
+        vocab_size=32_000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+        num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048),
+}  # fmt: skip
+# Parameters of google/gemma-3-{270m,1b}-pt, meta-llama/Llama-3.2-1B and
+# TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T (their safetensors totals; tied heads
+# counted once).
+DECODER_ONLY_PUBLIC_PARAM_COUNTS = {
+    "gemma3_270m": 268_098_176,
+    "gemma3_1b": 999_885_952,
+    "llama3_2_1b": 1_235_814_400,
+    "tinyllama_1_1b": 1_100_048_384,
+}
+
+
+def inverse_frequencies(cfg: DecoderOnlyConfig, layer_type: str) -> np.ndarray:
+    """Rotary inverse frequencies `[head_dim / 2]` of a layer type."""
+    dim = cfg.head_size
+    if layer_type == SLIDING:
+        return 1.0 / (cfg.rope_local_base_freq or cfg.rope_theta) ** (np.arange(0, dim, 2) / dim)
+    inv_freq = 1.0 / cfg.rope_theta ** (np.arange(0, dim, 2) / dim)
+    if cfg.rope_type == "linear":
+        return inv_freq / cfg.rope_factor
+    if cfg.rope_type == "llama3":
+        # Wavelengths beyond original_max / low_freq_factor are stretched by rope_factor,
+        # those below original_max / high_freq_factor kept, the band between interpolated.
+        context = cfg.rope_original_max_position_embeddings
+        wavelength = 2 * math.pi / inv_freq
+        smooth = (context / wavelength - cfg.rope_low_freq_factor) / (
+            cfg.rope_high_freq_factor - cfg.rope_low_freq_factor
+        )
+        scaled = np.where(wavelength > context / cfg.rope_low_freq_factor,
+                          inv_freq / cfg.rope_factor, inv_freq)  # fmt: skip
+        medium = (wavelength >= context / cfg.rope_high_freq_factor) & (
+            wavelength <= context / cfg.rope_low_freq_factor
+        )
+        return np.where(medium, (1 - smooth) * scaled / cfg.rope_factor + smooth * scaled, scaled)
+    return inv_freq
+
+
+def rotary(x_BxTxHxD, positions_BxT, inv_freq):
     """Rotary embedding, rotate-half layout: the two halves of each head are the pairs."""
     half = x_BxTxHxD.shape[-1] // 2
-    inv_freq = 1.0 / theta ** (np.arange(half, dtype=np.float32) * 2 / (2 * half))
-    angles = positions_BxT[..., None].astype(jnp.float32) * inv_freq  # [B, T, half]
+    angles = positions_BxT[..., None].astype(jnp.float32) * inv_freq.astype(np.float32)
     cos, sin = jnp.cos(angles)[:, :, None], jnp.sin(angles)[:, :, None]
     x = x_BxTxHxD.astype(jnp.float32)
     x1, x2 = x[..., :half], x[..., half:]
@@ -81,11 +195,26 @@ def rotary(x_BxTxHxD, positions_BxT, theta: float):
     return rotated.astype(x_BxTxHxD.dtype)
 
 
+def softcap(x, cap: float | None):
+    return x if cap is None else cap * jnp.tanh(x / cap)
+
+
+def layer_biases(cfg, mask_BxQxK, query_positions_BxQ, key_positions_BxK):
+    """Additive attention biases per layer type: the `mask` for full layers, restricted to
+    keys less than `sliding_window` positions back for sliding layers."""
+    biases = {FULL: attention_bias(mask_BxQxK)}
+    if SLIDING in (cfg.layer_types or ()):
+        distance = query_positions_BxQ[:, :, None] - key_positions_BxK[:, None, :]
+        biases[SLIDING] = attention_bias(mask_BxQxK & (distance < cfg.sliding_window))
+    return biases
+
+
 class GroupedQueryAttention(nn.Module):
     """Attention with `kv_heads` key/value heads shared by groups of query heads, rotary
-    positions on queries and keys, and 1/sqrt(head_dim) scaling."""
+    positions on queries and keys (after the optional query/key norms)."""
 
     config: DecoderOnlyConfig
+    layer_type: str = FULL
 
     def setup(self):
         cfg = self.config
@@ -96,22 +225,32 @@ class GroupedQueryAttention(nn.Module):
         self.value = param(self, "value", normal(d**-0.5), (d, kvh, k), kv_axes)
         self.out = param(self, "out", normal((h * k) ** -0.5), (h, k, d), ("heads", "kv", "embed"))
         self.dropout = nn.Dropout(cfg.dropout_rate)
+        if cfg.qk_norm:
+            dtype = jnp.dtype(cfg.dtype)
+            self.query_norm = RMSNorm(cfg.rms_norm_eps, dtype, cfg.norm_plus_one, "kv")
+            self.key_norm = RMSNorm(cfg.rms_norm_eps, dtype, cfg.norm_plus_one, "kv")
+        self.inv_freq = inverse_frequencies(cfg, self.layer_type)
 
     def project_kv(self, x_BxTxD, positions_BxT):
         """Rotated keys and values `[B, T, KVH, Dh]`."""
-        dtype, cfg = jnp.dtype(self.config.dtype), self.config
+        dtype = jnp.dtype(self.config.dtype)
         k = jnp.einsum("btd,dhk->bthk", x_BxTxD, self.key.astype(dtype))
         v = jnp.einsum("btd,dhk->bthk", x_BxTxD, self.value.astype(dtype))
-        return rotary(k, positions_BxT, cfg.rope_theta), v
+        if self.config.qk_norm:
+            k = self.key_norm(k)
+        return rotary(k, positions_BxT, self.inv_freq), v
 
     def attend(self, x_BxQxD, positions_BxQ, k_BxSxKxD, v_BxSxKxD, bias_Bx1xQxS, deterministic):
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         q = jnp.einsum("bqd,dhk->bqhk", x_BxQxD, self.query.astype(dtype))
-        q = rotary(q, positions_BxQ, cfg.rope_theta) * cfg.head_size**-0.5
+        if cfg.qk_norm:
+            q = self.query_norm(q)
+        scale = (cfg.query_pre_attn_scalar or cfg.head_size) ** -0.5
+        q = rotary(q, positions_BxQ, self.inv_freq) * jnp.asarray(scale, dtype)
         batch, length, groups = q.shape[0], q.shape[1], cfg.num_attention_heads // cfg.kv_heads
         q = q.reshape(batch, length, cfg.kv_heads, groups, cfg.head_size)
         scores = jnp.einsum("bqhgk,bshk->bhgqs", q, k_BxSxKxD).astype(jnp.float32)
-        scores = scores + bias_Bx1xQxS[:, :, None]
+        scores = softcap(scores, cfg.attn_logit_softcapping) + bias_Bx1xQxS[:, :, None]
         probs = self.dropout(jax.nn.softmax(scores, axis=-1).astype(dtype), deterministic)
         out = jnp.einsum("bhgqs,bshk->bqhgk", probs, v_BxSxKxD)
         out = out.reshape(batch, length, cfg.num_attention_heads, cfg.head_size)
@@ -120,38 +259,56 @@ class GroupedQueryAttention(nn.Module):
 
 
 class DecoderOnlyLayer(nn.Module):
+    """Pre-norm block: sequential (Llama), with output norms (Gemma), or parallel (PaLM)."""
+
     config: DecoderOnlyConfig
+    layer_type: str = FULL
 
     def setup(self):
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
-        self.input_layernorm = RMSNorm(cfg.rms_norm_eps, dtype)
-        self.self_attention = GroupedQueryAttention(cfg)
-        self.post_attention_layernorm = RMSNorm(cfg.rms_norm_eps, dtype)
+        norm = lambda: RMSNorm(cfg.rms_norm_eps, dtype, cfg.norm_plus_one)
+        self.pre_attention_norm = norm()
+        self.self_attention = GroupedQueryAttention(cfg, self.layer_type)
+        if not cfg.parallel_block:
+            self.pre_mlp_norm = norm()
+        if cfg.post_norms:
+            self.post_attention_norm, self.post_mlp_norm = norm(), norm()
         self.mlp = MLP(cfg.intermediate_size, cfg.hidden_act, True, cfg.dropout_rate, dtype)
         self.dropout = nn.Dropout(cfg.dropout_rate)
 
-    def __call__(self, x, positions, bias, *, deterministic):
-        h = self.input_layernorm(x)
-        k, v = self.self_attention.project_kv(h, positions)
-        return self._block(x, h, positions, (k, v), bias, deterministic)
-
-    def prefill(self, x, positions, bias):
-        """Like `__call__` (no dropout), also returning the keys/values it computed."""
-        h = self.input_layernorm(x)
+    def __call__(self, x, positions, biases, *, deterministic):
+        h = self.pre_attention_norm(x)
         kv = self.self_attention.project_kv(h, positions)
-        return self._block(x, h, positions, kv, bias, True), kv
+        return self._block(x, h, positions, kv, biases[self.layer_type], deterministic)
 
-    def step(self, x_Bx1xD, positions_Bx1, kv, bias, slot):
+    def prefill(self, x, positions, biases):
+        """Like `__call__` (no dropout), also returning the keys/values it computed."""
+        h = self.pre_attention_norm(x)
+        kv = self.self_attention.project_kv(h, positions)
+        return self._block(x, h, positions, kv, biases[self.layer_type], True), kv
+
+    def step(self, x_Bx1xD, positions_Bx1, kv, biases, slot):
         """One position: writes its key/value at cache `slot`; returns (x, kv)."""
-        h = self.input_layernorm(x_Bx1xD)
+        h = self.pre_attention_norm(x_Bx1xD)
         k_new, v_new = self.self_attention.project_kv(h, positions_Bx1)
         kv = write_kv(kv, k_new, v_new, slot)
+        bias = biases[self.layer_type]
         return self._block(x_Bx1xD, h, positions_Bx1, (kv["k"], kv["v"]), bias, True), kv
 
     def _block(self, x, h, positions, kv, bias, deterministic):
+        cfg = self.config
         drop = lambda y: self.dropout(y, deterministic=deterministic)
-        x = x + drop(self.self_attention.attend(h, positions, *kv, bias, deterministic))
-        x = x + drop(self.mlp(self.post_attention_layernorm(x), deterministic=deterministic))
+        attn = self.self_attention.attend(h, positions, *kv, bias, deterministic)
+        if cfg.parallel_block:
+            x = x + drop(attn) + drop(self.mlp(h, deterministic=deterministic))
+        else:
+            if cfg.post_norms:
+                attn = self.post_attention_norm(attn)
+            x = x + drop(attn)
+            mlp = self.mlp(self.pre_mlp_norm(x), deterministic=deterministic)
+            if cfg.post_norms:
+                mlp = self.post_mlp_norm(mlp)
+            x = x + drop(mlp)
         return constrain(x, "activation_batch", "activation_length", "activation_embed")
 
 
@@ -164,32 +321,42 @@ class DecoderOnly(nn.Module):
     def setup(self):
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         self.token_embedder = Embed(cfg.vocab_size, cfg.hidden_size, dtype)
-        self.layers = [DecoderOnlyLayer(cfg) for _ in range(cfg.num_hidden_layers)]
-        self.final_norm = RMSNorm(cfg.rms_norm_eps, dtype)
+        self.layers = [
+            DecoderOnlyLayer(cfg, cfg.layer_type(i)) for i in range(cfg.num_hidden_layers)
+        ]
+        self.final_norm = RMSNorm(cfg.rms_norm_eps, dtype, cfg.norm_plus_one)
         self.dropout = nn.Dropout(cfg.dropout_rate)
         if not cfg.tie_word_embeddings:
             self.lm_head = untied_head(cfg.vocab_size, cfg.hidden_size, dtype)
+
+    def _embed(self, tokens):
+        x = self.token_embedder(tokens)
+        if self.config.scale_embeddings:
+            x = x * jnp.asarray(self.config.hidden_size**0.5, x.dtype)
+        return x
 
     def __call__(self, batch, *, deterministic=True):
         """Teacher-forced logits; causal, within a packed segment when segment ids are given."""
         tokens = batch["decoder_input_tokens"]
         length = tokens.shape[1]
+        index = jnp.broadcast_to(jnp.arange(length), tokens.shape)
         positions = batch.get("decoder_positions")
         if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(length), tokens.shape)
+            positions = index
         mask = np.tril(np.ones((length, length), bool))[None]
         segments = batch.get("decoder_segment_ids")
         if segments is not None:
             mask = mask & (segments[:, :, None] == segments[:, None, :])
-        bias = attention_bias(mask)
-        x = self.dropout(self.token_embedder(tokens), deterministic=deterministic)
+        biases = layer_biases(self.config, mask, index, index)
+        x = self.dropout(self._embed(tokens), deterministic=deterministic)
         for layer in self.layers:
-            x = layer(x, positions, bias, deterministic=deterministic)
+            x = layer(x, positions, biases, deterministic=deterministic)
         return self._logits(self.dropout(self.final_norm(x), deterministic=deterministic))
 
     def _logits(self, x_BxTxD):
         head = None if self.config.tie_word_embeddings else self.lm_head
-        return vocab_logits(x_BxTxD, self.token_embedder, head)
+        logits = vocab_logits(x_BxTxD, self.token_embedder, head)
+        return softcap(logits, self.config.final_logit_softcapping)
 
     # -- incremental decoding (irl_lm.decoding) ------------------------------------------------
 
@@ -197,8 +364,9 @@ class DecoderOnly(nn.Module):
         """The decoding cache for the prompts `batch['decoder_input_tokens']` `[B, P]` (right
         padded with 0) and `max_len` new tokens.
 
-        The cache has P + max_len slots per layer. Prefill writes slots [0, P) with every
-        prompt token but the last of each row; decoding step t writes slot P + t, at position
+        The cache has P + max_len slots per layer (sliding layers too: their window is a
+        mask, not a ring buffer). Prefill writes slots [0, P) with every prompt token but the
+        last of each row; decoding step t writes slot P + t, at position
         `prompt_length - 1 + t`: step 0 feeds the last prompt token (its logits predict the
         first new token), later steps the previous output. `cache['inputs']` holds what
         depends on the prompt only; `cache['decode']` the keys/values.
@@ -209,12 +377,12 @@ class DecoderOnly(nn.Module):
         positions = jnp.broadcast_to(jnp.arange(prompt_len), prompts.shape)
         seen = positions < (lengths - 1)[:, None]  # all but each row's last prompt token
         causal = np.tril(np.ones((prompt_len, prompt_len), bool))[None]
-        bias = attention_bias(causal & seen[:, None, :])
-        x = self.token_embedder(prompts)
+        biases = layer_biases(self.config, causal & seen[:, None, :], positions, positions)
+        x = self._embed(prompts)
         dtype, pad = jnp.dtype(self.config.dtype), ((0, 0), (0, max_len), (0, 0), (0, 0))
         layers = []
         for layer in self.layers:
-            x, (k, v) = layer.prefill(x, positions, bias)
+            x, (k, v) = layer.prefill(x, positions, biases)
             layers.append({"k": jnp.pad(k, pad).astype(dtype), "v": jnp.pad(v, pad).astype(dtype)})
         last = jnp.take_along_axis(prompts, jnp.maximum(lengths - 1, 0)[:, None], axis=1)[:, 0]
         return {
@@ -229,15 +397,18 @@ class DecoderOnly(nn.Module):
         prompt_len = inputs["seen"].shape[1]
         total = cache["decode"]["layers"][0]["k"].shape[1]
         tokens_B = jnp.where(index == 0, inputs["last_prompt_token"], tokens_B)
-        positions = (inputs["prompt_lengths"] - 1 + index)[:, None]
+        start = inputs["prompt_lengths"][:, None] - 1  # position of decoding step 0
+        positions = start + index
         slot = prompt_len + index
-        new = (jnp.arange(total - prompt_len) <= index)[None].repeat(tokens_B.shape[0], 0)
-        visible = jnp.concatenate([inputs["seen"], new], axis=1)  # [B, P + max_len]
-        bias = attention_bias(visible[:, None, :])
-        x = self.token_embedder(tokens_B[:, None])
+        slots = jnp.arange(total)[None]
+        seen = jnp.pad(inputs["seen"], ((0, 0), (0, total - prompt_len)))
+        visible = seen | ((slots >= prompt_len) & (slots <= slot))  # [B, P + max_len]
+        key_positions = jnp.where(slots < prompt_len, slots, start + slots - prompt_len)
+        biases = layer_biases(self.config, visible[:, None, :], positions, key_positions)
+        x = self._embed(tokens_B[:, None])
         layers = []
         for layer, kv in zip(self.layers, cache["decode"]["layers"], strict=True):
-            x, kv = layer.step(x, positions, kv, bias, slot)
+            x, kv = layer.step(x, positions, kv, biases, slot)
             layers.append(kv)
         logits = self._logits(self.final_norm(x))[:, 0]
         return logits, {"inputs": inputs, "decode": {"layers": layers}}
@@ -245,6 +416,13 @@ class DecoderOnly(nn.Module):
 
 # ----------------------------------------------------------------------------- Hugging Face layout
 
+_GEMMA = dict(norm_plus_one=True, scale_embeddings=True, post_norms=True)
+# config.json model_type -> (architectures entry, DecoderOnlyConfig fields the family fixes)
+HF_MODEL_TYPES = {
+    "llama": ("LlamaForCausalLM", {}),
+    "gemma2": ("Gemma2ForCausalLM", _GEMMA),
+    "gemma3_text": ("Gemma3ForCausalLM", {**_GEMMA, "qk_norm": True}),
+}
 _HF_FIELDS = (
     "vocab_size",
     "hidden_size",
@@ -254,22 +432,62 @@ _HF_FIELDS = (
     "num_key_value_heads",
     "head_dim",
     "rms_norm_eps",
-    "hidden_act",
 )
-HF_MODEL_TYPES = ("llama",)
+_GEMMA_FIELDS = ("query_pre_attn_scalar", "final_logit_softcapping", "sliding_window")
+
+
+def _rope_fields(rope: Mapping, where: str, *, scaled: bool) -> dict:
+    """Our rope fields from one Hugging Face `rope_parameters` entry."""
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ROPE_TYPES or (rope_type != "default" and not scaled):
+        raise ValueError(f"config.json: {where} rope type {rope_type!r} is not supported "
+                         f"(supported: {list(ROPE_TYPES) if scaled else ['default']})")  # fmt: skip
+    fields = {"rope_type": rope_type}
+    if rope_type != "default":
+        fields["rope_factor"] = float(rope["factor"])
+    if rope_type == "llama3":
+        fields |= {
+            "rope_low_freq_factor": float(rope["low_freq_factor"]),
+            "rope_high_freq_factor": float(rope["high_freq_factor"]),
+            "rope_original_max_position_embeddings": int(rope["original_max_position_embeddings"]),
+        }
+    return fields
 
 
 def from_hf_config(hf: dict, tensors: Mapping[str, np.ndarray]) -> dict:
-    """`DecoderOnlyConfig` fields from a Hugging Face Llama `config.json` and its tensors."""
-    fields = {k: hf[k] for k in _HF_FIELDS if hf.get(k) is not None}
-    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type != "default":
-        raise ValueError(f"config.json: rope type {rope_type!r} is not supported (only default)")
-    fields["rope_theta"] = float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    """`DecoderOnlyConfig` fields from a Hugging Face Llama / Gemma 2 / Gemma 3 `config.json`
+    (transformers 4 or 5 spelling of the rope settings) and its tensors."""
+    model_type = hf["model_type"]
+    fields = {k: hf[k] for k in (*_HF_FIELDS, "max_position_embeddings") if hf.get(k) is not None}
+    fields |= {"model_type": model_type, **HF_MODEL_TYPES[model_type][1]}
+    fields["hidden_act"] = hf.get("hidden_activation") or hf.get("hidden_act") or "silu"
     if hf.get("attention_bias") or hf.get("mlp_bias"):
         raise ValueError("config.json: attention_bias / mlp_bias are not supported")
-    tied = bool(hf.get("tie_word_embeddings", False))
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    if model_type == "llama":
+        fields |= _rope_fields(rope, "rope_parameters", scaled=True)
+        fields["rope_theta"] = float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    else:
+        fields |= {k: hf[k] for k in _GEMMA_FIELDS if hf.get(k) is not None}
+        layer_types = hf.get("layer_types")
+        if layer_types is None:  # transformers 4: every `sliding_window_pattern`-th is full
+            pattern = hf.get("sliding_window_pattern", 2 if model_type == "gemma2" else 6)
+            layer_types = [FULL if (i + 1) % pattern == 0 else SLIDING
+                           for i in range(hf["num_hidden_layers"])]  # fmt: skip
+        fields["layer_types"] = tuple(layer_types)
+        if model_type == "gemma2":  # transformers ignores attn_logit_softcapping for Gemma 3
+            fields["attn_logit_softcapping"] = hf.get("attn_logit_softcapping")
+        if FULL in rope or SLIDING in rope:  # transformers 5: one entry per layer type
+            full, local = rope.get(FULL, {}), rope.get(SLIDING, {})
+            _rope_fields(local, f"rope_parameters.{SLIDING}", scaled=False)
+        else:
+            full, local = rope, {}
+        fields |= _rope_fields(full, f"rope_parameters.{FULL}", scaled=True)
+        fields["rope_theta"] = float(full.get("rope_theta", hf.get("rope_theta", 10000.0)))
+        local_theta = local.get("rope_theta", hf.get("rope_local_base_freq"))
+        if local_theta is not None:
+            fields["rope_local_base_freq"] = float(local_theta)
+    tied = bool(hf.get("tie_word_embeddings", model_type != "llama"))
     head, embed = tensors.get("lm_head.weight"), tensors.get("model.embed_tokens.weight")
     if head is None:
         tied = True
@@ -280,17 +498,52 @@ def from_hf_config(hf: dict, tensors: Mapping[str, np.ndarray]) -> dict:
 
 
 def to_hf_config(cfg: DecoderOnlyConfig) -> dict:
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+    """The `config.json` of `cfg`, in transformers 5's spelling."""
+    if cfg.parallel_block:
+        raise ValueError("parallel_block=True has no Hugging Face layout (export is for the "
+                         "Llama and Gemma families)")  # fmt: skip
+    expected = HF_MODEL_TYPES[cfg.model_type][1]
+    mismatched = {k: getattr(cfg, k) for k in set(_GEMMA) | {"qk_norm"}
+                  if getattr(cfg, k) != expected.get(k, False)}  # fmt: skip
+    if mismatched:
+        raise ValueError(f"model_type={cfg.model_type!r} cannot store {mismatched}; "
+                         "pick the model_type whose family has these features")  # fmt: skip
+    full = {"rope_type": cfg.rope_type, "rope_theta": cfg.rope_theta}
+    if cfg.rope_type != "default":
+        full["factor"] = cfg.rope_factor
+    if cfg.rope_type == "llama3":
+        full |= {
+            "low_freq_factor": cfg.rope_low_freq_factor,
+            "high_freq_factor": cfg.rope_high_freq_factor,
+            "original_max_position_embeddings": cfg.rope_original_max_position_embeddings,
+        }
+    out = {
+        "architectures": [HF_MODEL_TYPES[cfg.model_type][0]],
+        "model_type": cfg.model_type,
         **{k: getattr(cfg, k) for k in _HF_FIELDS},
         "num_key_value_heads": cfg.kv_heads,
         "head_dim": cfg.head_size,
-        "rope_theta": cfg.rope_theta,
         "tie_word_embeddings": cfg.tie_word_embeddings,
         "attention_bias": False,
-        "mlp_bias": False,
     }
+    if cfg.max_position_embeddings:
+        out["max_position_embeddings"] = cfg.max_position_embeddings
+    if cfg.model_type == "llama":
+        return out | {"hidden_act": cfg.hidden_act, "mlp_bias": False, "rope_parameters": full}
+    out |= {
+        "hidden_activation": cfg.hidden_act,
+        "query_pre_attn_scalar": cfg.query_pre_attn_scalar or cfg.head_size,
+        "final_logit_softcapping": cfg.final_logit_softcapping,
+        "attn_logit_softcapping": cfg.attn_logit_softcapping,
+        "sliding_window": cfg.sliding_window,
+        "layer_types": [cfg.layer_type(i) for i in range(cfg.num_hidden_layers)],
+    }
+    if cfg.model_type == "gemma2":
+        if cfg.rope_type != "default" or cfg.rope_local_base_freq not in (None, cfg.rope_theta):
+            raise ValueError("model_type='gemma2' has one unscaled rope base for all layers")
+        return out | {"rope_parameters": full}
+    local = {"rope_type": "default", "rope_theta": cfg.rope_local_base_freq or cfg.rope_theta}
+    return out | {"rope_parameters": {FULL: full, SLIDING: local}}
 
 
 def hf_tensor_names(cfg: DecoderOnlyConfig) -> dict[tuple[str, ...], tuple[str, int | None]]:
@@ -301,16 +554,24 @@ def hf_tensor_names(cfg: DecoderOnlyConfig) -> dict[tuple[str, ...], tuple[str, 
     }
     if not cfg.tie_word_embeddings:
         names[("lm_head", "kernel")] = ("lm_head.weight", 1)
+    norms = {"pre_attention_norm": "input_layernorm"}  # ours -> theirs, per family
+    if cfg.post_norms:  # Gemma: "post_attention_layernorm" norms the attention output
+        norms |= {"post_attention_norm": "post_attention_layernorm",
+                  "pre_mlp_norm": "pre_feedforward_layernorm",
+                  "post_mlp_norm": "post_feedforward_layernorm"}  # fmt: skip
+    elif not cfg.parallel_block:  # Llama: "post_attention_layernorm" is the MLP's input norm
+        norms["pre_mlp_norm"] = "post_attention_layernorm"
     for i in range(cfg.num_hidden_layers):
         ours, theirs = f"layers_{i}", f"model.layers.{i}"
-        for norm in ("input_layernorm", "post_attention_layernorm"):
-            names[(ours, norm, "scale")] = (f"{theirs}.{norm}.weight", None)
+        for our_norm, their_norm in norms.items():
+            names[(ours, our_norm, "scale")] = (f"{theirs}.{their_norm}.weight", None)
+        attention = (ours, "self_attention")
         for our_name, proj in (("query", "q"), ("key", "k"), ("value", "v")):
-            names[(ours, "self_attention", our_name)] = (
-                f"{theirs}.self_attn.{proj}_proj.weight",
-                1,
-            )
-        names[(ours, "self_attention", "out")] = (f"{theirs}.self_attn.o_proj.weight", 2)
+            names[(*attention, our_name)] = (f"{theirs}.self_attn.{proj}_proj.weight", 1)
+        names[(*attention, "out")] = (f"{theirs}.self_attn.o_proj.weight", 2)
+        if cfg.qk_norm:
+            names[(*attention, "query_norm", "scale")] = (f"{theirs}.self_attn.q_norm.weight", None)
+            names[(*attention, "key_norm", "scale")] = (f"{theirs}.self_attn.k_norm.weight", None)
         for our_name, proj in (("wi_0", "gate"), ("wi_1", "up"), ("wo", "down")):
             names[(ours, "mlp", our_name)] = (f"{theirs}.mlp.{proj}_proj.weight", 1)
     return names

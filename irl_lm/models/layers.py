@@ -30,17 +30,23 @@ def constrain(x: jax.Array, *axes: str | None) -> jax.Array:
 
 
 class RMSNorm(nn.Module):
-    """T5 layer norm: scale only, no mean subtraction, computed in float32."""
+    """T5 / Llama layer norm: scale only, no mean subtraction, computed in float32.
+
+    `plus_one`: the scale is `1 + w` with `w` starting at 0 (Gemma).
+    """
 
     epsilon: float = 1e-6
     dtype: jnp.dtype = jnp.float32
+    plus_one: bool = False
+    axis_name: str = "norm"  # logical axis of the scale
 
     @nn.compact
     def __call__(self, x):
-        scale = param(self, "scale", nn.initializers.ones, (x.shape[-1],), ("norm",))
+        init = nn.initializers.zeros if self.plus_one else nn.initializers.ones
+        scale = param(self, "scale", init, (x.shape[-1],), (self.axis_name,))
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
-        return (x32 * scale).astype(self.dtype)
+        return (x32 * (1.0 + scale if self.plus_one else scale)).astype(self.dtype)
 
 
 class Embed(nn.Module):

@@ -1,0 +1,270 @@
+"""A seqio vocabulary over a Hugging Face `tokenizer.json` file.
+
+Many decoder-only checkpoints (Llama 3 and most recent models) ship their tokenizer only as a
+`tokenizer.json` for the Rust `tokenizers` library: there is no `spiece.model`, so seqio's
+`SentencePieceVocabulary` cannot read them. `TokenizerJsonVocabulary` wraps
+`tokenizers.Tokenizer.from_file` in the `seqio.Vocabulary` interface, in Python (`encode`,
+`decode`) and inside tf.data (`encode_tf`, `decode_tf`, through `tf.numpy_function`).
+
+Behaviour:
+
+* Encoding adds no special tokens (`add_special_tokens=False`): no BOS, no EOS. seqio appends
+  EOS itself (`Feature(add_eos=True)`); a model that wants BOS must get it from the task.
+  Special-token strings that appear literally in the text (e.g. `<|eot_id|>`) are still read
+  as those tokens, as `tokenizers` and `transformers` do by default.
+* The EOS id is the `eos_id` argument, else `eos_token_id` from the folder's
+  `generation_config.json` or `config.json` (the first one if it is a list), else the id of
+  `tokenizer_config.json`'s `eos_token`.
+* `decode` keeps the ids before the first EOS, drops the padding id 0 unless id 0 is an
+  ordinary token of the tokenizer (see below), drops ids outside the vocabulary, and decodes
+  the rest with `skip_special_tokens=False`. For ordinary text, `decode(encode(text)) == text`
+  whenever the tokenizer itself round-trips (byte-level BPE does).
+* seqio takes id 0 as padding everywhere (feature converters, packing, trimming, loss masks).
+  Many `tokenizer.json` vocabularies give id 0 to an ordinary token (Llama 3: `!`). The ids
+  are left as they are; `zero_is_ordinary_token` says so and a warning is logged, because
+  such a token disappears, or is taken for padding, downstream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import seqio
+import tensorflow as tf
+import tokenizers
+from absl import logging
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class TokenizerJsonVocabulary(seqio.Vocabulary):
+    """seqio vocabulary backed by a Hugging Face `tokenizer.json`.
+
+    Args:
+      path: the `tokenizer.json` file, or a folder that contains one. The folder's
+        `generation_config.json`, `config.json` and `tokenizer_config.json` are read for the
+        EOS (and BOS) id.
+      eos_id: the EOS id; overrides the folder's configuration files.
+      pad_id: must be 0, the id seqio pads with (it is an argument only to state that).
+    """
+
+    def __init__(self, path: str, eos_id: int | None = None, pad_id: int = 0):
+        if os.path.isdir(path):
+            path = os.path.join(path, TOKENIZER_FILE)
+        self._path = path
+        self._folder = os.path.dirname(os.path.abspath(path))
+        with open(path, "rb") as f:
+            content = f.read()
+        self._sha256 = hashlib.sha256(content).hexdigest()
+        self._tokenizer = tokenizers.Tokenizer.from_str(content.decode("utf-8"))
+        self._size = self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+        if pad_id != seqio.vocabularies.PAD_ID:
+            raise ValueError(
+                f"pad_id={pad_id}: seqio's feature converters always pad with "
+                f"{seqio.vocabularies.PAD_ID}, so no other padding id can work"
+            )
+        self._pad_id = pad_id
+
+        if eos_id is None:
+            eos_id = self._special_id_from_folder("eos")
+        if eos_id is None:
+            raise ValueError(
+                f"{self._folder}: no EOS id found (no eos_token_id in generation_config.json or "
+                "config.json, no known eos_token in tokenizer_config.json); pass eos_id="
+            )
+        eos_id = int(eos_id)
+        if not 0 <= eos_id < self._size or eos_id == pad_id:
+            raise ValueError(
+                f"{self._folder}: eos_id={eos_id} must be a token id other than the padding "
+                f"id {pad_id} (vocabulary size {self._size})"
+            )
+        self._eos_id = eos_id
+        self._bos_id = self._special_id_from_folder("bos")
+        self._unk_id = self._model_unk_id(json.loads(content))
+        self._zero_is_ordinary = self._id_zero_is_ordinary()
+        if self._zero_is_ordinary:
+            logging.warning(
+                "%s: id 0 is the ordinary token %r, but seqio reads id 0 as padding: feature "
+                "converters, packing and trimming drop it or mask it out of the loss, so "
+                "encoded text that contains this token loses it. Ids are not remapped.",
+                path,
+                self._tokenizer.id_to_token(0),
+            )
+        super().__init__(extra_ids=0)
+
+    # ------------------------------------------------------------------ construction helpers
+
+    def _read_json(self, name: str) -> dict:
+        path = os.path.join(self._folder, name)
+        if not os.path.exists(path):
+            return {}
+        with open(path) as f:
+            return json.load(f)
+
+    def _special_id_from_folder(self, kind: str) -> int | None:
+        """`{kind}_token_id` of generation_config.json / config.json (first of a list), else
+        the id of tokenizer_config.json's `{kind}_token`; None if none is found."""
+        for name in ("generation_config.json", "config.json"):
+            value = self._read_json(name).get(f"{kind}_token_id")
+            if isinstance(value, list):
+                value = value[0] if value else None
+            if value is not None:
+                return int(value)
+        token = self._read_json("tokenizer_config.json").get(f"{kind}_token")
+        if isinstance(token, dict):  # older files store an AddedToken: {"content": ...}
+            token = token.get("content")
+        if isinstance(token, str):
+            return self._tokenizer.token_to_id(token)
+        return None
+
+    def _model_unk_id(self, spec: dict) -> int | None:
+        model = spec.get("model") or {}
+        if model.get("unk_token") is not None:  # BPE, WordPiece, WordLevel
+            return self._tokenizer.token_to_id(model["unk_token"])
+        if model.get("unk_id") is not None:  # Unigram
+            return int(model["unk_id"])
+        return None
+
+    def _id_zero_is_ordinary(self) -> bool:
+        if self._tokenizer.id_to_token(0) is None:
+            return False
+        added = self._tokenizer.get_added_tokens_decoder().get(0)
+        if added is not None and added.special:
+            return False
+        padding = self._tokenizer.padding
+        if padding is not None and padding.get("pad_id") == 0:
+            return False
+        pad_token = self._read_json("tokenizer_config.json").get("pad_token")
+        if isinstance(pad_token, dict):
+            pad_token = pad_token.get("content")
+        return not (isinstance(pad_token, str) and self._tokenizer.token_to_id(pad_token) == 0)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def tokenizer(self) -> tokenizers.Tokenizer:
+        return self._tokenizer
+
+    @property
+    def zero_is_ordinary_token(self) -> bool:
+        """True when id 0 is an ordinary token, which seqio will nevertheless read as padding."""
+        return self._zero_is_ordinary
+
+    @property
+    def eos_id(self) -> int:
+        return self._eos_id
+
+    @property
+    def bos_id(self) -> int | None:
+        return self._bos_id
+
+    @property
+    def pad_id(self) -> int:
+        return self._pad_id
+
+    @property
+    def unk_id(self) -> int | None:
+        return self._unk_id
+
+    @property
+    def _base_vocab_size(self) -> int:
+        return self._size
+
+    # ------------------------------------------------------------------ python
+
+    def _encode(self, s: str) -> Sequence[int]:
+        return self._tokenizer.encode(s, add_special_tokens=False).ids
+
+    def _decode(self, ids: Iterable[int]) -> str:
+        """Ids before the first EOS, without padding (unless id 0 is an ordinary token) and
+        ids outside the vocabulary, decoded with special tokens kept.
+
+        `seqio.Vocabulary.decode` already cuts after the first EOS but keeps the EOS;
+        `decode_tf` replaces what follows it with padding. Cutting here covers both.
+        """
+        kept = []
+        for i in ids:
+            i = int(i)
+            if i == self._eos_id:
+                break
+            if i == self._pad_id and not self._zero_is_ordinary:
+                continue
+            if 0 <= i < self._size:
+                kept.append(i)
+        return self._tokenizer.decode(kept, skip_special_tokens=False)
+
+    # ------------------------------------------------------------------ tensorflow
+
+    def _encode_np(self, s) -> np.ndarray:
+        return np.asarray(self._encode(_to_str(s)), dtype=np.int32)
+
+    def _encode_batch_np(self, strings) -> tuple[np.ndarray, np.ndarray]:
+        texts = [_to_str(s) for s in strings.reshape(-1)]
+        encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
+        ids = [e.ids for e in encodings]
+        flat = np.fromiter((i for row in ids for i in row), dtype=np.int32)
+        return flat, np.asarray([len(row) for row in ids], dtype=np.int64)
+
+    def _encode_tf(self, s: tf.Tensor) -> tf.Tensor | tf.RaggedTensor:
+        """A scalar string gives int32 ids of shape [None]; a 1-D batch of strings gives an
+        int32 RaggedTensor of shape [batch, None] (as seqio's SentencePiece vocabulary)."""
+        s = tf.convert_to_tensor(s, dtype=tf.string)
+        if s.shape.rank == 0:
+            ids = tf.numpy_function(self._encode_np, [s], tf.int32, stateful=False)
+            ids.set_shape([None])
+            return ids
+        if s.shape.rank == 1:
+            flat, lengths = tf.numpy_function(
+                self._encode_batch_np, [s], [tf.int32, tf.int64], stateful=False
+            )
+            flat.set_shape([None])
+            lengths.set_shape(s.shape)
+            return tf.RaggedTensor.from_row_lengths(flat, lengths, validate=False)
+        raise ValueError(f"encode_tf takes a scalar or 1-D string tensor, got shape {s.shape}")
+
+    def _decode_rows_np(self, rows: np.ndarray) -> np.ndarray:
+        texts = [self._decode(row.tolist()).encode("utf-8") for row in rows]
+        return np.asarray(texts, dtype=object).reshape(len(texts))
+
+    def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
+        """Ids of shape [..., length] give strings of shape [...] (1-D ids: a scalar)."""
+        ids = tf.convert_to_tensor(ids)
+        if ids.shape.rank is None or ids.shape.rank == 0:
+            raise ValueError(f"decode_tf takes ids of rank >= 1, got shape {ids.shape}")
+        shape = tf.shape(ids, out_type=tf.int64)
+        rows = tf.reshape(ids, tf.stack([tf.reduce_prod(shape[:-1]), shape[-1]]))
+        texts = tf.numpy_function(self._decode_rows_np, [rows], tf.string, stateful=False)
+        texts = tf.reshape(texts, shape[:-1])
+        texts.set_shape(ids.shape[:-1])
+        return texts
+
+    # ------------------------------------------------------------------ identity
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, TokenizerJsonVocabulary):
+            return False
+        return (self._sha256, self._eos_id) == (other._sha256, other._eos_id)
+
+    def __hash__(self) -> int:
+        return hash((self._sha256, self._eos_id))
+
+    def __str__(self) -> str:
+        return (
+            f"TokenizerJsonVocabulary(file={self._path}, eos_id={self._eos_id}, "
+            f"sha256={self._sha256[:12]})"
+        )
+
+    __repr__ = __str__
+
+
+def _to_str(s) -> str:
+    return s.decode("utf-8") if isinstance(s, bytes) else str(s)
