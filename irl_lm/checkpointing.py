@@ -90,7 +90,7 @@ class InitSource:
             return json.load(f)
 
     def vocabulary_folder(self) -> str | None:
-        """The folder whose SentencePiece model the run should use, if the source has one."""
+        """The folder whose tokenizer the run should use, if the source has one."""
         return self.folder if hf.has_vocabulary(self.folder) else None
 
     def load_params(self, model, abstract_params, param_shardings):

@@ -60,26 +60,43 @@ def loss_config(name: str, lam: float = 0.1, gamma: float = 0.99) -> ml_collecti
     return ml_collections.ConfigDict({"name": name, **fields})
 
 
+# mode=tiny models (vocab_size 0: the task's); "" is the default
+_TINY_T5 = dict(name="t5", d_model=64, d_kv=16, d_ff=128, num_heads=4, num_layers=2,
+                num_decoder_layers=2)  # fmt: skip
+TINY_MODELS = {
+    "": _TINY_T5,
+    "t5": _TINY_T5,
+    "decoder_only": dict(name="decoder_only", hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+}  # fmt: skip
+
+
 def text_task_config(
     task: str, arg: str | None, *, files: dict[str, str], lengths: tuple[int, int]
 ):
     """The config of a paper task (`configs/xsum.py` ...). `arg` keys:
 
-    mode   "tiny" (the default): a byte-level T5 with 2+2 layers, 30 steps on the shared
-           files, greedy decode evaluation of 8 examples (a CPU smoke run, about 20 s);
-           "full": `model` (a preset, e.g. t5_base), fine-tuned from `--config.init_from`,
-           with the vocabulary of that checkpoint and evaluation every 1000 steps.
+    mode   "tiny" (the default): a byte-level model with 2 layers per stack, 30 steps on the
+           shared files, greedy decode evaluation of 8 examples (a CPU smoke run, about
+           20 s); `model` picks its family: "t5" (default) or "decoder_only".
+           "full": `model` (a preset, e.g. t5_base, gemma3_1b; default t5_base), fine-tuned
+           from `--config.init_from`, with the vocabulary of that checkpoint and evaluation
+           every 1000 steps.
     loss, lam, gamma, model, data (the folder of the shared JSONL files).
     `files` maps splits to paths under `data`; point `--config.task.files.<split>` at the
     full corpora for real runs.
     """
     args = parse_arg(
-        arg, mode="tiny", loss="mle", lam="0.1", gamma="0.99", model="t5_base",
-        data="../shared/data",
-    )  # fmt: skip
+        arg, mode="tiny", loss="mle", lam="0.1", gamma="0.99", model="", data="../shared/data"
+    )
     if args["mode"] not in ("tiny", "full"):
         raise ValueError(f"config arg mode={args['mode']!r}; allowed: tiny, full")
     tiny = args["mode"] == "tiny"
+    if tiny and args["model"] not in TINY_MODELS:
+        raise ValueError(
+            f"config arg model={args['model']!r}: mode=tiny builds a tiny model of a family; "
+            f"allowed: {sorted(k for k in TINY_MODELS if k)} (presets need mode=full)"
+        )
     config = trainer_defaults()
     config.task = dict(
         name=task,
@@ -92,8 +109,7 @@ def text_task_config(
     )
     config.loss = loss_config(args["loss"], float(args["lam"]), float(args["gamma"]))
     if tiny:
-        config.model = dict(name="t5", vocab_size=0, d_model=64, d_kv=16, d_ff=128,
-                            num_heads=4, num_layers=2, num_decoder_layers=2)  # fmt: skip
+        config.model = dict(TINY_MODELS[args["model"]], vocab_size=0)
         config.total_steps, config.batch_size, config.eval_batch_size = 30, 8, 8
         config.log_every, config.checkpoint.every = 10, 30
         config.schedule.warmup_steps = 5
@@ -107,7 +123,7 @@ def text_task_config(
                 kind="decode", every=0, max_examples=4, method="greedy", calculator=True
             )
     else:
-        config.model = dict(name=args["model"], dropout_rate=0.1)
+        config.model = dict(name=args["model"] or "t5_base", dropout_rate=0.1)
         config.total_steps, config.batch_size = 20_000, 64
         config.optimizer.learning_rate = 1e-4
         config.schedule.warmup_steps = 1000

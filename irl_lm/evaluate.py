@@ -41,7 +41,9 @@ def evaluate(workdir: str, step: int | None = None, names=()) -> dict:
     mesh = sharding.make_mesh(config.mesh)
     eos_id = tasks.get_task(config.task).output_features["targets"].vocabulary.eos_id
     with sharding.use_mesh(mesh):
-        abstract, shardings = sharding.abstract_params(model, mesh, train.dummy_batch(config, 1))
+        abstract, shardings = sharding.abstract_params(
+            model, mesh, train.dummy_batch(config, model, 1)
+        )
         params = source.load_params(model, abstract, shardings)
         ctx = evaluation.EvalContext(config, model, mesh, make_loss(config.loss), eos_id, workdir)
         writer = metric_writers.create_default_writer(

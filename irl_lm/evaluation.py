@@ -23,6 +23,7 @@ from irl_lm.data.synthetic import EOS_ID
 from irl_lm.data.tasks import expert_from_config, feature_lengths, get_task
 from irl_lm.metrics import ids_to_text, self_bleu
 from irl_lm.metrics import text as text_metrics
+from irl_lm.models import is_decoder_only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +57,9 @@ class LossEvaluator:
     def __call__(self, params, step):
         del step
         totals: dict[str, float] = {}
-        for batch, _ in pipeline.eval_batches(self.ctx.config, self.split, self.max_examples):
+        batches = pipeline.eval_batches(self.ctx.config, self.split, self.max_examples,
+                                        decoder_only=is_decoder_only(self.ctx.model))  # fmt: skip
+        for batch, _ in batches:
             sums = jax.device_get(
                 self._step(params, sharding.shard_host_batch(batch, self.ctx.mesh))
             )
@@ -99,7 +102,11 @@ class ExpertEvaluator:
         split="validation",
         seed=0,
     ):
-        del name
+        if is_decoder_only(ctx.model):
+            raise ValueError(
+                f"config.evals.{name}: the synthetic_expert evaluator scores encoder-decoder "
+                "models only so far; use kind='loss' or 'decode' with a decoder-only model"
+            )
         self.ctx, self.num_samples, self.temperature = ctx, num_samples, temperature
         self.expert = expert_from_config(ctx.config.task)
         spec = self.expert.spec
@@ -263,9 +270,13 @@ class DecodeEvaluator:
         self.targets = [ex["targets_pretokenized"].decode() for ex in examples]
         shards = ctx.mesh.shape["data"] * ctx.mesh.shape["fsdp"]
         rows = _round_up(max(ctx.config.eval_batch_size, 1), shards)
-        tokens = np.zeros((_round_up(len(examples), rows), lengths["inputs"]), np.int32)
+        # The prompt as training saw it: encoder inputs (T5), or BOS + inputs (decoder-only).
+        prefix = [pipeline.bos_id(self.vocab)] if is_decoder_only(ctx.model) else []
+        self.prompt_feature = type(ctx.model).input_features[0]
+        width = len(prefix) + lengths["inputs"]
+        tokens = np.zeros((_round_up(len(examples), rows), width), np.int32)
         for i, ex in enumerate(examples):
-            tokens[i, : len(ex["inputs"])] = ex["inputs"]
+            tokens[i, : len(prefix) + len(ex["inputs"])] = [*prefix, *ex["inputs"]]
         self.batches = [tokens[i : i + rows] for i in range(0, len(tokens), rows)]
         max_len = max_decode_len or lengths["targets"]
         if calculator:
@@ -284,7 +295,7 @@ class DecodeEvaluator:
     def __call__(self, params, step):
         predictions, scores, entropies = [], [], []
         for i, tokens in enumerate(self.batches):
-            batch = {"encoder_input_tokens": _global_array(tokens, self.ctx.mesh)}
+            batch = {self.prompt_feature: _global_array(tokens, self.ctx.mesh)}
             out = jax.device_get(self._decode(params, batch, jax.random.fold_in(self.rng, i)))
             for row in range(len(tokens)):
                 lengths = out["lengths"][row]

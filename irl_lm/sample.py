@@ -78,7 +78,7 @@ def read_inputs(
                 if vocab is None:
                     raise ValueError(
                         f"{where}: 'inputs' is text, but the checkpoint has no vocabulary "
-                        "(spiece.model); give 'input_ids' instead"
+                        "(no tokenizer file); give 'input_ids' instead"
                     )
                 ids = list(vocab.encode(record["inputs"]))
             else:

@@ -28,7 +28,7 @@ from clu import metric_writers
 from irl_lm import checkpointing, evaluation, sharding, train_step
 from irl_lm.data import pipeline, tasks
 from irl_lm.losses import make_loss
-from irl_lm.models import build_model, resolve_preset
+from irl_lm.models import build_model, is_decoder_only, resolve_preset
 from irl_lm.models.hf import RUNTIME_FIELDS, copy_tokenizer
 
 # ----------------------------------------------------------------------------- config
@@ -42,13 +42,7 @@ def validate_config(config) -> None:
     """Fails at start, naming the field and the allowed values, before anything is built."""
     tasks.get_task(config.task)  # checks task name and fields
     make_loss(config.loss)
-    model = build_model(config.model)  # checks model name and fields
-    if "encoder_input_tokens" not in type(model).input_features:
-        raise ValueError(
-            f"config.model.name={config.model.name!r}: the trainer trains encoder-decoder "
-            "models (t5, t5_*) so far; decoder-only models decode and import from Hugging "
-            "Face, their training (prefix-LM batches) is not built yet"
-        )
+    build_model(config.model)  # checks model name and fields
     choices = {"optimizer.name": OPTIMIZERS, "schedule.name": SCHEDULES}
     for field, allowed in choices.items():
         group, key = field.split(".")
@@ -78,7 +72,7 @@ def resolve_config(config) -> tuple[ml_collections.ConfigDict, checkpointing.Ini
             config.task.vocabulary = folder
         else:
             logging.warning(
-                "config.init_from: %s has no spiece.model; the task keeps its own vocabulary",
+                "config.init_from: %s has no tokenizer; the task keeps its own vocabulary",
                 source.folder,
             )
     return config, source
@@ -114,11 +108,10 @@ def resolve_model_config(config, source: checkpointing.InitSource | None = None)
     return model_config
 
 
-def dummy_batch(config, batch_size: int) -> dict[str, np.ndarray]:
-    lengths = tasks.feature_lengths(config.task)
-    enc = np.ones((batch_size, lengths["inputs"]), np.int32)
-    dec = np.ones((batch_size, lengths["targets"]), np.int32)
-    return {"encoder_input_tokens": enc, "decoder_input_tokens": dec, "decoder_target_tokens": dec}
+def dummy_batch(config, model, batch_size: int) -> dict[str, np.ndarray]:
+    """Ones in the shapes of `model`'s input features (for initialisation and shapes)."""
+    lengths = pipeline.model_feature_lengths(config, decoder_only=is_decoder_only(model))
+    return {k: np.ones((batch_size, lengths[k]), np.int32) for k in type(model).input_features}
 
 
 # ----------------------------------------------------------------------------- workdir files
@@ -182,7 +175,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     rng = jax.random.PRNGKey(config.seed)
 
     with sharding.use_mesh(mesh):
-        example = dummy_batch(config, 1)
+        example = dummy_batch(config, model, 1)
         abstract_state, shardings = train_step.state_shardings(model, tx, example, mesh)
         latest = checkpointer.latest_step()
         if latest is not None:
@@ -210,7 +203,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         )  # fmt: skip
         ctx = evaluation.EvalContext(config, model, mesh, loss_fn, eos_id, workdir)
         evaluators = evaluation.make_evaluators(ctx)
-        train_iter = pipeline.TrainIterator(config, position=metadata["data_position"])
+        train_iter = pipeline.TrainIterator(
+            config, metadata["data_position"], decoder_only=is_decoder_only(model)
+        )
         step = int(jax.device_get(state.step))
         results: dict[str, Any] = {"eval": {}, "eval_reference": {}}
         for name, (_, evaluator) in evaluators.items():

@@ -166,3 +166,46 @@ def test_parallel_block_is_palm_style(tmp_path):
     seq_params["layers_0"] = {**seq_params["layers_0"], **params["layers_0"]}
     seq = sequential.apply({"params": seq_params}, {"decoder_input_tokens": tokens})
     assert np.abs(np.asarray(seq) - np.asarray(ours)).max() > 1e-3  # the two blocks differ
+
+
+def test_decoder_only_folders_give_their_tokenizer_as_a_seqio_vocabulary(tmp_path):
+    """tokenizer.model (Gemma / Llama 2 SentencePiece, no sentinels) and tokenizer.json alone
+    (Llama 3) both load; ids equal the reference libraries'."""
+    from hf_fixtures import XSUM
+
+    from irl_lm.models import load_vocabulary
+    from irl_lm.models.tokenizer_json import TokenizerJsonVocabulary
+
+    if not os.path.exists(XSUM):
+        pytest.skip(f"shared data not found at {XSUM} (see shared/data/README.md)")
+    spm = pytest.importorskip("sentencepiece")
+    import json
+
+    rows = [json.loads(line) for line in open(XSUM)]
+    spm_dir, json_dir = tmp_path / "spm", tmp_path / "json"
+    spm_dir.mkdir(), json_dir.mkdir()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(row["document"] for row in rows[:200]),
+        model_prefix=str(spm_dir / "tokenizer"), vocab_size=200, pad_id=0, eos_id=1, bos_id=2,
+        unk_id=3, model_type="bpe", minloglevel=2,
+    )  # fmt: skip
+    vocab = load_vocabulary(str(spm_dir))
+    reference = spm.SentencePieceProcessor(model_file=str(spm_dir / "tokenizer.model"))
+    assert (vocab.vocab_size, vocab.eos_id) == (reference.get_piece_size(), 1)  # no extra ids
+    for row in rows[900:910]:
+        assert vocab.encode(row["summary"]) == reference.encode(row["summary"])
+
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<eos>"])
+    tok.train_from_iterator((row["document"] for row in rows[:200]), trainer)
+    tok.save(str(json_dir / "tokenizer.json"))
+    json.dump({"eos_token_id": 1}, open(json_dir / "generation_config.json", "w"))
+    vocab = load_vocabulary(str(json_dir))
+    assert isinstance(vocab, TokenizerJsonVocabulary) and vocab.eos_id == 1
+    for row in rows[900:910]:
+        ids = tok.encode(row["summary"], add_special_tokens=False).ids
+        assert vocab.encode(row["summary"]) == ids
+        assert vocab.decode(ids) == row["summary"]

@@ -18,9 +18,11 @@ def run_steps(config, mesh_shape, devices, num_steps=2):
     batches = pipeline.TrainIterator(config)
     history = []
     with sharding.use_mesh(mesh):
-        _, shardings = train_step.state_shardings(model, tx, train.dummy_batch(config, 1), mesh)
+        _, shardings = train_step.state_shardings(
+            model, tx, train.dummy_batch(config, model, 1), mesh
+        )
         state = train_step.init_state(
-            model, tx, train.dummy_batch(config, 1), shardings, jax.random.PRNGKey(0)
+            model, tx, train.dummy_batch(config, model, 1), shardings, jax.random.PRNGKey(0)
         )
         step = train_step.jit_train_step(
             model, make_loss(config.loss), tx, mesh, shardings,

@@ -76,7 +76,7 @@ def final_params(workdir, config):
     mesh = train.sharding.make_mesh(config.mesh)
     with train.sharding.use_mesh(mesh):
         abstract, shardings = train_step.state_shardings(
-            model, tx, train.dummy_batch(config, 1), mesh
+            model, tx, train.dummy_batch(config, model, 1), mesh
         )
         ckpt = checkpointing.Checkpointer(workdir, keep=5)
         state, metadata = ckpt.restore(

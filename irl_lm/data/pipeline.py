@@ -19,12 +19,40 @@ from irl_lm.data.tasks import feature_lengths, get_task
 tf.config.set_visible_devices([], "GPU")
 
 
-def _dataset(config, split: str, *, shuffle: bool, num_epochs: int | None, pack: bool):
+def bos_id(vocabulary: seqio.Vocabulary) -> int:
+    """The first input token of a decoder-only sequence: the vocabulary's BOS when it has one
+    (Gemma: 2), else its EOS (T5 and byte vocabularies have no BOS; 0 is padding)."""
+    bos = getattr(vocabulary, "bos_id", None)
+    if bos is None and isinstance(vocabulary, seqio.SentencePieceVocabulary):
+        bos = vocabulary.tokenizer.bos_id()  # -1: none
+    return bos if bos is not None and bos > 0 else vocabulary.eos_id
+
+
+def feature_converter(config, *, decoder_only: bool, pack: bool) -> seqio.FeatureConverter:
+    """Encoder-decoder batches (T5), or prefix-LM batches for a decoder-only model: inputs and
+    targets concatenated, loss weights on the targets only, BOS (`bos_id`) first. The
+    `decoder_causal_attention` feature it adds is unused: our decoder-only models are causal
+    over the prompt too (as Llama, Gemma and PaLM are)."""
+    if not decoder_only:
+        return seqio.EncDecFeatureConverter(pack=pack)
+    vocabulary = get_task(config.task).output_features["targets"].vocabulary
+    return seqio.DecoderFeatureConverter(
+        loss_on_targets_only=True, pack=pack, bos_id=bos_id(vocabulary)
+    )
+
+
+def model_feature_lengths(config, *, decoder_only: bool) -> dict[str, int]:
+    """Lengths of the model's batch features (a decoder-only row holds inputs + targets)."""
+    converter = feature_converter(config, decoder_only=decoder_only, pack=False)
+    return dict(converter.get_model_feature_lengths(feature_lengths(config.task)))
+
+
+def _dataset(config, split: str, *, shuffle, num_epochs, pack: bool, decoder_only: bool):
     task = get_task(config.task)
     return seqio.get_dataset(
         task.name,
         task_feature_lengths=feature_lengths(config.task),
-        feature_converter=seqio.EncDecFeatureConverter(pack=pack),
+        feature_converter=feature_converter(config, decoder_only=decoder_only, pack=pack),
         dataset_split=split,
         shuffle=shuffle,
         num_epochs=num_epochs,
@@ -38,9 +66,10 @@ def _dataset(config, split: str, *, shuffle: bool, num_epochs: int | None, pack:
 class TrainIterator(Iterator):
     """Endless host-local training batches; `position` counts the batches handed out."""
 
-    def __init__(self, config, position: int = 0):
+    def __init__(self, config, position: int = 0, *, decoder_only: bool = False):
         per_host = config.batch_size // jax.process_count()
-        ds = _dataset(config, "train", shuffle=True, num_epochs=None, pack=config.data.pack)
+        ds = _dataset(config, "train", shuffle=True, num_epochs=None, pack=config.data.pack,
+                      decoder_only=decoder_only)  # fmt: skip
         ds = ds.batch(per_host, drop_remainder=True).skip(position)
         self._iterator = ds.prefetch(2).as_numpy_iterator()
         self.position = position
@@ -51,13 +80,14 @@ class TrainIterator(Iterator):
         return batch
 
 
-def eval_batches(config, split: str, max_examples: int | None = None):
+def eval_batches(config, split: str, max_examples: int | None = None, *, decoder_only=False):
     """Host-local eval batches padded to `config.eval_batch_size` rows (padding has weight 0).
 
     Yields (batch, number of real rows).
     """
     per_host = config.eval_batch_size // jax.process_count()
-    ds = _dataset(config, split, shuffle=False, num_epochs=1, pack=False)
+    ds = _dataset(config, split, shuffle=False, num_epochs=1, pack=False,
+                  decoder_only=decoder_only)  # fmt: skip
     if max_examples:
         ds = ds.take(max_examples)
     for batch in ds.batch(per_host).as_numpy_iterator():
@@ -70,4 +100,11 @@ def pad_rows(batch: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray
     return {k: np.pad(v, [(0, rows - len(v))] + [(0, 0)] * (v.ndim - 1)) for k, v in batch.items()}
 
 
-__all__ = ["TrainIterator", "eval_batches", "pad_rows"]
+__all__ = [
+    "TrainIterator",
+    "bos_id",
+    "eval_batches",
+    "feature_converter",
+    "model_feature_lengths",
+    "pad_rows",
+]

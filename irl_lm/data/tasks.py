@@ -80,9 +80,10 @@ def _synthetic_expert_task(task_config: Mapping) -> dict:
 
 
 def task_vocabulary(task_config: Mapping) -> seqio.Vocabulary | None:
-    """`config.task.vocabulary`: a folder with a SentencePiece `spiece.model` (a Hugging Face
-    checkpoint; the trainer fills it in from `config.init_from`), "byte" (UTF-8 bytes, as
-    ByT5: needs no file), or "" for the task's own."""
+    """`config.task.vocabulary`: a folder with a tokenizer (`spiece.model`, `tokenizer.model`
+    or `tokenizer.json` of a Hugging Face checkpoint; the trainer fills it in from
+    `config.init_from`), "byte" (UTF-8 bytes, as ByT5: needs no file), or "" for the task's
+    own."""
     value = task_config.get("vocabulary") or ""
     if value == "byte":
         return seqio.ByteVocabulary()
@@ -93,8 +94,8 @@ def _text_task(name: str, task_config: Mapping) -> dict:
     vocabulary = task_vocabulary(task_config)
     if vocabulary is None:
         raise ValueError(
-            f"config.task.vocabulary is empty: the {name} task needs one (a folder with "
-            "spiece.model, set for you by config.init_from=hf:DIR, or 'byte')"
+            f"config.task.vocabulary is empty: the {name} task needs one (a folder with a "
+            "tokenizer, set for you by config.init_from=hf:DIR, or 'byte')"
         )
     return text_tasks.build(name, task_config, vocabulary, feature_lengths(task_config))
 

@@ -63,6 +63,11 @@ def build_model(model_config: Mapping) -> nn.Module:
         raise ValueError(f"config.model: {e}") from None
 
 
+def is_decoder_only(model: nn.Module) -> bool:
+    """Whether `model` reads one token stream (prefix-LM batches) rather than encoder inputs."""
+    return "encoder_input_tokens" not in type(model).input_features
+
+
 def num_params(model: nn.Module) -> int:
     """Parameter count, from shapes only (nothing is allocated)."""
     from irl_lm import sharding
@@ -85,6 +90,7 @@ __all__ = [
     "T5Config",
     "build_model",
     "export_hf",
+    "is_decoder_only",
     "load_hf",
     "load_vocabulary",
     "num_params",

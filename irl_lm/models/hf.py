@@ -48,11 +48,14 @@ LAYOUTS = (
 # Fields a user may change on an imported model: how it runs, not what it is.
 RUNTIME_FIELDS = ("dtype", "dropout_rate")
 TOKENIZER_FILES = (
-    "spiece.model",
+    "spiece.model",  # T5 (SentencePiece)
+    "tokenizer.model",  # Gemma, Llama 2 (SentencePiece)
+    "tokenizer.json",  # the `tokenizers` library's file (all a Llama 3 folder has)
     "tokenizer_config.json",
     "special_tokens_map.json",
-    "tokenizer.json",
+    "generation_config.json",  # EOS id of decoder-only checkpoints
 )
+SENTENCEPIECE_FILES = ("spiece.model", "tokenizer.model")
 
 
 def _layout_for(model) -> HFLayout:
@@ -244,28 +247,37 @@ def copy_tokenizer(source: str, folder: str) -> list[str]:
 
 
 def has_vocabulary(folder: str) -> bool:
-    return os.path.exists(os.path.join(folder, "spiece.model")) or _is_byt5(folder)
+    files = (*SENTENCEPIECE_FILES, "tokenizer.json")
+    return any(os.path.exists(os.path.join(folder, f)) for f in files) or _is_byt5(folder)
 
 
 def load_vocabulary(folder: str):
-    """The folder's tokenizer as a seqio vocabulary: `SentencePieceVocabulary` for
-    `spiece.model`, `ByteVocabulary` for ByT5 (`tokenizer_class` ByT5Tokenizer).
+    """The folder's tokenizer as a seqio vocabulary, the first of:
 
-    T5 tokenizers add `extra_ids` sentinel tokens after the pieces (bytes); their number comes
-    from `tokenizer_config.json` (`extra_ids`, or the `<extra_id_N>` tokens it lists), else
-    transformers' defaults (T5: 100, ByT5: 125). Sentinels count down from the top id, as in
-    seqio and the original T5.
+    - `spiece.model` (T5) or `tokenizer.model` (Gemma, Llama 2): `SentencePieceVocabulary`.
+      T5 tokenizers add `extra_ids` sentinel tokens after the pieces; their number comes from
+      `tokenizer_config.json` (`extra_ids`, or the `<extra_id_N>` tokens it lists), else
+      transformers' default (100 for `spiece.model`, 0 for `tokenizer.model`). Sentinels count
+      down from the top id, as in seqio and the original T5.
+    - ByT5 (`tokenizer_class` ByT5Tokenizer): `ByteVocabulary` (default 125 extra ids).
+    - `tokenizer.json` alone: `TokenizerJsonVocabulary` (the `tokenizers` library).
     """
     import seqio  # imported here: seqio brings TensorFlow, which model code does not need
 
-    path = os.path.join(folder, "spiece.model")
-    if os.path.exists(path):
-        return seqio.SentencePieceVocabulary(path, extra_ids=_extra_ids(folder, default=100))
+    for filename, default_extra_ids in zip(SENTENCEPIECE_FILES, (100, 0), strict=True):
+        path = os.path.join(folder, filename)
+        if os.path.exists(path):
+            extra_ids = _extra_ids(folder, default=default_extra_ids)
+            return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
     if _is_byt5(folder):
         return seqio.ByteVocabulary(extra_ids=_extra_ids(folder, default=125))
+    if os.path.exists(os.path.join(folder, "tokenizer.json")):
+        from irl_lm.models.tokenizer_json import TokenizerJsonVocabulary
+
+        return TokenizerJsonVocabulary(folder)
     raise FileNotFoundError(
-        f"{folder}: no spiece.model; seqio needs the SentencePiece model file "
-        "(a folder with only tokenizer.json cannot be used)"
+        f"{folder}: no tokenizer found; expected one of {[*SENTENCEPIECE_FILES, 'tokenizer.json']}"
+        " (or a ByT5 tokenizer_config.json)"
     )
 
 
