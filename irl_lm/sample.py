@@ -7,8 +7,10 @@
 
 Each input line holds `"inputs"` (text; needs the checkpoint's vocabulary) or `"input_ids"`
 (token ids). For T5 they are the encoder input (EOS appended when missing); for a
-decoder-only model (`--hf` on a Llama folder) the prompt to continue. Each output line, in
-input order, holds
+decoder-only model the prompt to continue: `input_ids` as given, text formatted by
+`--prompt-format` (`prefix_lm`: BOS + text + EOS, as the trainer formats its examples, the
+default for `--workdir`; `continue`: the vocabulary's BOS if it has one + text, as
+transformers' tokenizers do, the default for `--hf`). Each output line, in input order, holds
 `"output_ids"` (one list per decode or beam, without padding), `"outputs"` (their text, when
 there is a vocabulary), `"scores"` (beam: the length-normalised beam score; sampling: the
 sequence's log-probability under the model) and `"lengths"`. Rows are sharded over the
@@ -49,6 +51,9 @@ def parse_args(argv):
     p.add_argument("--max-input-len", type=int, default=0, help="0: the longest input")
     p.add_argument("--batch-size", type=int, default=32, help="inputs per decoding call")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt-format", choices=["auto", "prefix_lm", "continue"], default="auto",
+                   help="decoder-only text inputs (see above); auto: prefix_lm for --workdir, "
+                   "continue for --hf")  # fmt: skip
     p.add_argument("--eos-id", type=int, default=None, help="default: the vocabulary's, else 1")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--fsdp", type=int, default=1)
@@ -57,9 +62,10 @@ def parse_args(argv):
 
 
 def read_inputs(
-    path: str, vocab, eos_id: int, vocab_size: int, *, append_eos: bool
+    path: str, vocab, eos_id: int, vocab_size: int, *, append_eos: bool, text_format=((), ())
 ) -> list[list[int]]:
-    """Token ids per line (EOS-terminated for an encoder); errors name the file and line."""
+    """Token ids per line (EOS-terminated for an encoder; text between the two id lists of
+    `text_format`); errors name the file and line."""
     rows = []
     with open(path) as f:
         for line_no, line in enumerate(f, 1):
@@ -80,7 +86,7 @@ def read_inputs(
                         f"{where}: 'inputs' is text, but the checkpoint has no vocabulary "
                         "(no tokenizer file); give 'input_ids' instead"
                     )
-                ids = list(vocab.encode(record["inputs"]))
+                ids = [*text_format[0], *vocab.encode(record["inputs"]), *text_format[1]]
             else:
                 raise ValueError(f"{where}: needs 'inputs' (text) or 'input_ids' (token ids)")
             bad = [i for i in ids if not 0 <= i < vocab_size]
@@ -108,9 +114,21 @@ def main(argv=None) -> dict:
     # a decoder-only model continues a prompt (no EOS, cut at the start when too long).
     feature = type(model).input_features[0]
     encoder = feature == "encoder_input_tokens"
+    text_format = ((), ())
+    if not encoder and vocab is not None:
+        from irl_lm.data import pipeline  # brings TensorFlow: only for decoder-only text
+
+        prompt_format = args.prompt_format
+        if prompt_format == "auto":
+            prompt_format = "continue" if args.hf else "prefix_lm"
+        if prompt_format == "prefix_lm":
+            text_format = ([pipeline.bos_id(vocab)], [eos_id])
+        elif pipeline.vocabulary_bos_id(vocab) is not None:
+            text_format = ([pipeline.vocabulary_bos_id(vocab)], ())
     inputs = read_inputs(
-        args.input_file, vocab, eos_id, model.config.vocab_size, append_eos=encoder
-    )
+        args.input_file, vocab, eos_id, model.config.vocab_size, append_eos=encoder,
+        text_format=text_format,
+    )  # fmt: skip
     length = args.max_input_len or max(len(ids) for ids in inputs)
     truncated = sum(len(ids) > length for ids in inputs)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]

@@ -29,7 +29,7 @@ from irl_lm import checkpointing, evaluation, sharding, train_step
 from irl_lm.data import pipeline, tasks
 from irl_lm.losses import make_loss
 from irl_lm.models import build_model, is_decoder_only, resolve_preset
-from irl_lm.models.hf import RUNTIME_FIELDS, copy_tokenizer
+from irl_lm.models.hf import RUNTIME_FIELDS, save_vocabulary_files
 
 # ----------------------------------------------------------------------------- config
 
@@ -163,7 +163,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f.write(config.to_json_best_effort(indent=2))
         checkpointing.write_model_config(workdir, model_config)
         if config.task.get("vocabulary"):  # the workdir carries its tokenizer, for export
-            copy_tokenizer(config.task.vocabulary, workdir)
+            save_vocabulary_files(config.task.vocabulary, workdir)
 
     mesh = sharding.make_mesh(config.mesh)
     model = build_model(model_config)

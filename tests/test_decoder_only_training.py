@@ -96,6 +96,7 @@ def test_gsm8k_tiny_decoder_only_trains_decodes_and_exports(loss, tmp_path):
     config = gsm8k_config(loss=loss)
     config.total_steps = 10
     config.data.pack = loss == "iqlearn"  # packed rows through the trainer too
+    config.task.max_input_len = 400  # most questions whole: the sampling CLI can re-read them
     results = train.train_and_evaluate(config, str(tmp_path))
     assert results["eval"]["validation"]["mle/nll" if loss == "mle" else "iqlearn/nll"] > 0
     assert 0.0 <= results["eval"]["decode"]["accuracy"] <= 100.0
@@ -103,8 +104,20 @@ def test_gsm8k_tiny_decoder_only_trains_decodes_and_exports(loss, tmp_path):
     rows = [json.loads(line) for line in open(tmp_path / "predictions" / "decode" / "10.jsonl")]
     assert len(rows) == 8 and all(isinstance(r["predictions"][0], str) for r in rows)
     print(f"\ngsm8k mode=tiny model=decoder_only loss={loss}: {results['eval']}")
-    first_train = json.load(open(tmp_path / "model.json"))
-    assert first_train["name"] == "decoder_only"
+    assert json.load(open(tmp_path / "model.json"))["name"] == "decoder_only"
+
+    # The sampling CLI formats text prompts as training did: its greedy outputs are the
+    # decode evaluator's predictions.
+    from irl_lm import sample
+
+    whole = [r for r in rows if len(r["input"].encode()) < 400]
+    assert whole
+    with open(tmp_path / "in.jsonl", "w") as f:
+        f.writelines(json.dumps({"inputs": r["input"]}) + "\n" for r in whole)
+    sample.main(["--workdir", str(tmp_path), "--input-file", str(tmp_path / "in.jsonl"),
+                 "--output-file", str(tmp_path / "out.jsonl"), "--max-decode-len", "48"])  # fmt: skip
+    outputs = [json.loads(line)["outputs"][0] for line in open(tmp_path / "out.jsonl")]
+    assert outputs == [r["predictions"][0] for r in whole]
 
     # The trained workdir exports to a Hugging Face Llama folder transformers reads.
     transformers = pytest.importorskip("transformers")

@@ -19,13 +19,19 @@ from irl_lm.data.tasks import feature_lengths, get_task
 tf.config.set_visible_devices([], "GPU")
 
 
-def bos_id(vocabulary: seqio.Vocabulary) -> int:
-    """The first input token of a decoder-only sequence: the vocabulary's BOS when it has one
-    (Gemma: 2), else its EOS (T5 and byte vocabularies have no BOS; 0 is padding)."""
+def vocabulary_bos_id(vocabulary: seqio.Vocabulary) -> int | None:
+    """The vocabulary's own BOS id (Gemma: 2), or None (T5 and byte vocabularies have none)."""
     bos = getattr(vocabulary, "bos_id", None)
     if bos is None and isinstance(vocabulary, seqio.SentencePieceVocabulary):
         bos = vocabulary.tokenizer.bos_id()  # -1: none
-    return bos if bos is not None and bos > 0 else vocabulary.eos_id
+    return bos if bos is not None and bos > 0 else None
+
+
+def bos_id(vocabulary: seqio.Vocabulary) -> int:
+    """The first input token of a decoder-only sequence: the vocabulary's BOS, else its EOS
+    (0 is padding, so it cannot start a prompt)."""
+    bos = vocabulary_bos_id(vocabulary)
+    return vocabulary.eos_id if bos is None else bos
 
 
 def feature_converter(config, *, decoder_only: bool, pack: bool) -> seqio.FeatureConverter:
@@ -103,6 +109,7 @@ def pad_rows(batch: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray
 __all__ = [
     "TrainIterator",
     "bos_id",
+    "vocabulary_bos_id",
     "eval_batches",
     "feature_converter",
     "model_feature_lengths",

@@ -243,6 +243,16 @@ def copy_tokenizer(source: str, folder: str) -> list[str]:
     return copied
 
 
+def save_vocabulary_files(vocabulary: str, folder: str) -> list[str]:
+    """Makes `folder` carry the tokenizer of `config.task.vocabulary` (a folder, or "byte":
+    a ByT5 `tokenizer_config.json` with seqio's default of no extra ids)."""
+    if vocabulary != "byte":
+        return copy_tokenizer(vocabulary, folder)
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "ByT5Tokenizer", "extra_ids": 0}, f)
+    return ["tokenizer_config.json"]
+
+
 # ----------------------------------------------------------------------------- vocabulary
 
 
