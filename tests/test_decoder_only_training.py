@@ -114,8 +114,10 @@ def test_gsm8k_tiny_decoder_only_trains_decodes_and_exports(loss, tmp_path):
     assert whole
     with open(tmp_path / "in.jsonl", "w") as f:
         f.writelines(json.dumps({"inputs": r["input"]}) + "\n" for r in whole)
-    sample.main(["--workdir", str(tmp_path), "--input-file", str(tmp_path / "in.jsonl"),
-                 "--output-file", str(tmp_path / "out.jsonl"), "--max-decode-len", "48"])  # fmt: skip
+    sample.main([
+        "--workdir", str(tmp_path), "--input-file", str(tmp_path / "in.jsonl"),
+        "--output-file", str(tmp_path / "out.jsonl"), "--max-decode-len", "48",
+    ])  # fmt: skip
     outputs = [json.loads(line)["outputs"][0] for line in open(tmp_path / "out.jsonl")]
     assert outputs == [r["predictions"][0] for r in whole]
 
