@@ -102,45 +102,56 @@ class ExpertEvaluator:
         split="validation",
         seed=0,
     ):
-        if is_decoder_only(ctx.model):
-            raise ValueError(
-                f"config.evals.{name}: the synthetic_expert evaluator scores encoder-decoder "
-                "models only so far; use kind='loss' or 'decode' with a decoder-only model"
-            )
+        del name
         self.ctx, self.num_samples, self.temperature = ctx, num_samples, temperature
         self.expert = expert_from_config(ctx.config.task)
         spec = self.expert.spec
         self.max_len = spec.max_target_len
         examples = [self.expert.example(split, i) for i in range(num_examples)]
         self.inputs = [e["inputs"] for e in examples]
+        # Prompts as training reads them: x + EOS (T5's encoder), BOS + x + EOS (decoder-only).
+        decoder_only = is_decoder_only(ctx.model)
+        vocab = get_task(ctx.config.task).output_features["targets"].vocabulary
+        prefix = [pipeline.bos_id(vocab)] if decoder_only else []
+        prompts = [[*prefix, *x, EOS_ID] for x in self.inputs]
         # Policy samples: num_samples per input (row = input * num_samples + sample); expert
         # samples in the same rows. Both padded to a multiple of the batch-sharded mesh size.
         shards = ctx.mesh.shape["data"] * ctx.mesh.shape["fsdp"]
         rows = num_examples * num_samples
         self.rows = rows
-        encoder_inputs = np.zeros((_round_up(num_examples, shards), spec.max_input_len_with_eos),
-                                  np.int32)  # fmt: skip
-        for i, x in enumerate(self.inputs):
-            encoder_inputs[i, : len(x) + 1] = np.append(x, EOS_ID)
-        padded = _round_up(rows, shards)
-        expert_inputs = np.zeros((padded, spec.max_input_len_with_eos), np.int32)
-        expert_targets = np.zeros((padded, self.max_len), np.int32)
+        width = len(prefix) + spec.max_input_len_with_eos
+        policy_prompts = np.zeros((_round_up(num_examples, shards), width), np.int32)
+        for i, prompt in enumerate(prompts):
+            policy_prompts[i, : len(prompt)] = prompt
         rng = np.random.default_rng([seed, 7])
-        self.expert_samples = []
-        for row in range(rows):
-            x = self.inputs[row // num_samples]
-            expert_inputs[row] = encoder_inputs[row // num_samples]
-            y = self.expert.sample(x, rng)
-            expert_targets[row, : len(y)] = y
-            self.expert_samples.append(y)
-        self._policy_batch = {"encoder_input_tokens": _global_array(encoder_inputs, ctx.mesh)}
-        self._expert_batch = {
-            "encoder_input_tokens": _global_array(expert_inputs, ctx.mesh),
-            "decoder_input_tokens": _global_array(
-                np.pad(expert_targets[:, :-1], ((0, 0), (1, 0))), ctx.mesh
-            ),
-            "decoder_target_tokens": _global_array(expert_targets, ctx.mesh),
-        }
+        self.expert_samples = [
+            self.expert.sample(self.inputs[row // num_samples], rng) for row in range(rows)
+        ]
+        # Expert samples teacher-forced: T5 reads the prompt with its encoder and y with its
+        # decoder; a decoder-only model reads prompt + y in one row, y's log-probabilities
+        # starting at `self.offsets[row]`.
+        padded = _round_up(rows, shards)
+        feature = type(ctx.model).input_features[0]
+        if decoder_only:
+            targets = np.zeros((padded, width + self.max_len - 1), np.int32)
+            decoder_inputs = np.zeros_like(targets)
+            self.offsets = [len(prompts[row // num_samples]) - 1 for row in range(rows)]
+            for row, y in enumerate(self.expert_samples):
+                sequence = [*prompts[row // num_samples], *y]
+                decoder_inputs[row, : len(sequence) - 1] = sequence[:-1]
+                targets[row, : len(sequence) - 1] = sequence[1:]
+            expert_batch = {}
+        else:
+            targets = np.zeros((padded, self.max_len), np.int32)
+            for row, y in enumerate(self.expert_samples):
+                targets[row, : len(y)] = y
+            decoder_inputs = np.pad(targets[:, :-1], ((0, 0), (1, 0)))
+            self.offsets = [0] * rows
+            source_rows = np.minimum(np.arange(padded) // num_samples, num_examples - 1)
+            expert_batch = {feature: policy_prompts[source_rows]}
+        self._policy_batch = {feature: _global_array(policy_prompts, ctx.mesh)}
+        expert_batch |= {"decoder_input_tokens": decoder_inputs, "decoder_target_tokens": targets}
+        self._expert_batch = {k: _global_array(v, ctx.mesh) for k, v in expert_batch.items()}
         replicated = sharding.replicated(ctx.mesh)
         sample = functools.partial(
             decoding.sample, ctx.model, max_len=self.max_len, num_decodes=num_samples,
@@ -200,8 +211,9 @@ class ExpertEvaluator:
         log_q = jax.device_get(self._token_log_probs(params, self._expert_batch))
         forward_terms, forward_tokens = 0.0, 0
         for row, y in enumerate(self.expert_samples):
-            x = self.inputs[row // self.num_samples]
-            forward_terms += self.expert.log_prob(x, y) - float(log_q[row, : len(y)].sum())
+            x, start = self.inputs[row // self.num_samples], self.offsets[row]
+            log_q_y = float(log_q[row, start : start + len(y)].sum())
+            forward_terms += self.expert.log_prob(x, y) - log_q_y
             forward_tokens += len(y)
         # E_valid[log π − log p_E] = KL(π restricted to valid, renormalised ‖ p_E) + log P(valid).
         if valid:

@@ -171,6 +171,7 @@ def test_parallel_block_is_palm_style(tmp_path):
 def test_decoder_only_folders_give_their_tokenizer_as_a_seqio_vocabulary(tmp_path):
     """tokenizer.model (Gemma / Llama 2 SentencePiece, no sentinels) and tokenizer.json alone
     (Llama 3) both load; ids equal the reference libraries'."""
+    pytest.importorskip("seqio")  # not on the GPU image
     from hf_fixtures import XSUM
 
     from irl_lm.models import load_vocabulary

@@ -82,7 +82,7 @@ def test_convert_cli_round_trip_and_orbax_init_from(hf_folder, tmp_path):
             capture_output=True,
         )
     assert sorted(os.listdir(orbax_dir)) == sorted(
-        ["model.json", "params", "spiece.model", "tokenizer_config.json"]
+        ["generation_config.json", "model.json", "params", "spiece.model", "tokenizer_config.json"]
     )
     assert_same_tensors(hf_folder, str(back))
     # The converted folder works as config.init_from, on an fsdp x tensor mesh.

@@ -21,9 +21,10 @@ tf.config.set_visible_devices([], "GPU")
 
 def vocabulary_bos_id(vocabulary: seqio.Vocabulary) -> int | None:
     """The vocabulary's own BOS id (Gemma: 2), or None (T5 and byte vocabularies have none)."""
-    bos = getattr(vocabulary, "bos_id", None)
-    if bos is None and isinstance(vocabulary, seqio.SentencePieceVocabulary):
-        bos = vocabulary.tokenizer.bos_id()  # -1: none
+    try:
+        bos = vocabulary.bos_id  # SentencePiece: -1 when it has none
+    except NotImplementedError:  # seqio's base class (PassThroughVocabulary)
+        return None
     return bos if bos is not None and bos > 0 else None
 
 
