@@ -135,3 +135,30 @@ def test_gsm8k_tiny_decoder_only_trains_decodes_and_exports(loss, tmp_path):
     with torch.no_grad():
         theirs = reference(input_ids=torch.tensor(tokens)).logits.numpy()
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
+
+
+def test_gemma3_checkpoint_fine_tunes_through_the_trainer_and_exports_unchanged(tmp_path):
+    """init_from=hf:<Gemma 3 folder> on the GSM8k tiny config: the architecture (sliding
+    layers, q/k norms, ...) comes from the folder; with learning rate 0 the exported model
+    is the original, logit for logit, in transformers."""
+    pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    from test_hf_decoder_only import reload, save_hf_decoder
+
+    from irl_lm.convert import convert
+
+    reference = save_hf_decoder(tmp_path / "gemma", "gemma3", vocab_size=300)
+    config = gsm8k_config(loss="iqlearn")
+    config.init_from = f"hf:{tmp_path / 'gemma'}"
+    config.total_steps, config.optimizer.learning_rate = 3, 0.0
+    config.evals = {"validation": config.evals.validation}
+    results = train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert np.isfinite(results["eval"]["validation"]["iqlearn/loss"])
+    model_json = json.load(open(tmp_path / "run" / "model.json"))
+    assert model_json["model_type"] == "gemma3_text" and model_json["qk_norm"]
+    convert(str(tmp_path / "run"), f"hf:{tmp_path / 'out'}")
+    exported = reload(tmp_path / "out")
+    tokens = torch.tensor(np.random.default_rng(0).integers(1, 300, (2, 11)))
+    with torch.no_grad():
+        expected, got = reference(input_ids=tokens).logits, exported(input_ids=tokens).logits
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-5, rtol=0)

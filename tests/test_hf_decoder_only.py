@@ -41,9 +41,9 @@ _BASE = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_la
              num_attention_heads=4, rms_norm_eps=1e-6)  # fmt: skip
 
 
-def save_hf_decoder(folder, variant, seed=0):
+def save_hf_decoder(folder, variant, seed=0, **overrides):
     class_name, fields = VARIANTS[variant]
-    config = getattr(transformers, class_name)(**_BASE, **fields)
+    config = getattr(transformers, class_name)(**{**_BASE, **fields, **overrides})
     config._attn_implementation = "eager"  # soft-capping needs it
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
