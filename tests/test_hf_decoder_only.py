@@ -82,6 +82,24 @@ def test_import_and_export_match_transformers(variant, tmp_path):
     reloaded = reload(tmp_path / "out")
     ours = np.asarray(model.apply({"params": params}, {"decoder_input_tokens": tokens}))
     np.testing.assert_allclose(ours, logits_of(reloaded, tokens), atol=ATOL, rtol=0)
+    assert os.path.exists(tmp_path / "out" / "model.safetensors.index.json")  # sharded
+    _, again = load_hf(str(tmp_path / "out"))  # our sharded export reads back exactly
+    jax.tree.map(np.testing.assert_array_equal, again, params)
+
+
+def test_gemma3_folder_with_a_missing_or_misshapen_tensor_fails_naming_it(tmp_path):
+    from irl_lm.models.safetensors_io import read_folder, write_file
+
+    save_hf_decoder(tmp_path / "in", "gemma3")
+    tensors = {k: np.array(v) for k, v in read_folder(str(tmp_path / "in")).items()}
+    missing = {k: v for k, v in tensors.items() if k != "model.layers.1.self_attn.k_norm.weight"}
+    write_file(str(tmp_path / "in" / "model.safetensors"), missing.items())
+    with pytest.raises(ValueError, match=r"model\.layers\.1\.self_attn\.k_norm\.weight"):
+        load_hf(str(tmp_path / "in"))
+    tensors["model.layers.0.self_attn.q_norm.weight"] = np.zeros(5, np.float32)
+    write_file(str(tmp_path / "in" / "model.safetensors"), tensors.items())
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.q_norm\.weight.*\(8,\)"):
+        load_hf(str(tmp_path / "in"))
 
 
 @pytest.mark.parametrize("variant", ["gqa", "gemma3", "gemma2"])

@@ -36,13 +36,15 @@ class HFLayout:
     to_hf_config: Callable[[object], dict]
     tensor_names: Callable[[object], dict[tuple[str, ...], tuple[str, int | None]]]
     aliases: Callable[[object], dict[str, str]]
+    config_hint: str  # the config.json fields that decide which tensors exist
 
 
 LAYOUTS = (
     HFLayout("t5", t5.HF_MODEL_TYPES, t5.from_hf_config, t5.to_hf_config, t5.hf_tensor_names,
-             t5.hf_aliases),
+             t5.hf_aliases, "num_layers / num_decoder_layers / feed_forward_proj"),
     HFLayout("decoder_only", decoder_only.HF_MODEL_TYPES, decoder_only.from_hf_config,
-             decoder_only.to_hf_config, decoder_only.hf_tensor_names, decoder_only.hf_aliases),
+             decoder_only.to_hf_config, decoder_only.hf_tensor_names, decoder_only.hf_aliases,
+             "model_type / num_hidden_layers / tie_word_embeddings"),
 )  # fmt: skip
 
 # Fields a user may change on an imported model: how it runs, not what it is.
@@ -121,8 +123,7 @@ def place_tensors(model, tensors: Mapping[str, np.ndarray], mesh, *, source: str
     if unknown:
         raise ValueError(
             f"{source}: {len(unknown)} tensors have no place in the model its config.json "
-            f"describes, e.g. {unknown[:5]}; check num_layers / num_decoder_layers / "
-            "feed_forward_proj in config.json"
+            f"describes, e.g. {unknown[:5]}; check {layout.config_hint} in config.json"
         )
     for alias, target in aliases.items():
         if alias in tensors and tensors[alias].shape != tensors[target].shape:
