@@ -10,11 +10,11 @@ Expected: about 1-2 minutes per run on 2 CPU cores; validity well above 0.9 and 
 reverse KL per token of a few hundredths of a nat for both losses after 1200 steps.
 """
 
-from irl_lm.config_utils import loss_config, parse_arg, trainer_defaults
+from irl_lm.config_utils import LOSS_ARGS, loss_config, parse_arg, trainer_defaults
 
 
 def get_config(arg=None):
-    args = parse_arg(arg, loss="iqlearn", lam="0.1", gamma="0.99")
+    args = parse_arg(arg, **{**LOSS_ARGS, "loss": "iqlearn"})
     config = trainer_defaults()
     config.total_steps = 3000
     config.batch_size = 64
@@ -53,7 +53,7 @@ def get_config(arg=None):
         num_decoder_layers=2,
         dropout_rate=0.0,
     )
-    config.loss = loss_config(args["loss"], float(args["lam"]), float(args["gamma"]))
+    config.loss = loss_config(args)
     config.evals = dict(
         validation=dict(kind="loss", every=1000, max_examples=512),
         expert=dict(kind="synthetic_expert", every=1000, num_examples=128, num_samples=4),

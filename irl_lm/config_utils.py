@@ -54,10 +54,17 @@ def trainer_defaults() -> ml_collections.ConfigDict:
     return config
 
 
-def loss_config(name: str, lam: float = 0.1, gamma: float = 0.99) -> ml_collections.ConfigDict:
-    """`config.loss` for a loss name, with the paper's defaults for its fields."""
-    fields = {"mle": {}, "iqlearn": {"lam": lam, "gamma": gamma}}.get(name, {})
-    return ml_collections.ConfigDict({"name": name, **fields})
+# `--config=FILE:ARG` keys that set `config.loss` fields ("" keeps the loss's default)
+LOSS_ARGS = {"loss": "mle", "lam": "", "gamma": "", "beta": "", "alpha": ""}
+
+
+def loss_config(args: dict[str, str]) -> ml_collections.ConfigDict:
+    """`config.loss` from parsed config args: `loss` names it, the loss's own fields among
+    `lam`, `gamma`, `beta`, `alpha` override their defaults (`irl_lm.losses.LOSSES`)."""
+    from irl_lm.losses import loss_fields
+
+    values = {k: float(v) for k, v in args.items() if k != "loss" and k in LOSS_ARGS and v}
+    return ml_collections.ConfigDict(loss_fields(args["loss"], **values))
 
 
 # mode=tiny models (vocab_size 0: the task's); "" is the default
@@ -82,13 +89,12 @@ def text_task_config(
            "full": `model` (a preset, e.g. t5_base, gemma3_1b; default t5_base), fine-tuned
            from `--config.init_from`, with the vocabulary of that checkpoint and evaluation
            every 1000 steps.
-    loss, lam, gamma, model, data (the folder of the shared JSONL files).
+    loss (mle, mle_entropy, iqlearn, iqlearn_online) and its lam / gamma / beta / alpha,
+    model, data (the folder of the shared JSONL files).
     `files` maps splits to paths under `data`; point `--config.task.files.<split>` at the
     full corpora for real runs.
     """
-    args = parse_arg(
-        arg, mode="tiny", loss="mle", lam="0.1", gamma="0.99", model="", data="../shared/data"
-    )
+    args = parse_arg(arg, **LOSS_ARGS, mode="tiny", model="", data="../shared/data")
     if args["mode"] not in ("tiny", "full"):
         raise ValueError(f"config arg mode={args['mode']!r}; allowed: tiny, full")
     tiny = args["mode"] == "tiny"
@@ -107,7 +113,7 @@ def text_task_config(
         max_target_len=48 if tiny else lengths[1],
         num_train_examples=256 if tiny else 0,
     )
-    config.loss = loss_config(args["loss"], float(args["lam"]), float(args["gamma"]))
+    config.loss = loss_config(args)
     if tiny:
         config.model = dict(TINY_MODELS[args["model"]], vocab_size=0)
         config.total_steps, config.batch_size, config.eval_batch_size = 30, 8, 8

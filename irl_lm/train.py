@@ -9,6 +9,7 @@ and policy samples come from `irl_lm.decoding.sample`, which is jittable inside 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging as pylogging
 import math
@@ -25,9 +26,9 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from irl_lm import checkpointing, evaluation, sharding, train_step
+from irl_lm import checkpointing, evaluation, online, sharding, train_step
 from irl_lm.data import pipeline, tasks
-from irl_lm.losses import make_loss
+from irl_lm.losses import LOSSES, make_loss
 from irl_lm.models import build_model, is_decoder_only, resolve_preset
 from irl_lm.models.hf import RUNTIME_FIELDS, save_vocabulary_files
 
@@ -50,6 +51,11 @@ def validate_config(config) -> None:
             raise ValueError(
                 f"config.{field}={config[group][key]!r} is not allowed; allowed: {allowed}"
             )
+    if LOSSES[config.loss.name].online and config.grad_accum_steps > 1:
+        raise ValueError(
+            f"config.loss.name={config.loss.name!r} samples from the policy each step, which "
+            "gradient accumulation does not support yet: set config.grad_accum_steps=1"
+        )
     positive = ("batch_size", "eval_batch_size", "total_steps", "grad_accum_steps")
     for field in positive:
         if int(config[field]) <= 0:
@@ -197,9 +203,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 os.path.join(workdir, "model-info.txt"), state.params, shardings.params
             )
 
+        sampler = None  # online losses: policy samples for the first rows of each batch
+        if LOSSES[config.loss.name].online and config.loss.alpha > 0:
+            shards = mesh.shape["data"] * mesh.shape["fsdp"]
+            rows = online.num_sampled_rows(config.batch_size, config.loss.alpha, shards)
+            max_len = tasks.feature_lengths(config.task)["targets"]
+            sampler = jax.jit(
+                functools.partial(online.policy_batch, model, rows=rows, max_len=max_len,
+                                  eos_id=eos_id),
+                out_shardings=sharding.batch_sharding(mesh),
+            )  # fmt: skip
+            logging.info("Online loss: %d of %d rows per step sampled from the policy", rows,
+                         config.batch_size)  # fmt: skip
         step_fn = train_step.jit_train_step(
-            model, loss_fn, tx, mesh, shardings,
-            grad_accum_steps=config.grad_accum_steps, eos_id=eos_id,
+            model, loss_fn, tx, mesh, shardings, grad_accum_steps=config.grad_accum_steps,
+            eos_id=eos_id, online=sampler is not None,
         )  # fmt: skip
         ctx = evaluation.EvalContext(config, model, mesh, loss_fn, eos_id, workdir)
         evaluators = evaluation.make_evaluators(ctx)
@@ -235,10 +253,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     logging.info("eval/%s at step %d: %s", name, step, _fmt(scalars))
 
         pending = None  # (step, device metrics) of the last step, fetched one step late
+        sample_rng, update_started = jax.random.fold_in(rng, 1), None
         try:
             while step < config.total_steps and not _STOP_REQUESTED.is_set():
                 batch = sharding.shard_host_batch(next(train_iter), mesh)
-                state, metrics = step_fn(state, batch, rng)
+                if sampler is None:
+                    state, metrics = step_fn(state, batch, rng)
+                else:  # times sampling and the previous update apart (both block)
+                    jax.block_until_ready(state)
+                    now = time.perf_counter()
+                    timing = {"time/update_s": now - update_started} if update_started else {}
+                    policy = sampler(state.params, batch, jax.random.fold_in(sample_rng, step))
+                    jax.block_until_ready(policy)
+                    timing["time/sample_s"] = time.perf_counter() - now
+                    update_started = time.perf_counter()
+                    state, metrics = step_fn(state, batch, rng, policy)
+                    metrics = metrics | timing
                 step += 1
                 if pending is not None:
                     _report(pending, writer, timer, config, last_saved, checkpointer)

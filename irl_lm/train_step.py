@@ -107,20 +107,35 @@ def state_from_params(tx, params, shardings) -> TrainState:
 # ----------------------------------------------------------------------------- train step
 
 
-def train_step(state, batch, rng, *, model, loss_fn, tx, grad_accum_steps: int, eos_id: int):
-    """One update over a global batch; `grad_accum_steps` microbatches, token-weighted."""
+def train_step(
+    state, batch, rng, policy=None, *, model, loss_fn, tx, grad_accum_steps: int, eos_id: int
+):
+    """One update over a global batch; `grad_accum_steps` microbatches, token-weighted.
+
+    `policy`: for online losses, a teacher-forced batch of policy samples
+    (`irl_lm.online.policy_batch`); its logits reach the loss as `policy=`.
+    """
     rng = jax.random.fold_in(rng, state.step)
 
     def loss_and_metrics(params, microbatch, dropout_rng):
-        logits = model.apply(
-            {"params": params}, microbatch, deterministic=False, rngs={"dropout": dropout_rng}
+        apply = lambda features, key: model.apply(
+            {"params": params}, features, deterministic=False, rngs={"dropout": key}
         )
+        extra = {}
+        if policy is not None:
+            features = {k: policy[k] for k in type(model).input_features}
+            extra["policy"] = {
+                "logits": apply(features, jax.random.fold_in(dropout_rng, 1)),
+                "targets": policy["decoder_target_tokens"],
+                "weights": policy["decoder_loss_weights"],
+            }
         loss, metrics = loss_fn(
-            logits,
+            apply(microbatch, dropout_rng),
             microbatch["decoder_target_tokens"],
             microbatch["decoder_loss_weights"],
             eos_id=eos_id,
             segment_ids=microbatch.get("decoder_segment_ids"),
+            **extra,
         )
         return loss, metrics | {"loss": loss}
 
@@ -164,7 +179,11 @@ def train_step(state, batch, rng, *, model, loss_fn, tx, grad_accum_steps: int, 
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def jit_train_step(model, loss_fn, tx, mesh, shardings, *, grad_accum_steps=1, eos_id=1):
+def jit_train_step(
+    model, loss_fn, tx, mesh, shardings, *, grad_accum_steps=1, eos_id=1, online=False
+):
+    """The jitted `train_step(state, batch, rng)`, or `(state, batch, rng, policy)` when
+    `online`."""
     step_fn = functools.partial(
         train_step,
         model=model,
@@ -175,7 +194,8 @@ def jit_train_step(model, loss_fn, tx, mesh, shardings, *, grad_accum_steps=1, e
     )
     return jax.jit(
         step_fn,
-        in_shardings=(shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
+        in_shardings=(shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh))
+        + ((sharding.batch_sharding(mesh),) if online else ()),
         out_shardings=(shardings, sharding.replicated(mesh)),
         donate_argnums=(0,),
     )

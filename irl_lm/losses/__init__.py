@@ -10,29 +10,49 @@ import dataclasses
 import functools
 from collections.abc import Callable, Mapping
 
-from irl_lm.losses.iqlearn import iqlearn_loss
-from irl_lm.losses.mle import mle_loss
+from irl_lm.losses.iqlearn import iqlearn_loss, iqlearn_online_loss
+from irl_lm.losses.mle import mle_entropy_loss, mle_loss
 
 
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
     fn: Callable
-    # field -> (check, what the field accepts), for the loss's own config fields.
-    fields: Mapping[str, tuple[Callable[[float], bool], str]] = dataclasses.field(
+    # field -> (check, what the field accepts, default), for the loss's own config fields.
+    fields: Mapping[str, tuple[Callable[[float], bool], str, float]] = dataclasses.field(
         default_factory=dict
     )
+    online: bool = False  # needs continuations sampled from the policy (`policy=` argument)
 
 
+_LAM = (lambda x: x >= 0, "a number >= 0 (0 is MLE; paper grid 0.01-1.0)", 0.1)
+_GAMMA = (lambda x: 0 < x <= 1, "a number in (0, 1] (default 0.99)", 0.99)
 LOSSES = {
     "mle": LossSpec(mle_loss),
-    "iqlearn": LossSpec(
-        iqlearn_loss,
+    "mle_entropy": LossSpec(
+        mle_entropy_loss,
+        {"beta": (lambda x: x >= 0, "a number >= 0 (0 is MLE; paper: 0.1 hurts)", 0.01)},
+    ),
+    "iqlearn": LossSpec(iqlearn_loss, {"lam": _LAM, "gamma": _GAMMA}),
+    "iqlearn_online": LossSpec(
+        iqlearn_online_loss,
         {
-            "lam": (lambda x: x >= 0, "a number >= 0 (0 is MLE; paper grid 0.01-1.0)"),
-            "gamma": (lambda x: 0 < x <= 1, "a number in (0, 1] (default 0.99)"),
+            "lam": _LAM,
+            "gamma": _GAMMA,
+            "alpha": (lambda x: 0 <= x <= 1, "a number in [0, 1] (paper 0.1; 0 is offline)", 0.1),
+            "chi2_on_mixture": (lambda x: x in (0, 1), "0 (χ² on data) or 1 (on the mixture)", 0),
         },
+        online=True,
     ),
 }
+
+
+def loss_fields(name: str, **values) -> dict:
+    """`config.loss` for a loss name: its fields at their defaults, updated by `values`
+    (only the loss's own fields are taken)."""
+    if name not in LOSSES:
+        raise ValueError(f"config.loss.name={name!r} is not a loss; allowed: {sorted(LOSSES)}")
+    fields = {k: default for k, (_, _, default) in LOSSES[name].fields.items()}
+    return {"name": name, **fields, **{k: v for k, v in values.items() if k in fields}}
 
 
 def make_loss(loss_config: Mapping) -> Callable:
@@ -48,7 +68,7 @@ def make_loss(loss_config: Mapping) -> Callable:
             f"config.loss: unknown fields {unknown} for loss {name!r}; "
             f"allowed: {sorted(spec.fields) or 'none'}"
         )
-    for field, (check, allowed) in spec.fields.items():
+    for field, (check, allowed, _) in spec.fields.items():
         if field not in fields:
             raise ValueError(f"config.loss.{field} is required for loss {name!r}: {allowed}")
         value = fields[field]
@@ -57,4 +77,12 @@ def make_loss(loss_config: Mapping) -> Callable:
     return functools.partial(spec.fn, **fields)
 
 
-__all__ = ["LOSSES", "iqlearn_loss", "make_loss", "mle_loss"]
+__all__ = [
+    "LOSSES",
+    "iqlearn_loss",
+    "iqlearn_online_loss",
+    "loss_fields",
+    "make_loss",
+    "mle_entropy_loss",
+    "mle_loss",
+]

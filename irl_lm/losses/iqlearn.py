@@ -1,8 +1,10 @@
-"""Offline IQLearn (χ² regulariser): MLE plus λ times a squared temporal-difference term.
+"""IQLearn (χ² regulariser), offline and online.
 
-With logits read as soft Q-values (PAPER.md §1–2):
-    L   = mean over target tokens of [ −log π(a_t|s_t) + λ δ_t² ]
+With logits read as soft Q-values (PAPER.md §1–3):
+    L_offline = mean over target tokens of [ −log π(a_t|s_t) + λ δ_t² ]
     δ_t = Q_t − γ V_{t+1},   V_{t+1} = 0 when a_t is EOS (terminal).
+    L_online  = L_offline + α ( mean_policy[V_t − γ V_{t+1}] − mean_expert[V_t − γ V_{t+1}] )
+on continuations sampled from the policy (terminal at EOS or at their last token).
 δ_t is also the extracted per-token reward.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from irl_lm.losses.common import negative_log_likelihood, token_mean
+from irl_lm.losses.common import action_and_state_values, negative_log_likelihood, token_mean
 
 
 def _shift_left(x_BxT: jax.Array, fill) -> jax.Array:
@@ -19,22 +21,34 @@ def _shift_left(x_BxT: jax.Array, fill) -> jax.Array:
     return jnp.concatenate([x_BxT[:, 1:], jnp.full_like(x_BxT[:, :1], fill)], axis=1)
 
 
-def td_errors(q_BxT, v_BxT, targets_BxT, weights_BxT, *, gamma, eos_id=1, segment_ids_BxT=None):
-    """Returns (δ `[B, T]`, mask `[B, T]` of the positions whose TD term counts).
+def next_values(v_BxT, targets_BxT, weights_BxT, *, eos_id, segment_ids_BxT=None,
+                terminal_at_end=False):  # fmt: skip
+    """Returns (V_{t+1} `[B, T]`, mask `[B, T]` of the positions where it is known).
 
-    V_{t+1} is read only from a real target token of the same packed segment. A position
-    with neither a successor nor EOS (a sequence truncated at max length) has no known
-    V_{t+1}, so its TD term is dropped; its NLL term stays.
+    V_{t+1} is 0 after EOS, and is read only from a real target token of the same packed
+    segment. A position with neither a successor nor EOS (a sequence truncated at max
+    length) has no known V_{t+1}: it is masked out, unless `terminal_at_end` (sampled
+    continuations, whose last token ends the episode) makes it terminal.
     """
     is_target_BxT = weights_BxT > 0
     has_successor_BxT = _shift_left(is_target_BxT, False)
     if segment_ids_BxT is not None:
         has_successor_BxT &= _shift_left(segment_ids_BxT, -1) == segment_ids_BxT
     terminal_BxT = targets_BxT == eos_id
+    if terminal_at_end:
+        terminal_BxT |= ~has_successor_BxT
     next_v_BxT = jnp.where(terminal_BxT, 0.0, _shift_left(v_BxT, 0.0))
-    delta_BxT = q_BxT - gamma * next_v_BxT
-    td_mask_BxT = weights_BxT.astype(jnp.float32) * (terminal_BxT | has_successor_BxT)
-    return delta_BxT, td_mask_BxT
+    mask_BxT = weights_BxT.astype(jnp.float32) * (terminal_BxT | has_successor_BxT)
+    return next_v_BxT, mask_BxT
+
+
+def td_errors(q_BxT, v_BxT, targets_BxT, weights_BxT, *, gamma, eos_id=1, segment_ids_BxT=None):
+    """Returns (δ `[B, T]`, mask `[B, T]` of the positions whose TD term counts); a position
+    without a known V_{t+1} (see `next_values`) drops its TD term, its NLL term stays."""
+    next_v_BxT, td_mask_BxT = next_values(
+        v_BxT, targets_BxT, weights_BxT, eos_id=eos_id, segment_ids_BxT=segment_ids_BxT
+    )
+    return q_BxT - gamma * next_v_BxT, td_mask_BxT
 
 
 def iqlearn_loss(
@@ -65,5 +79,66 @@ def iqlearn_loss(
         "iqlearn/td2": td2,
         "iqlearn/v_mean": token_mean(v_BxT, weights_BxT),
         "iqlearn/delta_mean": token_mean(delta_BxT, td_mask_BxT),
+    }
+    return loss, metrics
+
+
+def _masked_mean(values_BxT, mask_BxT):
+    return jnp.sum(values_BxT * mask_BxT) / jnp.maximum(jnp.sum(mask_BxT), 1.0)
+
+
+def iqlearn_online_loss(
+    logits_BxTxV,
+    targets_BxT,
+    weights_BxT,
+    *,
+    lam,
+    gamma,
+    alpha,
+    chi2_on_mixture=False,
+    eos_id=1,
+    segment_ids=None,
+    policy=None,
+    **unused,
+):
+    """Online IQLearn: `iqlearn_loss` on the data plus α (mean_policy[V_t − γ V_{t+1}] −
+    mean_expert[V_t − γ V_{t+1}]).
+
+    `policy`: {"logits", "targets", "weights"} of a teacher-forced pass over continuations
+    sampled from the current policy (the trainer supplies it; the tokens carry no gradient).
+    `chi2_on_mixture`: the χ² term is (1 − α) on data + α on samples instead of data only.
+    `alpha=0` is `iqlearn_loss` exactly (the same code; no samples needed); so is a call
+    without samples (the validation loss: the offline terms on held-out data).
+    """
+    if policy is None or (isinstance(alpha, int | float) and alpha == 0):
+        return iqlearn_loss(logits_BxTxV, targets_BxT, weights_BxT, lam=lam, gamma=gamma,
+                            eos_id=eos_id, segment_ids=segment_ids)  # fmt: skip
+    nll, q_BxT, v_BxT = negative_log_likelihood(logits_BxTxV, targets_BxT, weights_BxT)
+    next_v_BxT, mask_BxT = next_values(
+        v_BxT, targets_BxT, weights_BxT, eos_id=eos_id, segment_ids_BxT=segment_ids
+    )
+    num_targets = jnp.maximum(jnp.sum(weights_BxT.astype(jnp.float32)), 1.0)
+    td2 = jnp.sum(mask_BxT * jnp.square(q_BxT - gamma * next_v_BxT)) / num_targets
+    expert_diff = _masked_mean(v_BxT - gamma * next_v_BxT, mask_BxT)
+
+    p_q_BxT, p_v_BxT = action_and_state_values(policy["logits"], policy["targets"])
+    p_weights_BxT = policy["weights"]
+    p_next_v_BxT, p_mask_BxT = next_values(
+        p_v_BxT, policy["targets"], p_weights_BxT, eos_id=eos_id, terminal_at_end=True
+    )
+    policy_diff = _masked_mean(p_v_BxT - gamma * p_next_v_BxT, p_mask_BxT)
+    if chi2_on_mixture:
+        p_td2 = _masked_mean(jnp.square(p_q_BxT - gamma * p_next_v_BxT), p_mask_BxT)
+        td2 = (1 - alpha) * td2 + alpha * p_td2
+    online = alpha * (policy_diff - expert_diff)
+    loss = nll + lam * td2 + online
+    metrics = {
+        "iqlearn_online/loss": loss,
+        "iqlearn_online/nll": nll,
+        "iqlearn_online/td2": td2,
+        "iqlearn_online/online_term": online,
+        "iqlearn_online/policy_value_diff": policy_diff,
+        "iqlearn_online/expert_value_diff": expert_diff,
+        "iqlearn_online/sample_length": jnp.mean(jnp.sum(p_weights_BxT.astype(jnp.float32), 1)),
     }
     return loss, metrics

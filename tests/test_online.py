@@ -1,0 +1,85 @@
+"""Online losses through the trainer: policy samples laid out as teacher-forced batches."""
+
+import jax
+import numpy as np
+import pytest
+from test_trainer import TINY_DECODER_ONLY, read_events
+
+from irl_lm import decoding, online, sharding, train
+from irl_lm.models import build_model
+
+EOS = 1
+
+
+def tiny_model(family):
+    fields = TINY_DECODER_ONLY if family == "decoder_only" else dict(
+        name="t5", d_model=16, d_kv=4, d_ff=32, num_heads=4, num_layers=1
+    )  # fmt: skip
+    model = build_model(fields | {"vocab_size": 23})
+    features = {k: np.ones((1, 4), np.int32) for k in type(model).input_features}
+    params = sharding.unbox(model.init(jax.random.PRNGKey(0), features)["params"])
+    return model, jax.tree.map(lambda p: 3 * p, params)
+
+
+def training_batch(family):
+    """Two rows: T5 encoder inputs, or prefix-LM rows (BOS, prompt, EOS, target)."""
+    if family == "t5":
+        enc = np.zeros((2, 6), np.int32)
+        enc[0, :4], enc[1, :6] = [5, 6, 7, EOS], [8, 9, 10, 11, 12, EOS]
+        return {"encoder_input_tokens": enc}
+    rows = [[EOS, 5, 6, 7, EOS, 9, 9, EOS], [EOS, 8, 9, EOS, 4, EOS]]  # prompt len 5 and 4
+    tokens, weights = np.zeros((2, 10), np.int32), np.zeros((2, 10), np.int32)
+    for i, (row, prompt) in enumerate(zip(rows, (5, 4), strict=True)):
+        tokens[i, : len(row)] = row
+        weights[i, prompt - 1 : len(row) - 1] = 1
+    return {"decoder_input_tokens": tokens, "decoder_loss_weights": weights}
+
+
+@pytest.mark.parametrize("family", ["t5", "decoder_only"])
+def test_policy_batch_scores_the_samples_the_sampler_drew(family):
+    """The teacher-forced pass over the laid-out samples gives, token for token, the
+    log-probabilities the sampler recorded while drawing them (from its cache)."""
+    model, params = tiny_model(family)
+    batch = training_batch(family)
+    rng = jax.random.PRNGKey(3)
+    policy = online.policy_batch(model, params, batch, rng, rows=2, max_len=6, eos_id=EOS)
+    drawn = decoding.sample(model, params, online.prompts(model, batch, 2), rng, max_len=6,
+                            eos_id=EOS)  # fmt: skip
+    features = {k: policy[k] for k in type(model).input_features}
+    log_p = jax.nn.log_softmax(model.apply({"params": params}, features))
+    scored = np.take_along_axis(np.asarray(log_p), policy["decoder_target_tokens"][..., None],
+                                -1)[..., 0]  # fmt: skip
+    weights = np.asarray(policy["decoder_loss_weights"])
+    for row in range(2):
+        n = int(drawn["lengths"][row, 0])
+        assert weights[row].sum() == n
+        np.testing.assert_array_equal(
+            np.asarray(policy["decoder_target_tokens"])[row][weights[row] > 0],
+            np.asarray(drawn["tokens"])[row, 0, :n],
+        )
+        recorded = np.asarray(drawn["log_probs"])[row, 0, :n]
+        np.testing.assert_allclose(scored[row][weights[row] > 0], recorded, atol=1e-4)
+    if family == "decoder_only":  # the prompt stays in front, as training reads it
+        np.testing.assert_array_equal(policy["decoder_input_tokens"][0, :5], [EOS, 5, 6, 7, EOS])
+        assert np.argmax(weights[0] > 0) == 4 and np.argmax(weights[1] > 0) == 3
+
+
+@pytest.mark.parametrize("model", ["t5", "decoder_only"])
+def test_online_iqlearn_trains_and_times_sampling_apart(make_config, tmp_path, model):
+    config = make_config()
+    config.loss = dict(name="iqlearn_online", lam=0.1, gamma=0.99, alpha=0.5, chi2_on_mixture=1)
+    if model == "decoder_only":
+        config.model = TINY_DECODER_ONLY
+    results = train.train_and_evaluate(config, str(tmp_path))
+    assert results["step"] == 4 and np.isfinite(results["eval"]["validation"]["iqlearn/loss"])
+    events = read_events(str(tmp_path))
+    assert all(v > 0 for _, v in events["train/time/sample_s"])
+    assert [s for s, _ in events["train/time/update_s"]] == [2, 3, 4]
+    assert all(0 < v <= 14 for _, v in events["train/iqlearn_online/sample_length"])
+
+
+def test_online_loss_refuses_gradient_accumulation(make_config, tmp_path):
+    config = make_config(grad_accum_steps=2)
+    config.loss = dict(name="iqlearn_online", lam=0.1, gamma=0.99, alpha=0.1, chi2_on_mixture=0)
+    with pytest.raises(ValueError, match=r"config.grad_accum_steps=1"):
+        train.train_and_evaluate(config, str(tmp_path))
