@@ -1,4 +1,4 @@
-"""`make demo`: MLE vs IQLearn on the synthetic expert, with the expert's own row.
+"""`make demo`: every loss on the synthetic expert, with the expert's own row.
 
 Trains `configs/demo.py` once per loss (same seed and data) in `<workdir>/<run>`, evaluates
 each against the exact expert, and prints the table; each run's `results.json` holds its row.
@@ -16,7 +16,13 @@ from irl_lm import train
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Parent directory of the runs.")
 _RUNS = flags.DEFINE_multi_string(
     "run",
-    ["loss=mle", "loss=iqlearn,lam=0.1", "loss=iqlearn,lam=1.0"],
+    [
+        "loss=mle",
+        "loss=mle_entropy,beta=0.01",
+        "loss=iqlearn,lam=0.1",
+        "loss=iqlearn,lam=1.0",
+        "loss=iqlearn_online,lam=0.1,alpha=0.1",
+    ],
     "A configs/demo.py arg; repeat the flag for several runs.",
 )
 _STEPS = flags.DEFINE_integer("total_steps", None, "Override config.total_steps for every run.")
@@ -28,11 +34,21 @@ def run_name(arg: str) -> str:
     return arg.replace("loss=", "").replace(",", "_").replace("=", "")
 
 
+# config.loss field -> its symbol in the table's "setting" column
+SYMBOLS = {"beta": "β", "lam": "λ", "alpha": "α"}
+
+
+def setting(loss_config) -> str:
+    """The loss's main knobs, e.g. "λ=0.1 α=0.1" ("-" for MLE)."""
+    parts = [f"{symbol}={loss_config[k]:g}" for k, symbol in SYMBOLS.items() if k in loss_config]
+    return " ".join(parts) or "-"
+
+
 def format_table(rows: list[dict]) -> str:
-    header = ["method", "λ", *COLUMNS, "steps/s"]
+    header = ["method", "setting", *COLUMNS, "steps/s"]
     lines = [header]
     for row in rows:
-        cells = [row["method"], row["lam"]]
+        cells = [row["method"], row["setting"]]
         cells += [f"{row[c]:.3f}" if c != "self_bleu" else f"{row[c]:.1f}" for c in COLUMNS]
         cells.append(f"{row['steps_per_sec']:.1f}" if row["steps_per_sec"] else "-")
         lines.append(cells)
@@ -52,18 +68,17 @@ def main(argv):
             config.total_steps = _STEPS.value
         workdir = os.path.join(_WORKDIR.value, run_name(arg))
         results = train.train_and_evaluate(config, workdir)
-        lam = config.loss.get("lam", 0.0)
         rows.append(
             {
                 "method": config.loss.name,
-                "lam": f"{lam:g}",
+                "setting": setting(config.loss),
                 "steps_per_sec": results["steps_per_sec"],
             }
             | results["eval"]["expert"]
         )
         if reference is None:
             reference = results["eval_reference"]["expert"]
-    rows.append({"method": "expert", "lam": "-", "steps_per_sec": None} | reference)
+    rows.append({"method": "expert", "setting": "-", "steps_per_sec": None} | reference)
     table = format_table(rows)
     with open(os.path.join(_WORKDIR.value, "table.txt"), "w") as f:
         f.write(table + "\n")

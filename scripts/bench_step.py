@@ -1,17 +1,22 @@
-"""MLE vs IQLearn train-step time on the same T5 config, in one run.
+"""Train-step time of every loss, and policy sampling, on the same T5 config, in one run.
 
     python scripts/bench_step.py                     # CPU default: d_model 256, 4+4 layers
     python scripts/bench_step.py --dtype=bfloat16 --d_model=768 --num_heads=12 --d_ff=2048 \
         --num_layers=12 --batch=32 --input_len=512 --target_len=128      # ~T5-base, GPU
 
-Both steps are compiled first, then timed alternately (MLE, IQLearn, MLE, ...) so machine
-noise hits both alike; prints the median of each and the IQLearn/MLE ratio. The paper
-measured 196 ms / 189 ms = 1.04 on TPU for T5-base. Imports no TensorFlow or seqio.
+Timed, each as a ratio to the MLE update: the update of MLE, MLE + entropy, IQLearn,
+online IQLearn (its update: the data batch plus the teacher-forced pass over alpha * batch
+policy samples), and drawing one sample per input for the whole batch (`sample`, up to
+target_len tokens at temperature 1, no EOS stop). All are compiled first, then timed in turn
+(MLE, MLE + entropy, ..., MLE, ...) so machine noise hits them alike; prints medians. The
+paper measured 196 ms / 189 ms = 1.04 for IQLearn / MLE on TPU for T5-base, and sampling a
+batch at about 2.3 MLE updates. Imports no TensorFlow or seqio.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -19,9 +24,9 @@ import time
 import jax
 import numpy as np
 
-from irl_lm import sharding, train_step
+from irl_lm import online, sharding, train_step
 from irl_lm.config_utils import trainer_defaults
-from irl_lm.losses import make_loss
+from irl_lm.losses import LOSSES, loss_fields, make_loss
 from irl_lm.models import build_model
 
 
@@ -42,6 +47,8 @@ def parse_args(argv, extra: bool = False):
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--lam", type=float, default=0.1)
     p.add_argument("--gamma", type=float, default=0.99)
+    p.add_argument("--beta", type=float, default=0.01, help="MLE + entropy bonus weight")
+    p.add_argument("--alpha", type=float, default=0.1, help="online IQLearn sampled fraction")
     p.add_argument("--steps", type=int, default=20, help="timed steps per loss (>= 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per loss after compile")
     return p.parse_args(argv)
@@ -83,9 +90,10 @@ def main(argv=None):
     mesh = sharding.make_mesh({"data": -1})
     batch_np = random_batch(args, np.random.default_rng(0))
     losses = {
-        "mle": make_loss({"name": "mle"}),
-        "iqlearn": make_loss({"name": "iqlearn", "lam": args.lam, "gamma": args.gamma}),
-    }
+        name: make_loss(loss_fields(name, lam=args.lam, gamma=args.gamma, beta=args.beta,
+                                    alpha=args.alpha))
+        for name in ("mle", "mle_entropy", "iqlearn", "iqlearn_online")
+    }  # fmt: skip
     with sharding.use_mesh(mesh):
         example = {k: v[:1] for k, v in batch_np.items()}
         _, shardings = train_step.state_shardings(model, tx, example, mesh)
@@ -95,22 +103,37 @@ def main(argv=None):
             states[name] = train_step.init_state(
                 model, tx, example, shardings, jax.random.PRNGKey(0)
             )
-            steps[name] = train_step.jit_train_step(model, loss_fn, tx, mesh, shardings)
+            steps[name] = train_step.jit_train_step(
+                model, loss_fn, tx, mesh, shardings, online=LOSSES[name].online
+            )
         rng = jax.random.PRNGKey(1)
+        shards = mesh.shape["data"] * mesh.shape["fsdp"]
+        sampler = {  # rows -> jitted sampler; EOS never ends a row (-1): full length
+            rows: jax.jit(functools.partial(online.policy_batch, model, rows=rows,
+                                            max_len=args.target_len, eos_id=-1))
+            for rows in {args.batch, online.num_sampled_rows(args.batch, args.alpha, shards)}
+        }  # fmt: skip
+        policy_rows = online.num_sampled_rows(args.batch, args.alpha, shards)
+        policy = sampler[policy_rows](states["mle"].params, batch, rng)
 
         def run(name):
             started = time.perf_counter()
-            states[name], metrics = steps[name](states[name], batch, rng)
+            if name == "sample":
+                jax.block_until_ready(sampler[args.batch](states["mle"].params, batch, rng))
+                return time.perf_counter() - started
+            extra = (policy,) if LOSSES[name].online else ()
+            states[name], metrics = steps[name](states[name], batch, rng, *extra)
             jax.block_until_ready(metrics["loss"])
             return time.perf_counter() - started
 
-        compile_s = {name: run(name) for name in losses}
+        timed = [*losses, "sample"]
+        compile_s = {name: run(name) for name in timed}
         for _ in range(args.warmup):
-            for name in losses:
+            for name in timed:
                 run(name)
-        times = {name: [] for name in losses}
+        times = {name: [] for name in timed}
         for _ in range(args.steps):
-            for name in losses:
+            for name in timed:
                 times[name].append(run(name))
 
     median = {name: statistics.median(t) for name, t in times.items()}
@@ -120,14 +143,20 @@ def main(argv=None):
         f"dtype {args.dtype}  params {params / 1e6:.1f}M  batch {args.batch}x"
         f"({args.input_len}->{args.target_len})  vocab {args.vocab_size}"
     )
-    for name in losses:
+    for name in timed:
         q1, q3 = np.percentile(times[name], [25, 75])
+        what = {
+            "sample": f"sampling {args.batch}x{args.target_len} tokens",
+            "iqlearn_online": f"update incl. {policy_rows} sampled rows",
+        }.get(name, "update")
         print(
-            f"{name:8s} median {median[name] * 1e3:8.1f} ms/step  (IQR {q1 * 1e3:.1f}-"
-            f"{q3 * 1e3:.1f}, first call incl. compile {compile_s[name]:.1f} s, n={args.steps})"
+            f"{name:15s} median {median[name] * 1e3:8.1f} ms  ({median[name] / median['mle']:5.2f}"
+            f" x MLE; IQR {q1 * 1e3:.1f}-{q3 * 1e3:.1f}, first call incl. compile "
+            f"{compile_s[name]:.1f} s, n={args.steps})  {what}"
         )
     ratio = median["iqlearn"] / median["mle"]
     print(f"IQLearn/MLE step-time ratio: {ratio:.3f}  (paper, TPU T5-base: 1.04; target <= 1.05)")
+    print(f"sampling/MLE ratio: {median['sample'] / median['mle']:.2f}  (paper: about 2.3)")
     return ratio
 
 

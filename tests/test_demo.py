@@ -15,18 +15,21 @@ def test_demo_prints_table_and_fills_workdirs(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
     proc = subprocess.run(
         [sys.executable, "-m", "irl_lm.demo", f"--workdir={tmp_path}", "--total_steps=6",
-         "--run=loss=mle", "--run=loss=iqlearn,lam=0.1"],
+         "--run=loss=mle", "--run=loss=iqlearn,lam=0.1",
+         "--run=loss=iqlearn_online,lam=0.1,alpha=0.1"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     header = lines.index(next(line for line in lines if line.strip().startswith("method")))
     assert lines[header].split() == [
-        "method", "λ", "validity", "forward_kl", "reverse_kl", "self_bleu", "entropy", "steps/s"
+        "method", "setting", "validity", "forward_kl", "reverse_kl", "self_bleu", "entropy",
+        "steps/s",
     ]  # fmt: skip
     methods = [line.split()[0] for line in lines[header + 1 :]]
-    assert methods == ["mle", "iqlearn", "expert"]
-    expert_row = lines[header + 3].split()
+    assert methods == ["mle", "iqlearn", "iqlearn_online", "expert"]
+    assert lines[header + 3].split()[1:3] == ["λ=0.1", "α=0.1"]
+    expert_row = lines[header + 4].split()
     assert expert_row[2:5] == ["1.000", "0.000", "0.000"]
 
     for run in ("mle", "iqlearn_lam0.1"):
