@@ -51,19 +51,34 @@ def trainer_defaults() -> ml_collections.ConfigDict:
     )
     config.checkpoint = ml_collections.ConfigDict({"every": 500, "keep": 3})
     config.evals = ml_collections.ConfigDict()
+    # GAIL's discriminator (config.loss.name="gail"): "model" fields over the policy's model
+    # config (a smaller discriminator needs init="scratch"), initialised from the policy's
+    # (initial) parameters or from scratch, its learning rate (0: the policy's) and the
+    # discriminator updates before each policy update.
+    config.discriminator = ml_collections.ConfigDict(
+        {"model": {}, "init": "policy", "learning_rate": 0.0, "updates_per_step": 1}
+    )
     return config
 
 
 # `--config=FILE:ARG` keys that set `config.loss` fields ("" keeps the loss's default)
-LOSS_ARGS = {"loss": "mle", "lam": "", "gamma": "", "beta": "", "alpha": ""}
+LOSS_ARGS = {
+    "loss": "mle",
+    **dict.fromkeys(["lam", "gamma", "beta", "alpha", "mle_weight", "kl_coef", "entropy_coef"], ""),
+    "reward": "",
+}
 
 
 def loss_config(args: dict[str, str]) -> ml_collections.ConfigDict:
     """`config.loss` from parsed config args: `loss` names it, the loss's own fields among
-    `lam`, `gamma`, `beta`, `alpha` override their defaults (`irl_lm.losses.LOSSES`)."""
+    the other `LOSS_ARGS` override their defaults (`irl_lm.losses.LOSSES`)."""
     from irl_lm.losses import loss_fields
 
-    values = {k: float(v) for k, v in args.items() if k != "loss" and k in LOSS_ARGS and v}
+    values = {
+        k: v if k == "reward" else float(v)
+        for k, v in args.items()
+        if k != "loss" and k in LOSS_ARGS and v
+    }
     return ml_collections.ConfigDict(loss_fields(args["loss"], **values))
 
 
@@ -89,8 +104,9 @@ def text_task_config(
            "full": `model` (a preset, e.g. t5_base, gemma3_1b; default t5_base), fine-tuned
            from `--config.init_from`, with the vocabulary of that checkpoint and evaluation
            every 1000 steps.
-    loss (mle, mle_entropy, iqlearn, iqlearn_online) and its lam / gamma / beta / alpha,
-    model, data (the folder of the shared JSONL files).
+    loss (mle, mle_entropy, iqlearn, iqlearn_online, gail) and its fields (lam, gamma,
+    beta, alpha, mle_weight, kl_coef, entropy_coef, reward), model, data (the folder of the
+    shared JSONL files).
     `files` maps splits to paths under `data`; point `--config.task.files.<split>` at the
     full corpora for real runs.
     """

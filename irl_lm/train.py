@@ -26,7 +26,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from irl_lm import checkpointing, evaluation, online, sharding, train_step
+from irl_lm import checkpointing, evaluation, gail, online, sharding, train_step
 from irl_lm.data import pipeline, tasks
 from irl_lm.losses import LOSSES, make_loss
 from irl_lm.models import build_model, is_decoder_only, resolve_preset
@@ -56,6 +56,18 @@ def validate_config(config) -> None:
             f"config.loss.name={config.loss.name!r} samples from the policy each step, which "
             "gradient accumulation does not support yet: set config.grad_accum_steps=1"
         )
+    if config.loss.name == "gail":
+        disc = config.discriminator
+        if disc.init not in ("policy", "scratch"):
+            raise ValueError(f"config.discriminator.init={disc.init!r}; allowed: policy, scratch")
+        if disc.init == "policy" and dict(disc.model):
+            raise ValueError(
+                "config.discriminator.model sets fields, so the discriminator's shape may "
+                "differ from the policy's: use config.discriminator.init='scratch'"
+            )
+        if int(disc.updates_per_step) < 1:
+            raise ValueError(f"config.discriminator.updates_per_step={disc.updates_per_step} "
+                             "must be >= 1")  # fmt: skip
     positive = ("batch_size", "eval_batch_size", "total_steps", "grad_accum_steps")
     for field in positive:
         if int(config[field]) <= 0:
@@ -173,6 +185,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     mesh = sharding.make_mesh(config.mesh)
     model = build_model(model_config)
+    is_gail = config.loss.name == "gail"
     loss_fn = make_loss(config.loss)
     tx = train_step.make_optimizer(config)
     eos_id = tasks.get_task(config.task).output_features["targets"].vocabulary.eos_id
@@ -182,7 +195,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     with sharding.use_mesh(mesh):
         example = dummy_batch(config, model, 1)
-        abstract_state, shardings = train_step.state_shardings(model, tx, example, mesh)
+        if is_gail:  # policy, discriminator and reference policy in one state
+            disc_model = build_model(model_config | dict(config.discriminator.model))
+            disc_tx = gail.discriminator_optimizer(config)
+            abstract_state, shardings = gail.state_shardings(
+                model, disc_model, tx, disc_tx, example, mesh
+            )
+            init_gail = functools.partial(
+                gail.initial_state, model, disc_model, tx, disc_tx, example, shardings,
+                jax.random.fold_in(rng, 0), disc_from_policy=config.discriminator.init == "policy",
+            )  # fmt: skip
+        else:
+            abstract_state, shardings = train_step.state_shardings(model, tx, example, mesh)
         latest = checkpointer.latest_step()
         if latest is not None:
             target = checkpointing.abstract_like(abstract_state, shardings)
@@ -192,21 +216,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 logging.info("config.init_from ignored: resuming takes precedence")
         elif source is not None:
             params = source.load_params(model, abstract_state.params, shardings.params)
-            state = train_step.state_from_params(tx, params, shardings)
+            if is_gail:
+                state = init_gail(policy_params=params)
+            else:
+                state = train_step.state_from_params(tx, params, shardings)
             metadata = {"data_position": 0}
             logging.info("Initialised parameters from %s", source.describe())
         else:
-            state = train_step.init_state(model, tx, example, shardings, jax.random.fold_in(rng, 0))
+            if is_gail:
+                state = init_gail()
+            else:
+                state = train_step.init_state(
+                    model, tx, example, shardings, jax.random.fold_in(rng, 0)
+                )
             metadata = {"data_position": 0}
         if is_main:
             write_model_info(
                 os.path.join(workdir, "model-info.txt"), state.params, shardings.params
             )
 
-        sampler = None  # online losses: policy samples for the first rows of each batch
-        if LOSSES[config.loss.name].online and config.loss.alpha > 0:
+        # Online losses sample from the policy each step: online IQLearn for a fraction
+        # alpha of the batch's inputs, GAIL for all of them.
+        rows = config.batch_size if is_gail else 0
+        if LOSSES[config.loss.name].online and config.loss.get("alpha", 0) > 0:
             shards = mesh.shape["data"] * mesh.shape["fsdp"]
             rows = online.num_sampled_rows(config.batch_size, config.loss.alpha, shards)
+        sampler = None
+        if rows:
             max_len = tasks.feature_lengths(config.task)["targets"]
             sampler = jax.jit(
                 functools.partial(online.policy_batch, model, rows=rows, max_len=max_len,
@@ -215,10 +251,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             )  # fmt: skip
             logging.info("Online loss: %d of %d rows per step sampled from the policy", rows,
                          config.batch_size)  # fmt: skip
-        step_fn = train_step.jit_train_step(
-            model, loss_fn, tx, mesh, shardings, grad_accum_steps=config.grad_accum_steps,
-            eos_id=eos_id, online=sampler is not None,
-        )  # fmt: skip
+        if is_gail:
+            step_fn = gail.jit_gail_step(
+                model, disc_model, tx, disc_tx, mesh, shardings, loss_config=config.loss,
+                updates_per_step=config.discriminator.updates_per_step, eos_id=eos_id,
+            )  # fmt: skip
+        else:
+            step_fn = train_step.jit_train_step(
+                model, loss_fn, tx, mesh, shardings, grad_accum_steps=config.grad_accum_steps,
+                eos_id=eos_id, online=sampler is not None,
+            )  # fmt: skip
         ctx = evaluation.EvalContext(config, model, mesh, loss_fn, eos_id, workdir)
         evaluators = evaluation.make_evaluators(ctx)
         train_iter = pipeline.TrainIterator(

@@ -10,6 +10,8 @@ import dataclasses
 import functools
 from collections.abc import Callable, Mapping
 
+from irl_lm.losses.gail import REWARDS as GAIL_REWARDS
+from irl_lm.losses.gail import data_loss as gail_data_loss
 from irl_lm.losses.iqlearn import iqlearn_loss, iqlearn_online_loss
 from irl_lm.losses.mle import mle_entropy_loss, mle_loss
 
@@ -43,6 +45,18 @@ LOSSES = {
         },
         online=True,
     ),
+    # GAIL's objective lives in irl_lm/gail.py (two models); `fn` is its held-out NLL.
+    "gail": LossSpec(
+        gail_data_loss,
+        {
+            "mle_weight": (lambda x: x >= 0, "a number >= 0 (NLL on data; 0: off)", 0.0),
+            "kl_coef": (lambda x: x >= 0, "a number >= 0 (KL to the initial policy)", 0.05),
+            "entropy_coef": (lambda x: x >= 0, "a number >= 0 (entropy bonus)", 0.0),
+            "gamma": (lambda x: 0 < x <= 1, "a number in (0, 1] (reward discount)", 1.0),
+            "reward": (lambda x: x in GAIL_REWARDS, f"one of {sorted(GAIL_REWARDS)}", "logit"),
+        },
+        online=True,
+    ),
 }
 
 
@@ -68,11 +82,15 @@ def make_loss(loss_config: Mapping) -> Callable:
             f"config.loss: unknown fields {unknown} for loss {name!r}; "
             f"allowed: {sorted(spec.fields) or 'none'}"
         )
-    for field, (check, allowed, _) in spec.fields.items():
+    for field, (check, allowed, default) in spec.fields.items():
         if field not in fields:
             raise ValueError(f"config.loss.{field} is required for loss {name!r}: {allowed}")
         value = fields[field]
-        if not isinstance(value, int | float) or not check(value):
+        try:
+            valid = check(value) and isinstance(value, type(default) | int | float)
+        except TypeError:  # e.g. a string where a number is expected
+            valid = False
+        if not valid:
             raise ValueError(f"config.loss.{field}={value!r} is invalid; allowed: {allowed}")
     return functools.partial(spec.fn, **fields)
 

@@ -1,0 +1,182 @@
+"""GAIL for language models (PAPER.md §4): a discriminator D(s_t, a_t) trained to tell data
+tokens from policy samples, and the policy trained on its own samples by policy gradient.
+
+- The discriminator is a model of the policy's family (`config.discriminator.model`
+  overrides fields of the policy's model config); its scalar per target position is the
+  entry of its vocabulary head at the token taken, z_t = ℓ^D_t[a_t], D = σ(z_t): it sees
+  the state and the action, and initialising it from the policy's checkpoint reuses that
+  head. Trained with binary cross-entropy, data tokens labelled 1, policy tokens 0 (each
+  class's token mean, averaged).
+- Reward per sampled token (`config.loss.reward`): "logit" log D − log(1 − D) = z_t (the
+  paper's), "log_d" log D, "neg_log_1md" −log(1 − D).
+- Policy loss on its samples: −mean_t[(G_t − b_t) log π(a_t|s_t)] with discounted returns
+  G_t = Σ_k γ^k r_{t+k} (terminal at EOS or the sample's end) and baseline b_t the batch
+  mean of G at position t; plus kl_coef · KL(π ‖ π_ref) (exact, per position, against the
+  frozen initial policy), minus entropy_coef · H(π), plus mle_weight · NLL on the data.
+- Each step: sample the whole batch's inputs, `updates_per_step` discriminator updates on
+  (data, samples), then one policy update with rewards from the updated discriminator.
+  Discriminator, policy and reference are one `GAILState`, checkpointed and restored
+  together.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from irl_lm import sharding, train_step
+from irl_lm.losses.common import negative_log_likelihood
+from irl_lm.losses.gail import REWARDS, discriminator_loss, policy_loss
+
+
+@flax.struct.dataclass
+class GAILState:
+    """The policy's train state (named as `TrainState`'s fields, so `state.params` and
+    `state.step` are the policy's), the discriminator's, and the frozen reference policy."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    discriminator: train_step.TrainState
+    reference: Any
+
+
+# ----------------------------------------------------------------------------- discriminator
+
+
+def action_logits(model, params, batch) -> jax.Array:
+    """z_t = ℓ_t[a_t] for the targets of `batch`, float32 `[B, T]`."""
+    features = {k: batch[k] for k in type(model).input_features}
+    logits = model.apply({"params": params}, features, deterministic=True)
+    targets = batch["decoder_target_tokens"]
+    return jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0].astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------- state
+
+
+def discriminator_optimizer(config) -> optax.GradientTransformation:
+    """The policy's optimizer and schedule with `config.discriminator.learning_rate` (0: the
+    policy's)."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    if config.discriminator.learning_rate:
+        config.optimizer.learning_rate = config.discriminator.learning_rate
+    return train_step.make_optimizer(config)
+
+
+def state_shardings(model, disc_model, tx, disc_tx, example_batch, mesh):
+    """(abstract GAILState, its shardings), from the two models' train states."""
+    policy, policy_shardings = train_step.state_shardings(model, tx, example_batch, mesh)
+    disc, disc_shardings = train_step.state_shardings(disc_model, disc_tx, example_batch, mesh)
+
+    def combine(p, d):
+        return GAILState(step=p.step, params=p.params, opt_state=p.opt_state, discriminator=d,
+                         reference=p.params)  # fmt: skip
+
+    return combine(policy, disc), combine(policy_shardings, disc_shardings)
+
+
+def initial_state(model, disc_model, tx, disc_tx, example, shardings, rng, *, policy_params=None,
+                  disc_from_policy: bool):  # fmt: skip
+    """Step 0: the policy from `policy_params` (else a fresh initialisation), the reference a
+    copy of it, the discriminator a copy too (`disc_from_policy`) or freshly initialised."""
+    policy_shardings = train_step.TrainState(shardings.step, shardings.params, shardings.opt_state)
+    if policy_params is None:
+        policy = train_step.init_state(model, tx, example, policy_shardings, rng)
+    else:
+        policy = train_step.state_from_params(tx, policy_params, policy_shardings)
+    copy = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings.params)
+    if disc_from_policy:
+        disc = train_step.state_from_params(disc_tx, copy(policy.params), shardings.discriminator)
+    else:
+        disc = train_step.init_state(disc_model, disc_tx, example, shardings.discriminator,
+                                     jax.random.fold_in(rng, 7))  # fmt: skip
+    return GAILState(step=policy.step, params=policy.params, opt_state=policy.opt_state,
+                     discriminator=disc, reference=copy(policy.params))  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+def gail_step(state: GAILState, batch, rng, samples, *, model, disc_model, tx, disc_tx,
+              loss_config, updates_per_step: int, eos_id: int):  # fmt: skip
+    """Discriminator update(s) on (data, samples), then one policy update on the samples."""
+    del eos_id  # the samples' weights already end at EOS
+    samples_mask = samples["decoder_loss_weights"]
+
+    def disc_objective(disc_params):
+        data_z = action_logits(disc_model, disc_params, batch)
+        policy_z = action_logits(disc_model, disc_params, samples)
+        return discriminator_loss(data_z, batch["decoder_loss_weights"], policy_z, samples_mask)
+
+    def disc_update(_, carry):
+        disc, _ = carry
+        (_, metrics), grads = jax.value_and_grad(disc_objective, has_aux=True)(disc.params)
+        updates, opt_state = disc_tx.update(grads, disc.opt_state, disc.params)
+        disc = train_step.TrainState(disc.step + 1, optax.apply_updates(disc.params, updates),
+                                     opt_state)  # fmt: skip
+        return disc, metrics
+
+    _, metric_shapes = jax.eval_shape(disc_objective, state.discriminator.params)
+    zero = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metric_shapes)
+    disc, disc_metrics = jax.lax.fori_loop(0, updates_per_step, disc_update,
+                                           (state.discriminator, zero))  # fmt: skip
+    rewards = REWARDS[loss_config["reward"]](action_logits(disc_model, disc.params, samples))
+    rewards = jax.lax.stop_gradient(rewards)
+    features = {k: samples[k] for k in type(model).input_features}
+    ref_logits = jax.lax.stop_gradient(
+        model.apply({"params": state.reference}, features, deterministic=True)
+    )
+    rng = jax.random.fold_in(rng, state.step)
+
+    def policy_objective(params):
+        apply = lambda f, key: model.apply({"params": params}, f, deterministic=False,
+                                           rngs={"dropout": key})  # fmt: skip
+        loss, metrics = policy_loss(
+            apply(features, rng), ref_logits, samples["decoder_target_tokens"], samples_mask,
+            rewards, gamma=loss_config["gamma"], kl_coef=loss_config["kl_coef"],
+            entropy_coef=loss_config["entropy_coef"],
+        )  # fmt: skip
+        if loss_config["mle_weight"]:
+            nll, _, _ = negative_log_likelihood(
+                apply(batch, jax.random.fold_in(rng, 1)), batch["decoder_target_tokens"],
+                batch["decoder_loss_weights"],
+            )  # fmt: skip
+            loss = loss + loss_config["mle_weight"] * nll
+            metrics = metrics | {"gail/nll": nll}
+        return loss, metrics | {"loss": loss}
+
+    (_, metrics), grads = jax.value_and_grad(policy_objective, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                          opt_state=opt_state, discriminator=disc)  # fmt: skip
+    metrics = (
+        metrics
+        | disc_metrics
+        | {
+            "grad_norm": optax.global_norm(grads),
+            "num_tokens": jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32)),
+        }
+    )
+    return state, metrics
+
+
+def jit_gail_step(model, disc_model, tx, disc_tx, mesh, shardings, *, loss_config,
+                  updates_per_step: int, eos_id: int):  # fmt: skip
+    step_fn = functools.partial(
+        gail_step, model=model, disc_model=disc_model, tx=tx, disc_tx=disc_tx,
+        loss_config=dict(loss_config), updates_per_step=updates_per_step, eos_id=eos_id,
+    )  # fmt: skip
+    batch_sharding = sharding.batch_sharding(mesh)
+    return jax.jit(
+        step_fn,
+        in_shardings=(shardings, batch_sharding, sharding.replicated(mesh), batch_sharding),
+        out_shardings=(shardings, sharding.replicated(mesh)),
+        donate_argnums=(0,),
+    )
