@@ -51,13 +51,16 @@ def trainer_defaults() -> ml_collections.ConfigDict:
     )
     config.checkpoint = ml_collections.ConfigDict({"every": 500, "keep": 3})
     config.evals = ml_collections.ConfigDict()
-    # GAIL's discriminator (config.loss.name="gail"): "model" fields over the policy's model
-    # config (a smaller discriminator needs init="scratch"), initialised from the policy's
-    # (initial) parameters or from scratch, its learning rate (0: the policy's) and the
-    # discriminator updates before each policy update.
+    # GAIL's discriminator (config.loss.name="gail", irl_lm/gail.py): "model" fields over
+    # the policy's model config (a smaller discriminator needs init="scratch"), initialised
+    # from the policy's (initial) parameters or from scratch, its logit ("log_ratio" against
+    # the initial policy, or "token"), its learning rate (0: the policy's), the
+    # discriminator updates before each policy update, and the first steps in which only
+    # the discriminator learns.
     config.discriminator = ml_collections.ConfigDict(
-        {"model": {}, "init": "policy", "learning_rate": 0.0, "updates_per_step": 1}
-    )
+        {"model": {}, "init": "policy", "head": "log_ratio", "learning_rate": 0.0,
+         "updates_per_step": 1, "warmup_steps": 0}
+    )  # fmt: skip
     return config
 
 

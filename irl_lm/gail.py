@@ -2,11 +2,11 @@
 tokens from policy samples, and the policy trained on its own samples by policy gradient.
 
 - The discriminator is a model of the policy's family (`config.discriminator.model`
-  overrides fields of the policy's model config); its scalar per target position is the
-  entry of its vocabulary head at the token taken, z_t = ℓ^D_t[a_t], D = σ(z_t): it sees
-  the state and the action, and initialising it from the policy's checkpoint reuses that
-  head. Trained with binary cross-entropy, data tokens labelled 1, policy tokens 0 (each
-  class's token mean, averaged).
+  overrides fields of the policy's model config); its scalar per target position comes
+  from its vocabulary head at the token taken, so it sees the state and the action
+  (`discriminator_logits`: "log_ratio", log π_D(a_t|s_t) − log π_ref(a_t|s_t), or "token",
+  ℓ^D_t[a_t]); D = σ(z_t). Trained with binary cross-entropy, data tokens labelled 1,
+  policy tokens 0 (each class's token mean, averaged).
 - Reward per sampled token (`config.loss.reward`): "logit" log D − log(1 − D) = z_t (the
   paper's), "log_d" log D, "neg_log_1md" −log(1 − D).
 - Policy loss on its samples: −mean_t[(G_t − b_t) log π(a_t|s_t)] with discounted returns
@@ -14,7 +14,8 @@ tokens from policy samples, and the policy trained on its own samples by policy 
   mean of G at position t; plus kl_coef · KL(π ‖ π_ref) (exact, per position, against the
   frozen initial policy), minus entropy_coef · H(π), plus mle_weight · NLL on the data.
 - Each step: sample the whole batch's inputs, `updates_per_step` discriminator updates on
-  (data, samples), then one policy update with rewards from the updated discriminator.
+  (data, samples), then one policy update with rewards from the updated discriminator (none
+  in the first `warmup_steps` steps, while the discriminator learns).
   Discriminator, policy and reference are one `GAILState`, checkpointed and restored
   together.
 """
@@ -50,12 +51,29 @@ class GAILState:
 # ----------------------------------------------------------------------------- discriminator
 
 
-def action_logits(model, params, batch) -> jax.Array:
-    """z_t = ℓ_t[a_t] for the targets of `batch`, float32 `[B, T]`."""
+def action_logits(model, params, batch, *, normalize=False) -> jax.Array:
+    """ℓ_t[a_t] (or log-softmax(ℓ_t)[a_t] when `normalize`) for the targets of `batch`,
+    float32 `[B, T]`."""
     features = {k: batch[k] for k in type(model).input_features}
-    logits = model.apply({"params": params}, features, deterministic=True)
+    logits = model.apply({"params": params}, features, deterministic=True).astype(jnp.float32)
+    if normalize:
+        logits = jax.nn.log_softmax(logits)
     targets = batch["decoder_target_tokens"]
-    return jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0].astype(jnp.float32)
+    return jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+
+
+def discriminator_logits(disc_model, disc_params, model, reference, batch, head: str):
+    """The discriminator's logit z_t = log D − log(1 − D) per target of `batch`.
+
+    head "token": z_t = ℓ^D_t[a_t]. head "log_ratio": z_t = log π_D(a_t|s_t) − log
+    π_ref(a_t|s_t), with π_ref the frozen initial policy: a discriminator initialised from
+    the policy starts at z = 0 (D = 1/2) and learns a density ratio from the policy's
+    knowledge of the language (its optimum: π_D ∝ π_ref p_data / π).
+    """
+    if head == "token":
+        return action_logits(disc_model, disc_params, batch)
+    log_ref = jax.lax.stop_gradient(action_logits(model, reference, batch, normalize=True))
+    return action_logits(disc_model, disc_params, batch, normalize=True) - log_ref
 
 
 # ----------------------------------------------------------------------------- state
@@ -104,15 +122,20 @@ def initial_state(model, disc_model, tx, disc_tx, example, shardings, rng, *, po
 # ----------------------------------------------------------------------------- the step
 
 
-def gail_step(state: GAILState, batch, rng, samples, *, model, disc_model, tx, disc_tx,
-              loss_config, updates_per_step: int, eos_id: int):  # fmt: skip
+def gail_step(
+    state: GAILState, batch, rng, samples, *, model, disc_model, tx, disc_tx, loss_config,
+    updates_per_step: int, warmup_steps: int, head: str, eos_id: int,
+):  # fmt: skip
     """Discriminator update(s) on (data, samples), then one policy update on the samples."""
     del eos_id  # the samples' weights already end at EOS
     samples_mask = samples["decoder_loss_weights"]
 
+    z = lambda disc_params, rows: discriminator_logits(
+        disc_model, disc_params, model, state.reference, rows, head
+    )
+
     def disc_objective(disc_params):
-        data_z = action_logits(disc_model, disc_params, batch)
-        policy_z = action_logits(disc_model, disc_params, samples)
+        data_z, policy_z = z(disc_params, batch), z(disc_params, samples)
         return discriminator_loss(data_z, batch["decoder_loss_weights"], policy_z, samples_mask)
 
     def disc_update(_, carry):
@@ -127,7 +150,7 @@ def gail_step(state: GAILState, batch, rng, samples, *, model, disc_model, tx, d
     zero = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metric_shapes)
     disc, disc_metrics = jax.lax.fori_loop(0, updates_per_step, disc_update,
                                            (state.discriminator, zero))  # fmt: skip
-    rewards = REWARDS[loss_config["reward"]](action_logits(disc_model, disc.params, samples))
+    rewards = REWARDS[loss_config["reward"]](z(disc.params, samples))
     rewards = jax.lax.stop_gradient(rewards)
     features = {k: samples[k] for k in type(model).input_features}
     ref_logits = jax.lax.stop_gradient(
@@ -142,6 +165,7 @@ def gail_step(state: GAILState, batch, rng, samples, *, model, disc_model, tx, d
             apply(features, rng), ref_logits, samples["decoder_target_tokens"], samples_mask,
             rewards, gamma=loss_config["gamma"], kl_coef=loss_config["kl_coef"],
             entropy_coef=loss_config["entropy_coef"],
+            normalize_advantages=bool(loss_config["normalize_advantages"]),
         )  # fmt: skip
         if loss_config["mle_weight"]:
             nll, _, _ = negative_log_likelihood(
@@ -154,8 +178,15 @@ def gail_step(state: GAILState, batch, rng, samples, *, model, disc_model, tx, d
 
     (_, metrics), grads = jax.value_and_grad(policy_objective, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                          opt_state=opt_state, discriminator=disc)  # fmt: skip
+    # The policy waits `warmup_steps` steps for the discriminator to learn.
+    active = state.step >= warmup_steps
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(active, a, b), new, old)
+    state = state.replace(
+        step=state.step + 1,
+        params=keep(optax.apply_updates(state.params, updates), state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        discriminator=disc,
+    )
     metrics = (
         metrics
         | disc_metrics
@@ -168,10 +199,11 @@ def gail_step(state: GAILState, batch, rng, samples, *, model, disc_model, tx, d
 
 
 def jit_gail_step(model, disc_model, tx, disc_tx, mesh, shardings, *, loss_config,
-                  updates_per_step: int, eos_id: int):  # fmt: skip
+                  updates_per_step: int, warmup_steps: int, head: str, eos_id: int):  # fmt: skip
     step_fn = functools.partial(
         gail_step, model=model, disc_model=disc_model, tx=tx, disc_tx=disc_tx,
-        loss_config=dict(loss_config), updates_per_step=updates_per_step, eos_id=eos_id,
+        loss_config=dict(loss_config), updates_per_step=updates_per_step,
+        warmup_steps=warmup_steps, head=head, eos_id=eos_id,
     )  # fmt: skip
     batch_sharding = sharding.batch_sharding(mesh)
     return jax.jit(

@@ -60,6 +60,8 @@ def validate_config(config) -> None:
         disc = config.discriminator
         if disc.init not in ("policy", "scratch"):
             raise ValueError(f"config.discriminator.init={disc.init!r}; allowed: policy, scratch")
+        if disc.head not in ("log_ratio", "token"):
+            raise ValueError(f"config.discriminator.head={disc.head!r}; allowed: log_ratio, token")
         if disc.init == "policy" and dict(disc.model):
             raise ValueError(
                 "config.discriminator.model sets fields, so the discriminator's shape may "
@@ -254,7 +256,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if is_gail:
             step_fn = gail.jit_gail_step(
                 model, disc_model, tx, disc_tx, mesh, shardings, loss_config=config.loss,
-                updates_per_step=config.discriminator.updates_per_step, eos_id=eos_id,
+                updates_per_step=config.discriminator.updates_per_step,
+                warmup_steps=config.discriminator.warmup_steps,
+                head=config.discriminator.head, eos_id=eos_id,
             )  # fmt: skip
         else:
             step_fn = train_step.jit_train_step(

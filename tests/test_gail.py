@@ -1,6 +1,11 @@
 """GAIL: its losses against NumPy, the discriminator learning to separate data from policy
 samples, and a crashed run resuming both models."""
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,8 +13,11 @@ import pytest
 from test_trainer import _Recorder, read_events
 
 from irl_lm import checkpointing, gail, sharding, train, train_step
+from irl_lm.losses import loss_fields
 from irl_lm.losses.gail import discounted_returns, discriminator_loss, policy_loss
 from irl_lm.models import build_model
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
 def log_softmax(x):
@@ -69,8 +77,7 @@ def test_policy_and_discriminator_losses_match_numpy():
 
 def gail_config(make_config, **overrides):
     config = make_config(**overrides)
-    config.loss = dict(name="gail", mle_weight=0.0, kl_coef=0.05, entropy_coef=0.0, gamma=1.0,
-                       reward="logit")  # fmt: skip
+    config.loss = loss_fields("gail")
     return config
 
 
@@ -121,3 +128,24 @@ def test_gail_resumes_policy_discriminator_and_reference(make_config, tmp_path, 
     # The reference stays the initial policy; the discriminator and the policy moved.
     moved = lambda a, b: np.abs(np.asarray(a) - np.asarray(b)).max()
     assert max(jax.tree.leaves(jax.tree.map(moved, resumed.params, resumed.reference))) > 1e-4
+
+
+def test_gail_lowers_the_reverse_kl_of_a_briefly_trained_policy(tmp_path):
+    """experiments/gail_from_mle on one CPU device: 500 MLE steps on the demo's synthetic
+    expert, then 400 GAIL steps without an MLE term; the reverse KL to the exact expert goes
+    down (measured: 0.155 -> 0.132 nats per token, validity 0.084 -> 0.115)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "experiments", "gail_from_mle", "run.py"),
+         f"--workdir={tmp_path}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    start, end = result["start"], result["end"]
+    print(f"\nGAIL from MLE@500: reverse KL {start['reverse_kl']:.4f} -> {end['reverse_kl']:.4f}"
+          f", validity {start['validity']:.3f} -> {end['validity']:.3f}")  # fmt: skip
+    assert end["reverse_kl"] < 0.95 * start["reverse_kl"]
+    assert end["validity"] > start["validity"]
+    events = read_events(str(tmp_path / "gail"))
+    assert events["train/gail/disc_accuracy_data"][-1][1] > 0.6  # the discriminator learned

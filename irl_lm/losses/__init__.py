@@ -54,6 +54,7 @@ LOSSES = {
             "entropy_coef": (lambda x: x >= 0, "a number >= 0 (entropy bonus)", 0.0),
             "gamma": (lambda x: 0 < x <= 1, "a number in (0, 1] (reward discount)", 1.0),
             "reward": (lambda x: x in GAIL_REWARDS, f"one of {sorted(GAIL_REWARDS)}", "logit"),
+            "normalize_advantages": (lambda x: x in (0, 1), "0 or 1 (divide by their std)", 1),
         },
         online=True,
     ),

@@ -45,16 +45,21 @@ def discounted_returns(rewards_BxT, mask_BxT, gamma: float) -> jax.Array:
 
 
 def policy_loss(logits_BxTxV, ref_logits_BxTxV, tokens_BxT, mask_BxT, rewards_BxT, *, gamma,
-                kl_coef, entropy_coef):  # fmt: skip
-    """Policy gradient with a per-position batch-mean baseline, KL to the reference policy
-    and an entropy bonus, on sampled tokens (`mask`: 1 on them). Returns (loss, metrics)."""
+                kl_coef, entropy_coef, normalize_advantages=False):  # fmt: skip
+    """Policy gradient with a per-position batch-mean baseline (advantages optionally divided
+    by their standard deviation over the sampled tokens), KL to the reference policy and an
+    entropy bonus, on sampled tokens (`mask`: 1 on them). Returns (loss, metrics)."""
     mask = mask_BxT.astype(jnp.float32)
     log_p = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32))
     log_ref = jax.nn.log_softmax(ref_logits_BxTxV.astype(jnp.float32))
     log_p_taken = jnp.take_along_axis(log_p, tokens_BxT[..., None], axis=-1)[..., 0]
     returns = discounted_returns(rewards_BxT, mask, gamma)
     baseline = jnp.sum(returns * mask, 0) / jnp.maximum(jnp.sum(mask, 0), 1.0)
-    advantages = jax.lax.stop_gradient((returns - baseline[None]) * mask)
+    advantages = (returns - baseline[None]) * mask
+    if normalize_advantages:
+        std = jnp.sqrt(token_mean(jnp.square(advantages), mask))
+        advantages = advantages / (std + 1e-6)
+    advantages = jax.lax.stop_gradient(advantages)
     pg = -token_mean(advantages * log_p_taken, mask)
     kl = token_mean(jnp.sum(jnp.exp(log_p) * (log_p - log_ref), -1), mask)
     values = jax.nn.logsumexp(logits_BxTxV.astype(jnp.float32), axis=-1)
