@@ -4,7 +4,10 @@ Run one loss:
     python -m irl_lm.main --config=configs/demo.py:loss=iqlearn,lam=0.1 --workdir=/tmp/demo
     python -m irl_lm.main --config=configs/demo.py:loss=mle --workdir=/tmp/demo_mle \
         --config.total_steps=2000 --config.task.expert.temperature=0.5
-or the whole comparison (MLE vs IQLearn, with the expert's row): `make demo`.
+or the whole comparison (every loss, with the expert's row): `make demo`. GAIL fine-tunes
+an MLE run, as in the paper (500 steps):
+    python -m irl_lm.main --config=configs/demo.py:loss=gail --workdir=/tmp/demo_gail \
+        --config.init_from=/tmp/demo_mle
 
 Expected: about 1-2 minutes per run on 2 CPU cores; validity well above 0.9 and forward /
 reverse KL per token of a few hundredths of a nat for both losses after 1200 steps.
@@ -54,6 +57,15 @@ def get_config(arg=None):
         dropout_rate=0.0,
     )
     config.loss = loss_config(args)
+    if config.loss.name == "gail":  # fine-tunes an MLE run (`make demo` points init_from at it)
+        config.total_steps, config.checkpoint.every = 500, 500
+        config.optimizer.learning_rate, config.schedule.warmup_steps = 1e-4, 10
+        if not args["kl_coef"]:
+            config.loss.kl_coef = 0.05
+        if not args["gamma"]:
+            config.loss.gamma = 0.9
+        config.discriminator.update(init="policy", head="log_ratio", learning_rate=1e-3,
+                                    warmup_steps=100)  # fmt: skip
     config.evals = dict(
         validation=dict(kind="loss", every=1000, max_examples=512),
         expert=dict(kind="synthetic_expert", every=1000, num_examples=128, num_samples=4),

@@ -22,6 +22,7 @@ _RUNS = flags.DEFINE_multi_string(
         "loss=iqlearn,lam=0.1",
         "loss=iqlearn,lam=1.0",
         "loss=iqlearn_online,lam=0.1,alpha=0.1",
+        "loss=gail",
     ],
     "A configs/demo.py arg; repeat the flag for several runs.",
 )
@@ -35,7 +36,7 @@ def run_name(arg: str) -> str:
 
 
 # config.loss field -> its symbol in the table's "setting" column
-SYMBOLS = {"beta": "β", "lam": "λ", "alpha": "α"}
+SYMBOLS = {"beta": "β", "lam": "λ", "alpha": "α", "kl_coef": "KL"}
 
 
 def setting(loss_config) -> str:
@@ -66,7 +67,13 @@ def main(argv):
         config = demo_config.get_config(arg)
         if _STEPS.value:
             config.total_steps = _STEPS.value
+            config.checkpoint.every = min(config.checkpoint.every, _STEPS.value)
         workdir = os.path.join(_WORKDIR.value, run_name(arg))
+        if config.loss.name == "gail":  # GAIL fine-tunes the MLE run (PAPER.md §4)
+            config.init_from = os.path.join(_WORKDIR.value, "mle")
+            if not os.path.isdir(config.init_from):
+                raise ValueError("--run=loss=gail fine-tunes the MLE run: add --run=loss=mle "
+                                 "before it")  # fmt: skip
         results = train.train_and_evaluate(config, workdir)
         rows.append(
             {

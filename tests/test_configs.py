@@ -31,5 +31,7 @@ def test_config_validates(path, arg):
 
 def test_unknown_arg_key_is_rejected():
     module = load(os.path.join(CONFIG_DIR, "demo.py"))
-    with pytest.raises(ValueError, match=r"'los=mle'.*\['gamma', 'lam', 'loss'\]"):
+    with pytest.raises(
+        ValueError, match=r"'los=mle'.*\['alpha', 'beta', .*'lam', 'loss', .*'reward'\]"
+    ):
         module.get_config("los=mle")

@@ -16,7 +16,7 @@ def test_demo_prints_table_and_fills_workdirs(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "irl_lm.demo", f"--workdir={tmp_path}", "--total_steps=6",
          "--run=loss=mle", "--run=loss=iqlearn,lam=0.1",
-         "--run=loss=iqlearn_online,lam=0.1,alpha=0.1"],
+         "--run=loss=iqlearn_online,lam=0.1,alpha=0.1", "--run=loss=gail"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -27,9 +27,10 @@ def test_demo_prints_table_and_fills_workdirs(tmp_path):
         "steps/s",
     ]  # fmt: skip
     methods = [line.split()[0] for line in lines[header + 1 :]]
-    assert methods == ["mle", "iqlearn", "iqlearn_online", "expert"]
+    assert methods == ["mle", "iqlearn", "iqlearn_online", "gail", "expert"]
     assert lines[header + 3].split()[1:3] == ["λ=0.1", "α=0.1"]
-    expert_row = lines[header + 4].split()
+    assert lines[header + 4].split()[1] == "KL=0.05"
+    expert_row = lines[header + 5].split()
     assert expert_row[2:5] == ["1.000", "0.000", "0.000"]
 
     for run in ("mle", "iqlearn_lam0.1"):
@@ -44,3 +45,6 @@ def test_demo_prints_table_and_fills_workdirs(tmp_path):
         assert validity == results["eval"]["expert"]["validity"]
         assert 6 in dict(events["eval/validation/mle/nll" if run == "mle" else
                                 "eval/validation/iqlearn/nll"])  # fmt: skip
+    # GAIL fine-tunes the MLE run, as in the paper.
+    gail_config = json.load(open(os.path.join(tmp_path, "gail", "config.json")))
+    assert gail_config["init_from"] == os.path.join(str(tmp_path), "mle")

@@ -139,7 +139,12 @@ def test_nonfinite_loss_names_the_step_and_keeps_last_good_checkpoint(
             "t55",
             r"config.model.name='t55'.*allowed: \['decoder_only', 't5', .*'gemma3_1b'.*'t5_base'",
         ),
-        ("loss.name", "iqleran", r"config.loss.name='iqleran'.*allowed: \['iqlearn', 'mle'\]"),
+        (
+            "loss.name",
+            "iqleran",
+            r"config.loss.name='iqleran'.*allowed: \['gail', 'iqlearn', 'iqlearn_online', 'mle', "
+            r"'mle_entropy'\]",
+        ),
         ("loss.lam", -1.0, r"config.loss.lam=-1.0.*>= 0"),
         ("loss.gamma", 0.0, r"config.loss.gamma=0.0.*\(0, 1\]"),
         ("loss.gamma", 1.01, r"config.loss.gamma=1.01.*\(0, 1\]"),
