@@ -4,8 +4,9 @@ from an MLE checkpoint). Prints one JSON line: the expert evaluation before and 
     .venv/bin/python experiments/gail_from_mle/run.py --workdir=/tmp/gail_from_mle
 
 The demo's model and task (`configs/demo.py`): MLE for `--mle_steps`, then GAIL for
-`--gail_steps` without an MLE term, the discriminator initialised from the policy with the
-log-ratio head, `--warmup` discriminator-only steps.
+`--gail_steps` without an MLE term (KL to the initial policy `--kl_coef`, entropy bonus
+`--entropy_coef`), the discriminator initialised from the policy with the log-ratio head,
+`--warmup` discriminator-only steps; expert evaluation on `--eval_inputs` x 4 samples.
 """
 
 import json
@@ -22,7 +23,9 @@ _WORKDIR = flags.DEFINE_string("workdir", "workdirs/gail_from_mle", "Parent of t
 _MLE_STEPS = flags.DEFINE_integer("mle_steps", 500, "MLE steps before GAIL.")
 _GAIL_STEPS = flags.DEFINE_integer("gail_steps", 400, "GAIL steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 100, "Discriminator-only steps at the start of GAIL.")
-_EVAL_INPUTS = flags.DEFINE_integer("eval_inputs", 128, "Expert-evaluation inputs (x4 samples).")
+_EVAL_INPUTS = flags.DEFINE_integer("eval_inputs", 512, "Expert-evaluation inputs (x4 samples).")
+_KL = flags.DEFINE_float("kl_coef", 0.05, "KL to the initial policy.")
+_ENTROPY = flags.DEFINE_float("entropy_coef", 0.02, "Entropy bonus.")
 
 
 def shorten(config, steps: int) -> None:
@@ -37,7 +40,8 @@ def main(argv):
     mle = demo.get_config("loss=mle")
     shorten(mle, _MLE_STEPS.value)
     start = train.train_and_evaluate(mle, os.path.join(_WORKDIR.value, "mle"))
-    config = demo.get_config("loss=gail,kl_coef=0.05,gamma=0.9")
+    config = demo.get_config(f"loss=gail,gamma=0.9,kl_coef={_KL.value},"
+                             f"entropy_coef={_ENTROPY.value}")  # fmt: skip
     shorten(config, _GAIL_STEPS.value)
     config.init_from = os.path.join(_WORKDIR.value, "mle")
     config.optimizer.learning_rate, config.schedule.warmup_steps = 1e-4, 10
