@@ -42,13 +42,21 @@ def next_values(v_BxT, targets_BxT, weights_BxT, *, eos_id, segment_ids_BxT=None
     return next_v_BxT, mask_BxT
 
 
-def td_errors(q_BxT, v_BxT, targets_BxT, weights_BxT, *, gamma, eos_id=1, segment_ids_BxT=None):
-    """Returns (δ `[B, T]`, mask `[B, T]` of the positions whose TD term counts); a position
-    without a known V_{t+1} (see `next_values`) drops its TD term, its NLL term stays."""
+def data_terms(logits_BxTxV, targets_BxT, weights_BxT, *, gamma, eos_id, segment_ids_BxT):
+    """The per-token pieces of IQLearn on data: (NLL, V `[B, T]`, V_{t+1}, δ, TD mask, χ²).
+
+    A position without a known V_{t+1} (see `next_values`) drops its TD term; its NLL term
+    stays. χ² = Σ mask·δ² over all target tokens (the NLL's normaliser), including those
+    whose TD term is dropped.
+    """
+    nll, q_BxT, v_BxT = negative_log_likelihood(logits_BxTxV, targets_BxT, weights_BxT)
     next_v_BxT, td_mask_BxT = next_values(
         v_BxT, targets_BxT, weights_BxT, eos_id=eos_id, segment_ids_BxT=segment_ids_BxT
     )
-    return q_BxT - gamma * next_v_BxT, td_mask_BxT
+    delta_BxT = q_BxT - gamma * next_v_BxT
+    num_targets = jnp.maximum(jnp.sum(weights_BxT.astype(jnp.float32)), 1.0)
+    td2 = jnp.sum(td_mask_BxT * jnp.square(delta_BxT)) / num_targets
+    return nll, v_BxT, next_v_BxT, delta_BxT, td_mask_BxT, td2
 
 
 def iqlearn_loss(
@@ -63,14 +71,10 @@ def iqlearn_loss(
     **unused,
 ):
     """Offline IQLearn loss; `lam=0` is `mle_loss` exactly (same NLL code, no TD term added)."""
-    nll, q_BxT, v_BxT = negative_log_likelihood(logits_BxTxV, targets_BxT, weights_BxT)
-    delta_BxT, td_mask_BxT = td_errors(
-        q_BxT, v_BxT, targets_BxT, weights_BxT, gamma=gamma, eos_id=eos_id,
+    nll, v_BxT, _, delta_BxT, td_mask_BxT, td2 = data_terms(
+        logits_BxTxV, targets_BxT, weights_BxT, gamma=gamma, eos_id=eos_id,
         segment_ids_BxT=segment_ids,
     )  # fmt: skip
-    # Same normaliser as the NLL: all target tokens, including those whose TD term is dropped.
-    num_targets = jnp.maximum(jnp.sum(weights_BxT.astype(jnp.float32)), 1.0)
-    td2 = jnp.sum(td_mask_BxT * jnp.square(delta_BxT)) / num_targets
     static_zero = isinstance(lam, int | float) and lam == 0
     loss = nll if static_zero else nll + lam * td2
     metrics = {
@@ -81,10 +85,6 @@ def iqlearn_loss(
         "iqlearn/delta_mean": token_mean(delta_BxT, td_mask_BxT),
     }
     return loss, metrics
-
-
-def _masked_mean(values_BxT, mask_BxT):
-    return jnp.sum(values_BxT * mask_BxT) / jnp.maximum(jnp.sum(mask_BxT), 1.0)
 
 
 def iqlearn_online_loss(
@@ -113,22 +113,20 @@ def iqlearn_online_loss(
     if policy is None or (isinstance(alpha, int | float) and alpha == 0):
         return iqlearn_loss(logits_BxTxV, targets_BxT, weights_BxT, lam=lam, gamma=gamma,
                             eos_id=eos_id, segment_ids=segment_ids)  # fmt: skip
-    nll, q_BxT, v_BxT = negative_log_likelihood(logits_BxTxV, targets_BxT, weights_BxT)
-    next_v_BxT, mask_BxT = next_values(
-        v_BxT, targets_BxT, weights_BxT, eos_id=eos_id, segment_ids_BxT=segment_ids
-    )
-    num_targets = jnp.maximum(jnp.sum(weights_BxT.astype(jnp.float32)), 1.0)
-    td2 = jnp.sum(mask_BxT * jnp.square(q_BxT - gamma * next_v_BxT)) / num_targets
-    expert_diff = _masked_mean(v_BxT - gamma * next_v_BxT, mask_BxT)
+    nll, v_BxT, next_v_BxT, _, mask_BxT, td2 = data_terms(
+        logits_BxTxV, targets_BxT, weights_BxT, gamma=gamma, eos_id=eos_id,
+        segment_ids_BxT=segment_ids,
+    )  # fmt: skip
+    expert_diff = token_mean(v_BxT - gamma * next_v_BxT, mask_BxT)
 
     p_q_BxT, p_v_BxT = action_and_state_values(policy["logits"], policy["targets"])
     p_weights_BxT = policy["weights"]
     p_next_v_BxT, p_mask_BxT = next_values(
         p_v_BxT, policy["targets"], p_weights_BxT, eos_id=eos_id, terminal_at_end=True
     )
-    policy_diff = _masked_mean(p_v_BxT - gamma * p_next_v_BxT, p_mask_BxT)
+    policy_diff = token_mean(p_v_BxT - gamma * p_next_v_BxT, p_mask_BxT)
     if chi2_on_mixture:
-        p_td2 = _masked_mean(jnp.square(p_q_BxT - gamma * p_next_v_BxT), p_mask_BxT)
+        p_td2 = token_mean(jnp.square(p_q_BxT - gamma * p_next_v_BxT), p_mask_BxT)
         td2 = (1 - alpha) * td2 + alpha * p_td2
     online = alpha * (policy_diff - expert_diff)
     loss = nll + lam * td2 + online
