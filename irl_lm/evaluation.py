@@ -112,7 +112,7 @@ class ExpertEvaluator:
         # Prompts as training reads them: x + EOS (T5's encoder), BOS + x + EOS (decoder-only).
         decoder_only = is_decoder_only(ctx.model)
         vocab = get_task(ctx.config.task).output_features["targets"].vocabulary
-        prefix = [pipeline.bos_id(vocab)] if decoder_only else []
+        prefix = pipeline.prompt_prefix(ctx.model, vocab)
         prompts = [[*prefix, *x, EOS_ID] for x in self.inputs]
         # Policy samples: num_samples per input (row = input * num_samples + sample); expert
         # samples in the same rows. Both padded to a multiple of the batch-sharded mesh size.
@@ -283,7 +283,7 @@ class DecodeEvaluator:
         shards = ctx.mesh.shape["data"] * ctx.mesh.shape["fsdp"]
         rows = _round_up(max(ctx.config.eval_batch_size, 1), shards)
         # The prompt as training saw it: encoder inputs (T5), or BOS + inputs (decoder-only).
-        prefix = [pipeline.bos_id(self.vocab)] if is_decoder_only(ctx.model) else []
+        prefix = pipeline.prompt_prefix(ctx.model, self.vocab)
         self.prompt_feature = type(ctx.model).input_features[0]
         width = len(prefix) + lengths["inputs"]
         tokens = np.zeros((_round_up(len(examples), rows), width), np.int32)

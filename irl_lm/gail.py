@@ -124,10 +124,9 @@ def initial_state(model, disc_model, tx, disc_tx, example, shardings, rng, *, po
 
 def gail_step(
     state: GAILState, batch, rng, samples, *, model, disc_model, tx, disc_tx, loss_config,
-    updates_per_step: int, warmup_steps: int, head: str, eos_id: int,
+    updates_per_step: int, warmup_steps: int, head: str,
 ):  # fmt: skip
     """Discriminator update(s) on (data, samples), then one policy update on the samples."""
-    del eos_id  # the samples' weights already end at EOS
     samples_mask = samples["decoder_loss_weights"]
 
     z = lambda disc_params, rows: discriminator_logits(
@@ -199,11 +198,11 @@ def gail_step(
 
 
 def jit_gail_step(model, disc_model, tx, disc_tx, mesh, shardings, *, loss_config,
-                  updates_per_step: int, warmup_steps: int, head: str, eos_id: int):  # fmt: skip
+                  updates_per_step: int, warmup_steps: int, head: str):  # fmt: skip
     step_fn = functools.partial(
         gail_step, model=model, disc_model=disc_model, tx=tx, disc_tx=disc_tx,
         loss_config=dict(loss_config), updates_per_step=updates_per_step,
-        warmup_steps=warmup_steps, head=head, eos_id=eos_id,
+        warmup_steps=warmup_steps, head=head,
     )  # fmt: skip
     batch_sharding = sharding.batch_sharding(mesh)
     return jax.jit(

@@ -24,6 +24,12 @@ def num_sampled_rows(batch_size: int, alpha: float, shards: int) -> int:
     return min(batch_size, -(-rows // shards) * shards)
 
 
+def _first_targets(batch, rows: int) -> jax.Array:
+    """Per prefix-LM row, the position of its first target: its input is the last prompt
+    token."""
+    return jnp.argmax(batch["decoder_loss_weights"][:rows] > 0, axis=1)
+
+
 def prompts(model, batch, rows: int) -> dict:
     """The sampling prompts of the first `rows` rows: encoder inputs (T5), or each prefix-LM
     row up to its last prompt token, right-padded (decoder-only; in a packed row, its first
@@ -31,7 +37,7 @@ def prompts(model, batch, rows: int) -> dict:
     if not is_decoder_only(model):
         return {"encoder_input_tokens": batch["encoder_input_tokens"][:rows]}
     tokens = batch["decoder_input_tokens"][:rows]
-    first = jnp.argmax(batch["decoder_loss_weights"][:rows] > 0, axis=1)  # first target
+    first = _first_targets(batch, rows)
     keep = jnp.arange(tokens.shape[1])[None] <= first[:, None]
     return {"decoder_input_tokens": jnp.where(keep, tokens, 0)}
 
@@ -50,8 +56,7 @@ def policy_batch(model, params, batch, rng, *, rows: int, max_len: int, eos_id: 
             "decoder_target_tokens": tokens,
             "decoder_loss_weights": mask,
         }
-    prompt = context["decoder_input_tokens"]
-    first = jnp.argmax(batch["decoder_loss_weights"][:rows] > 0, axis=1)
+    prompt, first = context["decoder_input_tokens"], _first_targets(batch, rows)
 
     def row(prompt_T, first, tokens_L, mask_L):
         sequence = jnp.pad(prompt_T, (0, max_len))

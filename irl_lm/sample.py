@@ -121,10 +121,11 @@ def main(argv=None) -> dict:
         prompt_format = args.prompt_format
         if prompt_format == "auto":
             prompt_format = "continue" if args.hf else "prefix_lm"
+        bos = pipeline.vocabulary_bos_id(vocab)
         if prompt_format == "prefix_lm":
-            text_format = ([pipeline.bos_id(vocab)], [eos_id])
-        elif pipeline.vocabulary_bos_id(vocab) is not None:
-            text_format = ([pipeline.vocabulary_bos_id(vocab)], ())
+            text_format = (pipeline.prompt_prefix(model, vocab), [eos_id])
+        elif bos is not None:
+            text_format = ([bos], ())
     inputs = read_inputs(
         args.input_file, vocab, eos_id, model.config.vocab_size, append_eos=encoder,
         text_format=text_format,

@@ -258,7 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 model, disc_model, tx, disc_tx, mesh, shardings, loss_config=config.loss,
                 updates_per_step=config.discriminator.updates_per_step,
                 warmup_steps=config.discriminator.warmup_steps,
-                head=config.discriminator.head, eos_id=eos_id,
+                head=config.discriminator.head,
             )  # fmt: skip
         else:
             step_fn = train_step.jit_train_step(

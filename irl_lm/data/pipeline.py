@@ -14,6 +14,7 @@ import seqio
 import tensorflow as tf
 
 from irl_lm.data.tasks import feature_lengths, get_task
+from irl_lm.models import is_decoder_only
 
 # seqio and TF must not grab accelerator memory that JAX owns.
 tf.config.set_visible_devices([], "GPU")
@@ -33,6 +34,12 @@ def bos_id(vocabulary: seqio.Vocabulary) -> int:
     (0 is padding, so it cannot start a prompt)."""
     bos = vocabulary_bos_id(vocabulary)
     return vocabulary.eos_id if bos is None else bos
+
+
+def prompt_prefix(model, vocabulary: seqio.Vocabulary) -> list[int]:
+    """What training puts before an example's input tokens: nothing for an encoder (T5),
+    `bos_id` for a decoder-only model's prefix-LM rows. Decoding prompts start the same."""
+    return [bos_id(vocabulary)] if is_decoder_only(model) else []
 
 
 def feature_converter(config, *, decoder_only: bool, pack: bool) -> seqio.FeatureConverter:
@@ -115,4 +122,5 @@ __all__ = [
     "feature_converter",
     "model_feature_lengths",
     "pad_rows",
+    "prompt_prefix",
 ]
