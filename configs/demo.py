@@ -11,9 +11,22 @@ an MLE run, as in the paper (500 steps):
 
 Expected: about 1-2 minutes per run on 2 CPU cores; validity well above 0.9 and forward /
 reverse KL per token of a few hundredths of a nat for both losses after 1200 steps.
+
+Sweeps (`sweep(arg)` below; experiments/lambda_sweep/ has the first one, run):
+    python -m irl_lm.sweep --config=configs/demo.py --workdir=workdirs/lambda --parallel=2
+    python -m irl_lm.sweep --config=configs/demo.py --sweep_arg=entropy --workdir=workdirs/beta
+    python -m irl_lm.report workdirs/lambda
 """
 
-from irl_lm.config_utils import LOSS_ARGS, loss_config, parse_arg, trainer_defaults
+from irl_lm.config_utils import (
+    LOSS_ARGS,
+    PAPER_LAMBDAS,
+    SEEDS,
+    grid,
+    loss_config,
+    parse_arg,
+    trainer_defaults,
+)
 
 
 def get_config(arg=None):
@@ -71,3 +84,26 @@ def get_config(arg=None):
         expert=dict(kind="synthetic_expert", every=1000, num_examples=128, num_samples=4),
     )
     return config
+
+
+def sweep(arg=None):
+    """ "lambda" (default): IQLearn over the paper's λ grid (λ = 0 is MLE) × 3 seeds;
+    "entropy": MLE + entropy bonus, β ∈ {0, 0.01, 0.03, 0.1, 0.3} × 3 seeds;
+    "data": training-set size {1000, 4000, 20000} × λ ∈ {0, 0.1} × 3 seeds."""
+    sweeps = {
+        "lambda": lambda: grid("loss=iqlearn", **{"loss.lam": PAPER_LAMBDAS, "seed": SEEDS}),
+        "entropy": lambda: grid(
+            "loss=mle_entropy", **{"loss.beta": (0.0, 0.01, 0.03, 0.1, 0.3), "seed": SEEDS}
+        ),
+        "data": lambda: grid(
+            "loss=iqlearn",
+            **{
+                "task.num_train_examples": (1000, 4000, 20_000),
+                "loss.lam": (0.0, 0.1),
+                "seed": SEEDS,
+            },
+        ),
+    }
+    if (arg or "lambda") not in sweeps:
+        raise ValueError(f"sweep arg {arg!r}; allowed: {sorted(sweeps)}")
+    return sweeps[arg or "lambda"]()

@@ -14,11 +14,19 @@ decoder-only model on prefix-LM rows instead of the tiny T5 (the paper's PaLM2 s
 shared files hold the first 4000 training examples and the whole 1319-example test split;
 the paper fine-tunes T5 base/large/xl and PaLM2 and reports accuracy with and without a
 calculator.
+
+The paper's λ grid × 3 seeds (mode=full; `sweep("tiny")`: the same on mode=tiny):
+    python -m irl_lm.sweep --config=configs/gsm8k.py --workdir=workdirs/gsm8k_lambda \
+        --config.init_from=hf:/ckpts/t5-v1_1-base --parallel=1
 """
 
-from irl_lm.config_utils import text_task_config
+from irl_lm.config_utils import text_task_config, text_task_sweep
 
 
 def get_config(arg=None):
     files = {"train": "gsm8k/train_first4000.jsonl", "validation": "gsm8k/test.jsonl"}
     return text_task_config("gsm8k", arg, files=files, lengths=(256, 256))
+
+
+def sweep(arg=None):
+    return text_task_sweep(arg)

@@ -8,11 +8,19 @@
 mode=tiny: about 20 s on 2 CPU cores on the shared 500-example test subset (ROUGE-1 about 12:
 a smoke run). The paper's TL;DR models are PaLM2 (decoder-only); T5 stands in until the
 decoder-only trainer lands.
+
+The paper's λ grid × 3 seeds (mode=full; `sweep("tiny")`: the same on mode=tiny):
+    python -m irl_lm.sweep --config=configs/tldr.py --workdir=workdirs/tldr_lambda \
+        --config.init_from=hf:/ckpts/t5-v1_1-base --parallel=1
 """
 
-from irl_lm.config_utils import text_task_config
+from irl_lm.config_utils import text_task_config, text_task_sweep
 
 
 def get_config(arg=None):
     files = {"train": "tldr/test_500.jsonl", "validation": "tldr/test_500.jsonl"}
     return text_task_config("tldr", arg, files=files, lengths=(512, 64))
+
+
+def sweep(arg=None):
+    return text_task_sweep(arg)

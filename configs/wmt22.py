@@ -9,11 +9,19 @@ mode=tiny: about 20 s on 2 CPU cores on the shared generaltest2022 en-de file (B
 a smoke run). For reference, the best constrained WMT22 en-de system scores BLEU 37.79 and chrF
 64.32 on it (tests/test_text_metrics.py). For de->en, set --config.task.name=wmt22_de_en and
 the files to wmt22/de-en.jsonl.
+
+The paper's λ grid × 3 seeds (mode=full; `sweep("tiny")`: the same on mode=tiny):
+    python -m irl_lm.sweep --config=configs/wmt22.py --workdir=workdirs/wmt22_lambda \
+        --config.init_from=hf:/ckpts/t5-v1_1-base --parallel=1
 """
 
-from irl_lm.config_utils import text_task_config
+from irl_lm.config_utils import text_task_config, text_task_sweep
 
 
 def get_config(arg=None):
     files = {"train": "wmt22/en-de.jsonl", "validation": "wmt22/en-de.jsonl"}
     return text_task_config("wmt22_en_de", arg, files=files, lengths=(256, 256))
+
+
+def sweep(arg=None):
+    return text_task_sweep(arg)

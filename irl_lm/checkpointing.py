@@ -9,19 +9,19 @@ any mesh.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import jax
 import orbax.checkpoint as ocp
 
+from irl_lm import files
 from irl_lm.models import hf
 from irl_lm.models.safetensors_io import read_folder
 
 
 class Checkpointer:
     def __init__(self, workdir: str, *, keep: int, asynchronous: bool = True):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.directory = files.path(workdir, "checkpoints")
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -86,8 +86,7 @@ class InitSource:
     def model_config(self) -> dict:
         if self.kind == "hf":
             return hf.hf_model_config(self.folder)
-        with open(os.path.join(self.folder, MODEL_FILE)) as f:
-            return json.load(f)
+        return files.read_json(files.path(self.folder, MODEL_FILE))
 
     def vocabulary_folder(self) -> str | None:
         """The folder whose tokenizer the run should use, if the source has one."""
@@ -101,11 +100,11 @@ class InitSource:
         target = abstract_like(abstract_params, param_shardings)
         if self.kind == "params":
             with ocp.StandardCheckpointer() as checkpointer:
-                return checkpointer.restore(os.path.join(self.folder, "params"), target)
-        step_dir = os.path.join(self.folder, "checkpoints", str(self.step))
+                return checkpointer.restore(files.path(self.folder, "params"), target)
+        step_dir = files.path(self.folder, "checkpoints", str(self.step))
         with ocp.PyTreeCheckpointer() as checkpointer:
             restored = checkpointer.restore(
-                os.path.join(step_dir, "state"),
+                step_dir / "state",
                 args=ocp.args.PyTreeRestore(
                     item={"params": target},
                     restore_args={"params": ocp.checkpoint_utils.construct_restore_args(target)},
@@ -123,29 +122,24 @@ def parse_init_from(value: str) -> InitSource | None:
     if not value:
         return None
     if value.startswith("hf:"):
-        folder = os.path.abspath(os.path.expanduser(value[3:]))
-        if not os.path.exists(os.path.join(folder, "config.json")):
+        folder = str(files.path(os.path.expanduser(value[3:])))
+        if not files.path(folder, "config.json").exists():
             raise FileNotFoundError(
                 f"config.init_from={value!r}: {folder} has no config.json; "
                 "expected a Hugging Face model folder"
             )
         return InitSource("hf", folder)
-    path = os.path.abspath(os.path.expanduser(value))
-    if os.path.isdir(os.path.join(path, "params")) and os.path.exists(
-        os.path.join(path, MODEL_FILE)
-    ):
-        return InitSource("params", path)
-    parent, step = os.path.split(path.rstrip("/"))
-    if os.path.basename(parent) == "checkpoints" and step.isdigit():  # WORKDIR/checkpoints/N
-        workdir = os.path.dirname(parent)
-        if os.path.exists(os.path.join(workdir, MODEL_FILE)) and os.path.isdir(path):
-            return InitSource("workdir", workdir, int(step))
-    if os.path.isdir(os.path.join(path, "checkpoints")) and os.path.exists(
-        os.path.join(path, MODEL_FILE)
-    ):
-        latest = ocp.CheckpointManager(os.path.join(path, "checkpoints")).latest_step()
+    path = files.path(os.path.expanduser(value))
+    if (path / "params").is_dir() and (path / MODEL_FILE).exists():
+        return InitSource("params", str(path))
+    if path.parent.name == "checkpoints" and path.name.isdigit():  # WORKDIR/checkpoints/N
+        workdir = path.parent.parent
+        if (workdir / MODEL_FILE).exists() and path.is_dir():
+            return InitSource("workdir", str(workdir), int(path.name))
+    if (path / "checkpoints").is_dir() and (path / MODEL_FILE).exists():
+        latest = ocp.CheckpointManager(path / "checkpoints").latest_step()
         if latest is not None:
-            return InitSource("workdir", path, latest)
+            return InitSource("workdir", str(path), latest)
     raise FileNotFoundError(
         f"config.init_from={value!r} is neither 'hf:<Hugging Face folder>' nor one of our "
         f"checkpoints: a training workdir (with {MODEL_FILE} and checkpoints/), "
@@ -155,13 +149,12 @@ def parse_init_from(value: str) -> InitSource | None:
 
 def save_params(folder: str, params, model_config: dict) -> None:
     """A parameters-only checkpoint (what `irl_lm.convert` writes): `params/` + model.json."""
-    os.makedirs(folder, exist_ok=True)
+    files.path(folder).mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(os.path.join(os.path.abspath(folder), "params"), params, force=True)
+        checkpointer.save(files.path(folder, "params"), params, force=True)
     if jax.process_index() == 0:
         write_model_config(folder, model_config)
 
 
 def write_model_config(folder: str, model_config: dict) -> None:
-    with open(os.path.join(folder, MODEL_FILE), "w") as f:
-        json.dump(model_config, f, indent=2)
+    files.write_json(files.path(folder, MODEL_FILE), model_config)

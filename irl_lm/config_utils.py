@@ -164,3 +164,29 @@ def text_task_config(
                 kind="decode", every=5000, max_examples=512, method="greedy", calculator=True
             )
     return config
+
+
+# ----------------------------------------------------------------------------- sweeps
+# `sweep(arg)` in a config file lists its points (`python -m irl_lm.sweep`): dicts of dotted
+# config fields, optionally with the point's `config_arg`.
+
+PAPER_LAMBDAS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0)  # IQLearn's λ grid (PAPER.md; 0 is MLE)
+SEEDS = (0, 1, 2)
+
+
+def grid(config_arg: str | None = None, **axes) -> list[dict]:
+    """The product of `axes` (dotted field -> values), the first axis slowest, e.g.
+    `grid("loss=iqlearn", **{"loss.lam": PAPER_LAMBDAS, "seed": SEEDS})`."""
+    points = [{"config_arg": config_arg} if config_arg else {}]
+    for field, values in axes.items():
+        points = [p | {field: v} for p in points for v in values]
+    return points
+
+
+def text_task_sweep(arg: str | None = None) -> list[dict]:
+    """The sweeps of the paper-task configs: "lambda" (default), the paper's λ grid × 3
+    seeds of `mode=full` IQLearn; "tiny", the same grid on the `mode=tiny` smoke config."""
+    mode = {None: "full", "lambda": "full", "tiny": "tiny"}.get(arg)
+    if mode is None:
+        raise ValueError(f"sweep arg {arg!r}; allowed: lambda (the default), tiny")
+    return grid(f"mode={mode},loss=iqlearn", **{"loss.lam": PAPER_LAMBDAS, "seed": SEEDS})

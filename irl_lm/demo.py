@@ -2,16 +2,18 @@
 
 Trains `configs/demo.py` once per loss (same seed and data) in `<workdir>/<run>`, evaluates
 each against the exact expert, and prints the table; each run's `results.json` holds its row.
+The runs are listed in `<workdir>/sweep.json` like a sweep's points, and `irl_lm.report`
+writes their tables and plots (`pareto.png`) into `<workdir>/report/`. Rerunning skips
+finished runs.
 """
 
-import json
 import os
 import time
 
 from absl import app, flags
 
 from configs import demo as demo_config
-from irl_lm import train
+from irl_lm import files, report, sweep, train
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Parent directory of the runs.")
 _RUNS = flags.DEFINE_multi_string(
@@ -62,7 +64,7 @@ def main(argv):
     del argv
     train.quiet_library_logs()
     started = time.perf_counter()
-    rows, reference = [], None
+    rows, reference, points = [], None, []
     for arg in _RUNS.value:
         config = demo_config.get_config(arg)
         if _STEPS.value:
@@ -71,10 +73,11 @@ def main(argv):
         workdir = os.path.join(_WORKDIR.value, run_name(arg))
         if config.loss.name == "gail":  # GAIL fine-tunes the MLE run (PAPER.md §4)
             config.init_from = os.path.join(_WORKDIR.value, "mle")
-            if not os.path.isdir(config.init_from):
+            if not files.path(config.init_from).is_dir():
                 raise ValueError("--run=loss=gail fine-tunes the MLE run: add --run=loss=mle "
                                  "before it")  # fmt: skip
         results = train.train_and_evaluate(config, workdir)
+        points.append({"name": run_name(arg), "config_arg": arg, "overrides": {}, "status": "done"})
         rows.append(
             {
                 "method": config.loss.name,
@@ -87,16 +90,18 @@ def main(argv):
             reference = results["eval_reference"]["expert"]
     rows.append({"method": "expert", "setting": "-", "steps_per_sec": None} | reference)
     table = format_table(rows)
-    with open(os.path.join(_WORKDIR.value, "table.txt"), "w") as f:
-        f.write(table + "\n")
-    with open(os.path.join(_WORKDIR.value, "results.json"), "w") as f:
-        json.dump(rows, f, indent=2)
+    files.write_text(files.path(_WORKDIR.value, "table.txt"), table + "\n")
+    files.write_json(files.path(_WORKDIR.value, "results.json"), rows)
+    info = {"config": "configs/demo.py", "commit": sweep.git_commit(), "points": points}
+    files.write_json(files.path(_WORKDIR.value, sweep.SWEEP_FILE), info)
+    written = report.write_report(_WORKDIR.value)
     print(f"\nSynthetic expert, {len(_RUNS.value)} runs, {time.perf_counter() - started:.0f} s")
     print(
         "KL in nats per token; reverse KL of the policy restricted to valid sequences; "
         "Self-BLEU of 4 samples per input (lower = more diverse)."
     )
     print(table)
+    print(f"\nReport (tables, pareto.png, curves.png): {written['dir']}/")
 
 
 if __name__ == "__main__":

@@ -10,14 +10,13 @@ writes their scalars to TensorBoard under `eval/<name>/` at that step and to
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import ml_collections
 from absl import app, flags, logging
 from clu import metric_writers
 
-from irl_lm import checkpointing, evaluation, sharding, train
+from irl_lm import checkpointing, evaluation, files, sharding, train
 from irl_lm.data import tasks
 from irl_lm.losses import make_loss
 from irl_lm.models import build_model
@@ -28,14 +27,13 @@ _EVALS = flags.DEFINE_list("evals", [], "Evaluators to run (default: all of conf
 
 
 def evaluate(workdir: str, step: int | None = None, names=()) -> dict:
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(files.read_json(files.path(workdir, "config.json")))
     unknown = sorted(set(names) - set(config.evals))
     if unknown:
         raise ValueError(f"--evals {unknown} not in config.evals: {sorted(config.evals)}")
     if names:
         config.evals = {name: config.evals[name] for name in names}
-    path = workdir if step is None else os.path.join(workdir, "checkpoints", str(step))
+    path = workdir if step is None else str(files.path(workdir, "checkpoints", str(step)))
     source = checkpointing.parse_init_from(path)
     model = build_model(source.model_config())
     mesh = sharding.make_mesh(config.mesh)
@@ -59,8 +57,8 @@ def evaluate(workdir: str, step: int | None = None, names=()) -> dict:
             logging.info("eval/%s at step %d: %s", name, source.step, scalars)
         writer.flush()
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, f"eval-{source.step}.json"), "w") as f:
-            json.dump({"step": source.step, "eval": results}, f, indent=2, default=float)
+        path = files.path(workdir, f"eval-{source.step}.json")
+        files.write_json(path, {"step": source.step, "eval": results})
     return {"step": source.step, "eval": results}
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 from collections.abc import Callable, Mapping
 
 import jax
@@ -17,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from irl_lm import decoding, sharding
+from irl_lm import decoding, files, sharding
 from irl_lm.data import pipeline, text_tasks
 from irl_lm.data.synthetic import EOS_ID
 from irl_lm.data.tasks import expert_from_config, feature_lengths, get_task
@@ -336,12 +335,13 @@ class DecodeEvaluator:
         if entropies:
             results["entropy"] = float(np.mean(entropies[: len(self.targets)]))
         if self.ctx.workdir and jax.process_index() == 0:
-            folder = os.path.join(self.ctx.workdir, "predictions", self.name)
-            os.makedirs(folder, exist_ok=True)
-            with open(os.path.join(folder, f"{step}.jsonl"), "w") as f:
-                for x, y, p, s in zip(self.inputs, self.targets, predictions, scores, strict=True):
-                    f.write(json.dumps({"input": x, "target": y, "predictions": p, "scores": s})
-                            + "\n")  # fmt: skip
+            rows = zip(self.inputs, self.targets, predictions, scores, strict=True)
+            lines = [
+                json.dumps({"input": x, "target": y, "predictions": p, "scores": s}) + "\n"
+                for x, y, p, s in rows
+            ]
+            path = files.path(self.ctx.workdir, "predictions", self.name, f"{step}.jsonl")
+            files.write_text(path, "".join(lines))
         texts = {
             "samples": "\n\n".join(
                 f"input: {x[:300]}  \ntarget: {y}  \nprediction: {p[0]}"

@@ -10,10 +10,8 @@ and policy samples come from `irl_lm.decoding.sample`, which is jittable inside 
 from __future__ import annotations
 
 import functools
-import json
 import logging as pylogging
 import math
-import os
 import signal
 import threading
 import time
@@ -26,7 +24,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from irl_lm import checkpointing, evaluation, gail, online, sharding, train_step
+from irl_lm import checkpointing, evaluation, files, gail, online, sharding, train_step
 from irl_lm.data import pipeline, tasks
 from irl_lm.losses import LOSSES, make_loss
 from irl_lm.models import build_model, is_decoder_only, resolve_preset
@@ -145,8 +143,7 @@ def write_model_info(path: str, params, param_shardings) -> None:
         total += math.prod(leaf.shape)
         lines.append(f"{name}\t{tuple(leaf.shape)}\t{leaf.dtype}\t{s.spec}")
     lines.append(f"total parameters: {total:,}")
-    with open(path, "w") as f:
-        f.write("path\tshape\tdtype\tsharding\n" + "\n".join(lines) + "\n")
+    files.write_text(path, "path\tshape\tdtype\tsharding\n" + "\n".join(lines) + "\n")
 
 
 def quiet_library_logs() -> None:
@@ -172,15 +169,29 @@ def _on_sigterm(signum, frame):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains `config` in `workdir` (resuming from its latest checkpoint); returns results."""
+    """Trains `config` in `workdir` (resuming from its latest checkpoint); returns results.
+
+    A workdir whose `results.json` records a finished run (`config.total_steps` reached)
+    is not trained again: its results are returned at once. `results.json` is written only
+    when the run reaches `config.total_steps` (a SIGTERM stop leaves its checkpoint).
+    """
     validate_config(config)
+    done = files.finished_results(workdir, config.total_steps)
+    if done is not None:
+        logging.info(
+            "%s already finished (%s says step %d of %d): nothing to do",
+            workdir,
+            files.RESULTS_FILE,
+            done["step"],
+            config.total_steps,
+        )
+        return done
     config, source = resolve_config(config)
-    os.makedirs(workdir, exist_ok=True)
+    files.path(workdir).mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
     model_config = resolve_model_config(config, source)
     if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        files.write_text(files.path(workdir, "config.json"), config.to_json_best_effort(indent=2))
         checkpointing.write_model_config(workdir, model_config)
         if config.task.get("vocabulary"):  # the workdir carries its tokenizer, for export
             save_vocabulary_files(config.task.vocabulary, workdir)
@@ -233,9 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 )
             metadata = {"data_position": 0}
         if is_main:
-            write_model_info(
-                os.path.join(workdir, "model-info.txt"), state.params, shardings.params
-            )
+            write_model_info(files.path(workdir, "model-info.txt"), state.params, shardings.params)
 
         # Online losses sample from the policy each step: online IQLearn for a fraction
         # alpha of the batch's inputs, GAIL for all of them.
@@ -286,7 +295,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 checkpointer.save(step, state, {"data_position": train_iter.position})
                 last_saved = step
 
+        evaluated_at = None
+
         def run_evals(step, final=False):
+            nonlocal evaluated_at
+            evaluated_at = step if final else evaluated_at
             for name, (every, evaluator) in evaluators.items():
                 if final or (every and step % every == 0):
                     started = time.perf_counter()
@@ -331,6 +344,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if pending is not None:
                 _report(pending, writer, timer, config, last_saved, checkpointer)
             save(step)
+            if step == config.total_steps and evaluated_at != step:  # resumed at the end
+                run_evals(step, final=True)
         finally:
             signal.signal(signal.SIGTERM, previous_handler)
             checkpointer.close()
@@ -341,9 +356,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "steps_per_sec": timer.steps_per_sec(),
         "loss": dict(config.loss),
     }
-    if is_main:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2, default=float)
+    if is_main and step >= config.total_steps:
+        files.write_json(files.path(workdir, files.RESULTS_FILE), results)
     return results
 
 

@@ -15,13 +15,12 @@ import json
 import math
 import os
 import re
-import shutil
 from collections.abc import Callable, Iterator, Mapping
 
 import jax
 import numpy as np
 
-from irl_lm import sharding
+from irl_lm import files, sharding
 from irl_lm.models import decoder_only, t5
 from irl_lm.models.safetensors_io import read_folder, write_folder
 
@@ -235,11 +234,12 @@ def _fetch(array) -> np.ndarray:
 def copy_tokenizer(source: str, folder: str) -> list[str]:
     """Copies the tokenizer files `source` has into `folder`; returns their names."""
     copied = []
-    os.makedirs(folder, exist_ok=True)
+    if files.path(source) == files.path(folder):
+        return copied
     for filename in TOKENIZER_FILES:
-        path, target = os.path.join(source, filename), os.path.join(folder, filename)
-        if os.path.exists(path) and not (os.path.exists(target) and os.path.samefile(path, target)):
-            shutil.copyfile(path, target)
+        path = files.path(source, filename)
+        if path.exists():
+            files.copy(path, files.path(folder, filename))
             copied.append(filename)
     return copied
 
@@ -249,8 +249,8 @@ def save_vocabulary_files(vocabulary: str, folder: str) -> list[str]:
     a ByT5 `tokenizer_config.json` with seqio's default of no extra ids)."""
     if vocabulary != "byte":
         return copy_tokenizer(vocabulary, folder)
-    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
-        json.dump({"tokenizer_class": "ByT5Tokenizer", "extra_ids": 0}, f)
+    byte_config = {"tokenizer_class": "ByT5Tokenizer", "extra_ids": 0}
+    files.write_json(files.path(folder, "tokenizer_config.json"), byte_config)
     return ["tokenizer_config.json"]
 
 
@@ -258,8 +258,8 @@ def save_vocabulary_files(vocabulary: str, folder: str) -> list[str]:
 
 
 def has_vocabulary(folder: str) -> bool:
-    files = (*SENTENCEPIECE_FILES, "tokenizer.json")
-    return any(os.path.exists(os.path.join(folder, f)) for f in files) or _is_byt5(folder)
+    names = (*SENTENCEPIECE_FILES, "tokenizer.json")
+    return any(files.path(folder, f).exists() for f in names) or _is_byt5(folder)
 
 
 def load_vocabulary(folder: str):
@@ -276,13 +276,13 @@ def load_vocabulary(folder: str):
     import seqio  # imported here: seqio brings TensorFlow, which model code does not need
 
     for filename, default_extra_ids in zip(SENTENCEPIECE_FILES, (100, 0), strict=True):
-        path = os.path.join(folder, filename)
-        if os.path.exists(path):
+        path = files.path(folder, filename)
+        if path.exists():
             extra_ids = _extra_ids(folder, default=default_extra_ids)
-            return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+            return seqio.SentencePieceVocabulary(str(path), extra_ids=extra_ids)
     if _is_byt5(folder):
         return seqio.ByteVocabulary(extra_ids=_extra_ids(folder, default=125))
-    if os.path.exists(os.path.join(folder, "tokenizer.json")):
+    if files.path(folder, "tokenizer.json").exists():
         from irl_lm.models.tokenizer_json import TokenizerJsonVocabulary
 
         return TokenizerJsonVocabulary(folder)
@@ -293,11 +293,8 @@ def load_vocabulary(folder: str):
 
 
 def _tokenizer_config(folder: str) -> dict:
-    path = os.path.join(folder, "tokenizer_config.json")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
+    path = files.path(folder, "tokenizer_config.json")
+    return files.read_json(path) if path.exists() else {}
 
 
 def _is_byt5(folder: str) -> bool:

@@ -1,0 +1,78 @@
+"""Workdir files through one path library: `etils.epath`, which Orbax uses too.
+
+A workdir may be a local folder or a bucket (`gs://bucket/sweeps/lam`, through
+`tf.io.gfile`): every read and write of workdir files (config, model, results, tokenizer
+copy, predictions, sweep files) goes through here, never `open()` or `os.path`. Text and
+JSON are written atomically (a temporary name in the same folder, then a rename), so a
+reader never sees half a file; callers write from process 0 only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any
+
+from etils import epath
+
+Path = epath.Path
+
+
+def path(*parts: str | os.PathLike) -> epath.Path:
+    """`parts` joined: a local path (made absolute) or a URI such as `gs://bucket/dir`."""
+    joined = epath.Path(*parts)
+    return joined if is_remote(joined) else epath.Path(os.path.abspath(joined))
+
+
+def is_remote(p: str | os.PathLike) -> bool:
+    return "://" in os.fspath(p)
+
+
+def write_bytes(p: str | os.PathLike, data: bytes) -> None:
+    """Writes `data` to `p` atomically, creating its folder."""
+    p = path(p)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.parent / f".{p.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.write_bytes(data)
+    tmp.replace(p)
+
+
+def write_text(p: str | os.PathLike, text: str) -> None:
+    write_bytes(p, text.encode())
+
+
+def write_json(p: str | os.PathLike, value: Any) -> None:
+    write_text(p, json.dumps(value, indent=2, default=float) + "\n")
+
+
+def read_json(p: str | os.PathLike) -> Any:
+    """The JSON in `p`; a file that does not parse fails naming it."""
+    p = path(p)
+    text = p.read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p}: not valid JSON ({e})") from None
+
+
+def copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copies the file `src` to `dst` (overwriting), through a temporary name."""
+    dst = path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"
+    path(src).copy(tmp, overwrite=True)
+    tmp.replace(dst)
+
+
+RESULTS_FILE = "results.json"  # written by the trainer when a run reaches config.total_steps
+
+
+def finished_results(workdir: str | os.PathLike, total_steps: int) -> dict | None:
+    """The workdir's `results.json` when it records a run of at least `total_steps` steps,
+    else None (no run, an unfinished one, or one asked now to train for longer)."""
+    p = path(workdir, RESULTS_FILE)
+    if not p.exists():
+        return None
+    results = read_json(p)
+    return results if int(results.get("step", -1)) >= int(total_steps) else None

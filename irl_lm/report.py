@@ -1,0 +1,476 @@
+"""Reads a sweep back as tables and plots.
+
+    python -m irl_lm.report DIR [--group_by=lam,beta] [--x=expert/validity --y=expert/self_bleu]
+
+Reads every point's `results.json` and TensorBoard events (the points of `DIR/sweep.json`,
+else every sub-folder with a `config.json`) and writes into `DIR/report/`:
+
+- `results.csv` / `results.md`: one row per point (its overrides, status, final step, every
+  final eval scalar); unfinished points keep their row, marked, with empty values;
+- `groups.csv` / `groups.md`: one row per group (points that differ only in `seed`, or in
+  what `--group_by` leaves out) with `<scalar>_mean`, `<scalar>_sem` (standard error, ddof 1)
+  and `n`;
+- `pareto.png`: the task metric against Self-BLEU, a marker per group with standard-error
+  bars, and the expert's reference where the evaluator has one;
+- `curves.png`: learning curves (default: the training loss and the x metric), mean over
+  seeds with a standard-error band;
+- `<metric>_vs_<field>.png`: the x and y metrics against each swept numeric field.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from absl import app, flags
+from scipy import stats
+
+from irl_lm import files
+from irl_lm.sweep import SWEEP_FILE
+from irl_lm.sweep import format_value as _fmt_value
+
+_GROUP_BY = flags.DEFINE_list(
+    "group_by", None, "Override fields that define a group (default: every swept field but seed)."
+)
+_X = flags.DEFINE_string("x", None, "Task metric of pareto.png (default: the first known).")
+_Y = flags.DEFINE_string("y", None, "Diversity metric of pareto.png (default: a self_bleu).")
+_CURVES = flags.DEFINE_list("curves", None, "Scalars of curves.png (default: train/loss, x).")
+
+REPORT_DIR = "report"
+# Task metrics in the order the x axis takes them by default, with their units.
+TASK_METRICS = {
+    "validity": "fraction of valid samples",
+    "accuracy": "%",
+    "rouge1": "0-100",
+    "rougeLsum": "0-100",
+    "bleu": "0-100",
+    "chrf": "0-100",
+}
+UNITS = TASK_METRICS | {
+    "self_bleu": "0-100, lower = more diverse",
+    "forward_kl": "nats/token",
+    "reverse_kl": "nats/token",
+    "entropy": "nats/token",
+    "loss": "nats/token",
+    "length": "tokens",
+}
+
+
+@dataclasses.dataclass
+class PointResult:
+    name: str
+    overrides: dict
+    config_arg: str | None
+    status: str  # "done", or why there are no results (e.g. "unfinished", "failed")
+    step: int | None
+    scalars: dict[str, float]  # "<evaluator>/<metric>" and steps_per_sec
+    reference: dict[str, float]  # the evaluators' ground-truth rows (the expert's own)
+    workdir: str
+
+
+def _flatten(evals: dict) -> dict[str, float]:
+    return {f"{ev}/{k}": float(v) for ev, scalars in evals.items() for k, v in scalars.items()}
+
+
+def load_points(sweep_dir: str) -> tuple[dict, list[PointResult]]:
+    """The sweep's info (sweep.json without its points) and every point's results."""
+    sweep_file = files.path(sweep_dir, SWEEP_FILE)
+    if sweep_file.exists():
+        info = files.read_json(sweep_file)
+        listed = info.pop("points")
+    else:
+        info, listed = {}, []
+        for sub in sorted(files.path(sweep_dir).iterdir(), key=lambda p: p.name):
+            if (sub / "config.json").exists():
+                listed.append({"name": sub.name, "overrides": {}, "config_arg": None})
+    points = []
+    for entry in listed:
+        workdir = files.path(sweep_dir, entry["name"])
+        results_file = workdir / files.RESULTS_FILE
+        results = files.read_json(results_file) if results_file.exists() else None
+        listed_status = entry.get("status")
+        status = (
+            "done"
+            if results
+            else (listed_status if listed_status not in (None, "done") else "unfinished")
+        )
+        scalars = _flatten(results["eval"]) if results else {}
+        if results and results.get("steps_per_sec") is not None:
+            scalars["steps_per_sec"] = float(results["steps_per_sec"])
+        points.append(
+            PointResult(
+                entry["name"],
+                dict(entry.get("overrides") or {}),
+                entry.get("config_arg"),
+                status,
+                results["step"] if results else None,
+                scalars,
+                _flatten(results.get("eval_reference", {})) if results else {},
+                str(workdir),
+            )
+        )
+    return info, points
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def swept_fields(points: Sequence[PointResult]) -> list[str]:
+    """The override fields, in first-seen order, with "config_arg" first when it varies."""
+    fields = list(dict.fromkeys(k for p in points for k in p.overrides))
+    if len({p.config_arg for p in points}) > 1:
+        fields.insert(0, "config_arg")
+    return fields
+
+
+def _field(point: PointResult, field: str):
+    return point.config_arg if field == "config_arg" else point.overrides.get(field)
+
+
+def _label(field: str) -> str:
+    return field.rsplit(".", 1)[-1]
+
+
+def scalar_names(points: Sequence[PointResult]) -> list[str]:
+    return list(dict.fromkeys(k for p in points for k in p.scalars))
+
+
+@dataclasses.dataclass
+class Group:
+    key: tuple  # the values of the group-by fields
+    label: str  # e.g. "lam=0.3"
+    points: list[PointResult]
+
+    def values(self, scalar: str) -> np.ndarray:
+        return np.array([p.scalars[scalar] for p in self.points if scalar in p.scalars])
+
+    def mean_sem(self, scalar: str) -> tuple[float, float]:
+        values = self.values(scalar)
+        if not len(values):
+            return math.nan, math.nan
+        sem = float(stats.sem(values, ddof=1)) if len(values) > 1 else math.nan
+        return float(np.mean(values)), sem
+
+
+def group_points(points: Sequence[PointResult], group_by: Sequence[str]) -> list[Group]:
+    """Finished points grouped by the values of `group_by`, in first-seen order."""
+    groups: dict[tuple, Group] = {}
+    for point in points:
+        if point.status != "done":
+            continue
+        key = tuple(_field(point, f) for f in group_by)
+        label = (
+            ",".join(
+                f"{_label(f)}={_fmt_value(v)}" if f != "config_arg" else str(v)
+                for f, v in zip(group_by, key, strict=True)
+            )
+            or point.name
+        )
+        groups.setdefault(key, Group(key, label if group_by else "all", [])).points.append(point)
+    return list(groups.values())
+
+
+def _csv(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow(
+            [
+                ""
+                if v is None or (isinstance(v, float) and math.isnan(v))
+                else repr(v)
+                if isinstance(v, float)
+                else v
+                for v in row
+            ]
+        )
+    return out.getvalue()
+
+
+def _md(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _num(value: float) -> str:
+    return "" if value is None or math.isnan(value) else f"{value:.4g}"
+
+
+def results_tables(points, fields, scalars) -> tuple[str, str]:
+    header = ["name", *fields, "status", "step", *scalars]
+    rows = [
+        [
+            p.name,
+            *[_field(p, f) for f in fields],
+            p.status,
+            p.step,
+            *[p.scalars.get(s) for s in scalars],
+        ]
+        for p in points
+    ]
+    md_rows = [
+        [
+            *r[: len(fields) + 3],
+            "" if r[len(fields) + 3] is None else r[len(fields) + 3],
+            *[_num(v) if v is not None else "" for v in r[len(fields) + 4 :]],
+        ]
+        for r in rows
+    ]
+    return _csv(header, rows), _md(header, md_rows)
+
+
+def group_tables(groups, group_by, scalars) -> tuple[str, str]:
+    header = [*group_by, "n"]
+    for s in scalars:
+        header += [f"{s}_mean", f"{s}_sem"]
+    rows, md_rows = [], []
+    for g in groups:
+        stats_ = [g.mean_sem(s) for s in scalars]
+        rows.append([*g.key, len(g.points), *[v for pair in stats_ for v in pair]])
+        md_rows.append(
+            [
+                *[_fmt_value(v) for v in g.key],
+                len(g.points),
+                *[f"{_num(m)} ± {_num(e)}" if not math.isnan(e) else _num(m) for m, e in stats_],
+            ]
+        )
+    return _csv(header, rows), _md([*group_by, "n", *scalars], md_rows)
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _axis_label(metric: str) -> str:
+    unit = UNITS.get(metric.rsplit("/", 1)[-1])
+    return f"{metric} ({unit})" if unit else metric
+
+
+def default_x(scalars: Sequence[str]) -> str | None:
+    for metric in TASK_METRICS:
+        for s in scalars:
+            if s.endswith("/" + metric):
+                return s
+    return None
+
+
+def default_y(scalars: Sequence[str], x: str | None) -> str | None:
+    same = f"{x.rsplit('/', 1)[0]}/self_bleu" if x else None
+    if same in scalars:
+        return same
+    return next((s for s in scalars if s.endswith("/self_bleu")), None)
+
+
+def _figure(title: str, ncols: int = 1):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, ncols, figsize=(6.4 * ncols, 4.8), dpi=120, squeeze=False)
+    fig.suptitle(title, fontsize=10)
+    return fig, axes[0]
+
+
+def _save(fig, path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    files.write_bytes(path, buffer.getvalue())
+
+
+def pareto_plot(groups, x, y, reference, title, path) -> None:
+    fig, (ax,) = _figure(title)
+    for i, g in enumerate(groups):
+        (mx, ex), (my, ey) = g.mean_sem(x), g.mean_sem(y)
+        ax.errorbar(
+            mx,
+            my,
+            xerr=np.nan_to_num(ex),
+            yerr=np.nan_to_num(ey),
+            fmt="o",
+            capsize=3,
+            color=f"C{i % 10}",
+            label=f"{g.label} (n={len(g.points)})",
+        )
+        ax.annotate(g.label, (mx, my), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    if x in reference and y in reference:
+        ax.plot(reference[x], reference[y], "k*", markersize=12, label="reference (expert)")
+    ax.set_xlabel(_axis_label(x))
+    ax.set_ylabel(_axis_label(y))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    _save(fig, path)
+
+
+def read_scalar_events(workdir: str) -> dict[str, list[tuple[int, float]]]:
+    """tag -> [(step, value)] of the workdir's TensorBoard scalars (every event file)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+
+    events = EventAccumulator(workdir, size_guidance={"tensors": 0})
+    events.Reload()
+    out = {}
+    for tag in events.Tags()["tensors"]:
+        values = [(e.step, tensor_util.make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)]
+        if values and values[0][1].dtype != object:
+            out[tag] = sorted(dict((s, float(v)) for s, v in values).items())
+    return out
+
+
+def curves_plot(groups, tags, events, title, path) -> None:
+    fig, axes = _figure(title, ncols=len(tags))
+    for ax, tag in zip(axes, tags, strict=True):
+        for i, g in enumerate(groups):
+            series = [dict(events[p.name].get(tag, [])) for p in g.points]
+            steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
+            if not steps:
+                continue
+            values = np.array([[s[step] for step in steps] for s in series])
+            mean = values.mean(0)
+            ax.plot(steps, mean, color=f"C{i % 10}", label=f"{g.label} (n={len(g.points)})")
+            if len(values) > 1:
+                sem = stats.sem(values, axis=0, ddof=1)
+                ax.fill_between(steps, mean - sem, mean + sem, color=f"C{i % 10}", alpha=0.2)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(_axis_label(tag))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def field_plot(groups, group_by, field, metric, title, path) -> None:
+    """`metric` against the swept `field`, one line per value of the other group fields."""
+    fig, (ax,) = _figure(title)
+    index = group_by.index(field)
+    lines: dict[tuple, list] = {}
+    for g in groups:
+        lines.setdefault(g.key[:index] + g.key[index + 1 :], []).append(g)
+    xs_all = sorted({float(g.key[index]) for g in groups})
+    for i, (rest, members) in enumerate(lines.items()):
+        members = sorted(members, key=lambda g: float(g.key[index]))
+        xs = [float(g.key[index]) for g in members]
+        ms, es = zip(*(g.mean_sem(metric) for g in members), strict=True)
+        others = [f for f in group_by if f != field]
+        label = ",".join(f"{_label(f)}={_fmt_value(v)}" for f, v in zip(others, rest, strict=True))
+        ax.errorbar(
+            xs,
+            ms,
+            yerr=np.nan_to_num(es),
+            fmt="o-",
+            capsize=3,
+            color=f"C{i % 10}",
+            label=(label or metric) + f" (n={len(members[0].points)} per point)",
+        )
+    positive = [x for x in xs_all if x > 0]
+    if positive and max(positive) / min(positive) >= 20:  # a log grid, 0 included (symlog)
+        ax.set_xscale("symlog", linthresh=min(positive))
+        ax.set_xticks(xs_all, [_fmt_value(x) for x in xs_all])
+    ax.set_xlabel(field)
+    ax.set_ylabel(_axis_label(metric))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def write_report(
+    sweep_dir: str,
+    *,
+    group_by: Sequence[str] | None = None,
+    x: str | None = None,
+    y: str | None = None,
+    curves: Sequence[str] | None = None,
+) -> dict:
+    """Writes `sweep_dir/report/`; returns what it wrote and the points it could not use."""
+    info, points = load_points(sweep_dir)
+    if not points:
+        raise ValueError(f"{sweep_dir}: no {SWEEP_FILE} and no sub-folder with a config.json")
+    fields = swept_fields(points)
+    if group_by is None:
+        group_by = [f for f in fields if _label(f) != "seed"]
+    unknown = [f for f in group_by if f not in fields]
+    if unknown:
+        raise ValueError(f"--group_by={unknown} are not swept fields; swept: {fields}")
+    scalars = scalar_names(points)
+    groups = group_points(points, group_by)
+    out = files.path(sweep_dir, REPORT_DIR)
+    written = []
+
+    def write(name: str, text: str) -> None:
+        files.write_text(out / name, text)
+        written.append(name)
+
+    results_csv, results_md = results_tables(points, fields, scalars)
+    groups_csv, groups_md = group_tables(groups, group_by, scalars)
+    missing = [p for p in points if p.status != "done"]
+    title_bits = [os.path.basename(os.path.normpath(str(sweep_dir)))]
+    if info.get("config"):
+        title_bits.append(
+            info["config"] + (f" sweep({info['sweep_arg']})" if info.get("sweep_arg") else "")
+        )
+    if info.get("commit"):
+        title_bits.append(f"commit {info['commit'][:12]}")
+    title = "  ·  ".join(title_bits)
+    note = "".join(f"- {p.name}: {p.status}\n" for p in missing)
+    write("results.csv", results_csv)
+    write(
+        "results.md",
+        f"# {title}\n\n{results_md}"
+        + (f"\nNot finished ({len(missing)}):\n\n{note}" if missing else ""),
+    )
+    write("groups.csv", groups_csv)
+    write("groups.md", f"# {title}\n\nmean ± standard error over n points per group\n\n{groups_md}")
+    x = x or default_x(scalars)
+    y = y or default_y(scalars, x)
+    reference = next((p.reference for p in points if p.reference), {})
+    if groups and x and y:
+        pareto_plot(groups, x, y, reference, title, out / "pareto.png")
+        written.append("pareto.png")
+        events = {p.name: read_scalar_events(p.workdir) for g in groups for p in g.points}
+        tags = list(curves) if curves else ["train/loss", *([f"eval/{x}"] if x else [])]
+        curves_plot(groups, tags, events, title, out / "curves.png")
+        written.append("curves.png")
+        for field in group_by:
+            numeric = all(isinstance(g.key[group_by.index(field)], int | float) for g in groups)
+            if numeric and len({g.key[group_by.index(field)] for g in groups}) > 1:
+                for metric in dict.fromkeys([x, y]):
+                    name = f"{metric.replace('/', '_')}_vs_{_label(field)}.png"
+                    field_plot(groups, list(group_by), field, metric, title, out / name)
+                    written.append(name)
+    return {
+        "dir": str(out),
+        "written": written,
+        "missing": [(p.name, p.status) for p in missing],
+        "x": x,
+        "y": y,
+        "groups": len(groups),
+    }
+
+
+def main(argv):
+    if len(argv) != 2:
+        raise app.UsageError("usage: python -m irl_lm.report DIR [--group_by=...] [--x= --y=]")
+    report = write_report(
+        argv[1], group_by=_GROUP_BY.value, x=_X.value, y=_Y.value, curves=_CURVES.value
+    )
+    print(f"report of {argv[1]}: {report['groups']} groups, x={report['x']}, y={report['y']}")
+    for name in report["written"]:
+        print(f"  {report['dir']}/{name}")
+    for name, status in report["missing"]:
+        print(f"  not finished: {name} ({status})")
+
+
+if __name__ == "__main__":
+    app.run(main)

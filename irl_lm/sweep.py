@@ -1,0 +1,442 @@
+"""Runs a sweep: every point of a config file's `sweep(arg)` as its own `irl_lm.main` process.
+
+    python -m irl_lm.sweep --config=configs/demo.py --workdir=workdirs/lambda --parallel=2
+    python -m irl_lm.sweep --config=configs/demo.py --sweep_arg=entropy --workdir=DIR \
+        [--only=REGEX] [--dry_run] [--print_commands] [--config.total_steps=500 ...]
+
+A config file defines its sweeps beside `get_config`: `sweep(arg=None) -> list[dict]`, one
+dict per point of `config` field overrides by dotted path (`{"loss.lam": 0.3, "seed": 1}`),
+optionally with `config_arg` (the `get_config` arg of that point, e.g. "loss=iqlearn") and
+`name`. Each point gets a readable, filesystem-safe name from its overrides
+(`lam=0.3,seed=1`) and trains in `DIR/<name>`, logging to `DIR/<name>/log.txt`. Every point
+is checked before anything runs: an unknown field, a value the command line cannot carry, or
+two points with one name fail, naming them.
+
+A point whose `results.json` records a finished run is skipped; an unfinished one is run
+again in its workdir, so it resumes from its checkpoint. A failing point does not stop the
+others; the summary names it, its exit code and its log, and the exit code is 1.
+`DIR/sweep.json` records every point (overrides, command, status, exit code, duration) and
+the code's git commit. `--print_commands` prints the `irl_lm.main` arguments of each point
+still to run, one point a line, for a cluster launcher (README: "Sweeps").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from irl_lm import files
+
+SWEEP_FILE = "sweep.json"
+LOG_FILE = "log.txt"
+
+_CONFIG = flags.DEFINE_string("config", None, "Config file[:arg]; the file defines sweep(arg).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the points' workdirs.")
+_SWEEP_ARG = flags.DEFINE_string("sweep_arg", None, "The arg of the file's sweep(arg).")
+_PARALLEL = flags.DEFINE_integer("parallel", 1, "Points run at the same time.")
+_ONLY = flags.DEFINE_string("only", None, "Run only the points whose name matches this regex.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "List the points and their commands; run nothing.")
+_PRINT = flags.DEFINE_bool(
+    "print_commands", False, "Print each unfinished point's irl_lm.main arguments, one a line."
+)
+
+
+@dataclasses.dataclass
+class Point:
+    name: str
+    overrides: dict[str, Any]  # dotted config field -> value
+    config_arg: str | None  # get_config's arg for this point
+    args: list[str]  # the irl_lm.main arguments
+    workdir: str
+    total_steps: int
+    status: str = "pending"  # pending | running | done | failed | interrupted
+    skipped: bool = False  # finished before this invocation
+    returncode: int | None = None
+    duration_s: float | None = None
+
+    @property
+    def log(self) -> str:
+        return str(files.path(self.workdir, LOG_FILE))
+
+    def record(self) -> dict:
+        fields = (
+            "name",
+            "overrides",
+            "config_arg",
+            "workdir",
+            "status",
+            "skipped",
+            "returncode",
+            "duration_s",
+        )
+        command = [sys.executable, "-m", "irl_lm.main", *self.args]
+        return {k: getattr(self, k) for k in fields} | {"command": command, "log": self.log}
+
+
+# ----------------------------------------------------------------------------- definitions
+
+
+def load_config_module(config_file: str):
+    """The config file as a module (it must define `get_config`)."""
+    if not os.path.exists(config_file):
+        raise FileNotFoundError(f"--config={config_file}: no such file")
+    spec = importlib.util.spec_from_file_location("_sweep_config", config_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def sweep_definition(module, config_file: str, sweep_arg: str | None) -> list[dict]:
+    if not hasattr(module, "sweep"):
+        raise ValueError(
+            f"{config_file} defines no sweep(arg=None) -> list[dict] beside get_config; "
+            "add one (see configs/demo.py)"
+        )
+    points = module.sweep(sweep_arg) if sweep_arg is not None else module.sweep()
+    if not points or not all(isinstance(p, dict) for p in points):
+        raise ValueError(
+            f"{config_file}: sweep({sweep_arg!r}) must return a non-empty list of dicts"
+        )
+    return [dict(p) for p in points]
+
+
+def format_value(value: Any) -> str:
+    """A value as `--config.x=` takes it (and as it reads in a point name)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        short = format(value, "g")
+        return short if float(short) == value else repr(value)
+    return str(value)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
+
+
+def point_names(points: Sequence[dict]) -> list[str]:
+    """Readable, filesystem-safe names: `lam=0.3,seed=1`. A field is named by its last
+    component unless two swept fields share it; the `config_arg` leads when points differ
+    in it; an explicit `name` wins."""
+    fields = {k for p in points for k in p if k not in ("config_arg", "name")}
+    leaves = [k.rsplit(".", 1)[-1] for k in fields]
+    label = {
+        k: k if leaves.count(k.rsplit(".", 1)[-1]) > 1 else k.rsplit(".", 1)[-1] for k in fields
+    }
+    varied_arg = len({p.get("config_arg") for p in points}) > 1
+    names = []
+    for p in points:
+        if "name" in p:
+            names.append(_UNSAFE.sub("_", str(p["name"])))
+            continue
+        parts = [p["config_arg"]] if varied_arg and p.get("config_arg") else []
+        parts += [
+            f"{label[k]}={format_value(v)}" for k, v in p.items() if k not in ("config_arg", "name")
+        ]
+        names.append(_UNSAFE.sub("_", ",".join(parts)) or "default")
+    return names
+
+
+def _check_fields(config, overrides: dict, where: str) -> None:
+    for key in overrides:
+        node, parts = config, key.split(".")
+        for i, part in enumerate(parts):
+            if not hasattr(node, "keys") or part not in node:
+                known = sorted(node.keys()) if hasattr(node, "keys") else []
+                raise ValueError(
+                    f"{where}: config field {key!r} does not exist "
+                    f"({'.'.join(parts[:i]) or 'config'} has {known})"
+                )
+            node = node[part]
+
+
+def _resolve(spec: str, args: list[str]):
+    """The config `irl_lm.main` will build from `--config=spec` and `args`."""
+    argv = ["irl_lm.main", f"--config={spec}", *args]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", None, "", flag_values=values, lock_config=True, sys_argv=argv
+    )
+    values(argv)
+    return values.config
+
+
+def build_points(
+    config: str, workdir: str, sweep_arg: str | None = None, overrides: Sequence[str] = ()
+) -> list[Point]:
+    """Every point of `config`'s sweep, checked: fields exist, values survive the command
+    line, names are unique. `overrides`: `--config.x=y` arguments common to all points."""
+    config_file, _, base_arg = config.partition(":")
+    module = load_config_module(config_file)
+    definitions = sweep_definition(module, config_file, sweep_arg)
+    names = point_names(definitions)
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(
+            f"{config_file}: sweep({sweep_arg!r}) has several points named "
+            f"{duplicates}; make their overrides differ or give them a 'name'"
+        )
+    common = {a.split("=", 1)[0].removeprefix("--config."): a for a in overrides}
+    points = []
+    for name, definition in zip(names, definitions, strict=True):
+        where = f"{config_file}: sweep point {name!r}"
+        arg = definition.pop("config_arg", None) or base_arg or None
+        definition.pop("name", None)
+        spec = f"{config_file}:{arg}" if arg else config_file
+        _check_fields(module.get_config(arg), {**common, **definition}, where)
+        clash = sorted(set(definition) & set(common))
+        if clash:
+            raise ValueError(f"{where} sets {clash}, which the command line sets for every point")
+        point_args = [f"--config.{k}={format_value(v)}" for k, v in definition.items()]
+        try:
+            resolved = _resolve(spec, [*common.values(), *point_args])
+        except Exception as e:  # config_flags' parse errors name the flag
+            raise ValueError(f"{where} (with {list(common.values())}): {e}") from None
+        for key, value in definition.items():
+            got = resolved
+            for part in key.split("."):
+                got = got[part]
+            if got != value:
+                raise ValueError(
+                    f"{where}: {key}={value!r} reads back from the command line "
+                    f"as {got!r}; use a value of the field's type"
+                )
+        point_dir = (
+            str(files.path(workdir, name))
+            if files.is_remote(workdir)
+            else (os.path.join(workdir, name))
+        )
+        args = [f"--config={spec}", f"--workdir={point_dir}", *common.values(), *point_args]
+        points.append(Point(name, definition, arg, args, point_dir, int(resolved.total_steps)))
+    return points
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def git_commit() -> str:
+    """The code's commit, with "-dirty" when tracked files differ from it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=root).returncode != 0
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def write_sweep_file(workdir: str, info: dict, points: Sequence[Point]) -> None:
+    files.write_json(
+        files.path(workdir, SWEEP_FILE), info | {"points": [p.record() for p in points]}
+    )
+
+
+class _Runner:
+    """Runs pending points as `python -m irl_lm.main` processes, `parallel` at a time."""
+
+    def __init__(self, workdir: str, info: dict, points: list[Point], parallel: int):
+        self.workdir, self.info, self.points, self.parallel = workdir, info, points, parallel
+        self.running: dict[str, tuple[subprocess.Popen, float, Any, str]] = {}
+        self.durations: list[float] = []
+        self.stop = False
+
+    def start(self, point: Point) -> None:
+        files.path(point.workdir).mkdir(parents=True, exist_ok=True)
+        # A bucket workdir logs to a local file first, copied there when the point ends.
+        local_log = (
+            point.log
+            if not files.is_remote(point.workdir)
+            else os.path.join(tempfile.mkdtemp(prefix="irl_lm_sweep_"), LOG_FILE)
+        )
+        log = open(local_log, "a")  # noqa: SIM115 - closed in poll()
+        log.write(f"\n# sweep {self.info['commit']}: {shlex.join(point.record()['command'])}\n")
+        log.flush()
+        command = point.record()["command"]
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        self.running[point.name] = (proc, time.perf_counter(), log, local_log)
+        point.status = "running"
+        print(f"[sweep] started {point.name} (log: {point.log})", flush=True)
+
+    def poll(self) -> None:
+        for name, (proc, started, log, local_log) in list(self.running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            point = next(p for p in self.points if p.name == name)
+            if files.is_remote(point.workdir):
+                files.copy(local_log, point.log)
+            point.returncode, point.duration_s = proc.returncode, time.perf_counter() - started
+            if self.stop:
+                point.status = "interrupted"
+            else:
+                point.status = "done" if proc.returncode == 0 else "failed"
+                self.durations.append(point.duration_s)
+            del self.running[name]
+            print(
+                f"[sweep] {point.status} {name} in {point.duration_s:.0f} s "
+                f"(exit code {proc.returncode}); {self.progress()}",
+                flush=True,
+            )
+            write_sweep_file(self.workdir, self.info, self.points)
+
+    def progress(self) -> str:
+        counts = {
+            s: sum(p.status == s for p in self.points)
+            for s in ("done", "running", "failed", "pending")
+        }
+        eta = "?"
+        if self.durations:
+            left = counts["pending"] + counts["running"]
+            seconds = sum(self.durations) / len(self.durations) * math.ceil(left / self.parallel)
+            eta = f"{int(seconds) // 60}m{int(seconds) % 60:02d}s"
+        return (
+            f"{counts['done']}/{len(self.points)} done, {counts['running']} running, "
+            f"{counts['failed']} failed, ETA {eta}"
+        )
+
+    def terminate(self, signum, frame) -> None:
+        del frame
+        print(f"[sweep] signal {signum}: stopping the running points (they save a checkpoint)")
+        self.stop = True
+        for proc, *_ in self.running.values():
+            proc.send_signal(signal.SIGTERM)
+
+    def run(self) -> None:
+        previous = signal.signal(signal.SIGTERM, self.terminate)
+        try:
+            while not self.stop and any(p.status == "pending" for p in self.points):
+                while len(self.running) < self.parallel:
+                    pending = [p for p in self.points if p.status == "pending"]
+                    if not pending:
+                        break
+                    self.start(pending[0])
+                write_sweep_file(self.workdir, self.info, self.points)
+                time.sleep(0.2)
+                self.poll()
+            while self.running:
+                time.sleep(0.2)
+                self.poll()
+        except KeyboardInterrupt:
+            self.terminate(signal.SIGINT, None)
+            while self.running:
+                time.sleep(0.2)
+                self.poll()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def run_sweep(
+    config: str,
+    workdir: str,
+    *,
+    sweep_arg: str | None = None,
+    overrides: Sequence[str] = (),
+    parallel: int = 1,
+    only: str | None = None,
+    dry_run: bool = False,
+    print_commands: bool = False,
+) -> int:
+    """The sweep CLI: returns the exit code (0: every selected point finished)."""
+    if parallel < 1:
+        raise ValueError(f"--parallel={parallel} must be >= 1")
+    points = build_points(config, workdir, sweep_arg, overrides)
+    if only:
+        points = [p for p in points if re.search(only, p.name)]
+        if not points:
+            raise ValueError(f"--only={only!r} matches no point of the sweep")
+    for point in points:
+        if files.finished_results(point.workdir, point.total_steps) is not None:
+            point.status, point.skipped = "done", True
+    if print_commands:
+        todo = [p for p in points if p.status == "pending"]
+        for point in todo:
+            print(shlex.join(point.args))
+        print(
+            f"# {len(todo)} of {len(points)} points to run ({len(points) - len(todo)} finished)",
+            file=sys.stderr,
+        )
+        return 0
+    if dry_run:
+        for point in points:
+            action = "skip (finished)" if point.skipped else "run"
+            print(f"{point.name}\t{action}\t{shlex.join(point.record()['command'])}")
+        return 0
+    info = {
+        "config": config,
+        "sweep_arg": sweep_arg,
+        "overrides": list(overrides),
+        "commit": git_commit(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    skipped = sum(p.skipped for p in points)
+    print(
+        f"[sweep] {len(points)} points ({skipped} already finished), {parallel} at a time, "
+        f"in {workdir}",
+        flush=True,
+    )
+    _Runner(workdir, info, points, parallel).run()
+    write_sweep_file(workdir, info, points)
+    failed = [p for p in points if p.status != "done"]
+    print(
+        f"[sweep] {len(points) - len(failed)}/{len(points)} points finished "
+        f"({skipped} before this run); sweep file: {files.path(workdir, SWEEP_FILE)}"
+    )
+    for point in failed:
+        print(
+            f"[sweep] {point.status}: {point.name}  exit code {point.returncode}  "
+            f"log: {point.log}{_last_line(point.log)}"
+        )
+    return 1 if failed else 0
+
+
+def _last_line(log: str) -> str:
+    try:
+        lines = [line for line in files.path(log).read_text().splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return f"\n    {lines[-1][:300]}" if lines else ""
+
+
+def main(argv):
+    overrides = [a for a in argv[1:] if a.startswith("--config.")]
+    unknown = [a for a in argv[1:] if not a.startswith("--config.")]
+    if unknown:
+        raise app.UsageError(f"unexpected arguments {unknown}")
+    code = run_sweep(
+        _CONFIG.value,
+        _WORKDIR.value,
+        sweep_arg=_SWEEP_ARG.value,
+        overrides=overrides,
+        parallel=_PARALLEL.value,
+        only=_ONLY.value,
+        dry_run=_DRY_RUN.value,
+        print_commands=_PRINT.value,
+    )
+    sys.exit(code)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl parses the sweep's own flags; `--config.x=y` pass through to every point."""
+    own = [a for a in argv[1:] if not a.startswith("--config.")]
+    rest = flags.FLAGS([argv[0], *own])
+    return rest + [a for a in argv[1:] if a.startswith("--config.")]
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main, flags_parser=_parse_flags)
