@@ -27,19 +27,12 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from scipy import stats
 
 from irl_lm import files
 from irl_lm.sweep import SWEEP_FILE
 from irl_lm.sweep import format_value as _fmt_value
-
-_GROUP_BY = flags.DEFINE_list(
-    "group_by", None, "Override fields that define a group (default: every swept field but seed)."
-)
-_X = flags.DEFINE_string("x", None, "Task metric of pareto.png (default: the first known).")
-_Y = flags.DEFINE_string("y", None, "Diversity metric of pareto.png (default: a self_bleu).")
-_CURVES = flags.DEFINE_list("curves", None, "Scalars of curves.png (default: train/loss, x).")
 
 REPORT_DIR = "report"
 # Task metrics in the order the x axis takes them by default, with their units.
@@ -57,6 +50,8 @@ UNITS = TASK_METRICS | {
     "reverse_kl": "nats/token",
     "entropy": "nats/token",
     "loss": "nats/token",
+    "nll": "nats/token",
+    "td2": "squared TD error",
     "length": "tokens",
 }
 
@@ -203,45 +198,32 @@ def _num(value: float) -> str:
     return "" if value is None or math.isnan(value) else f"{value:.4g}"
 
 
-def results_tables(points, fields, scalars) -> tuple[str, str]:
-    header = ["name", *fields, "status", "step", *scalars]
-    rows = [
-        [
-            p.name,
-            *[_field(p, f) for f in fields],
-            p.status,
-            p.step,
-            *[p.scalars.get(s) for s in scalars],
-        ]
-        for p in points
-    ]
+def results_tables(points, fields, scalars, columns) -> tuple[str, str]:
+    """results.csv (every scalar) and results.md (the `columns` scalars)."""
+
+    def row(p, names, fmt):
+        step = "" if p.step is None else p.step
+        values = [fmt(p.scalars.get(s, math.nan)) for s in names]
+        return [p.name, *[_field(p, f) for f in fields], p.status, step, *values]
+
+    header = ["name", *fields, "status", "step"]
+    csv_text = _csv([*header, *scalars], [row(p, scalars, float) for p in points])
+    return csv_text, _md([*header, *columns], [row(p, columns, _num) for p in points])
+
+
+def group_tables(groups, group_by, scalars, columns) -> tuple[str, str]:
+    """groups.csv (mean and sem of every scalar) and groups.md (the `columns` scalars)."""
+    header = [*group_by, "n", *(f"{s}_{k}" for s in scalars for k in ("mean", "sem"))]
+    rows = [[*g.key, len(g.points), *(v for s in scalars for v in g.mean_sem(s))] for g in groups]
+
+    def cell(mean: float, sem: float) -> str:
+        return _num(mean) if math.isnan(sem) else f"{_num(mean)} ± {_num(sem)}"
+
     md_rows = [
-        [
-            *r[: len(fields) + 3],
-            "" if r[len(fields) + 3] is None else r[len(fields) + 3],
-            *[_num(v) if v is not None else "" for v in r[len(fields) + 4 :]],
-        ]
-        for r in rows
+        [*map(_fmt_value, g.key), len(g.points), *(cell(*g.mean_sem(s)) for s in columns)]
+        for g in groups
     ]
-    return _csv(header, rows), _md(header, md_rows)
-
-
-def group_tables(groups, group_by, scalars) -> tuple[str, str]:
-    header = [*group_by, "n"]
-    for s in scalars:
-        header += [f"{s}_mean", f"{s}_sem"]
-    rows, md_rows = [], []
-    for g in groups:
-        stats_ = [g.mean_sem(s) for s in scalars]
-        rows.append([*g.key, len(g.points), *[v for pair in stats_ for v in pair]])
-        md_rows.append(
-            [
-                *[_fmt_value(v) for v in g.key],
-                len(g.points),
-                *[f"{_num(m)} ± {_num(e)}" if not math.isnan(e) else _num(m) for m, e in stats_],
-            ]
-        )
-    return _csv(header, rows), _md([*group_by, "n", *scalars], md_rows)
+    return _csv(header, rows), _md([*group_by, "n", *columns], md_rows)
 
 
 # ----------------------------------------------------------------------------- plots
@@ -300,7 +282,7 @@ def pareto_plot(groups, x, y, reference, title, path) -> None:
             fmt="o",
             capsize=3,
             color=f"C{i % 10}",
-            label=f"{g.label} (n={len(g.points)})",
+            label=f"{g.label} (mean ± s.e., n={len(g.points)})",
         )
         ax.annotate(g.label, (mx, my), textcoords="offset points", xytext=(5, 5), fontsize=8)
     if x in reference and y in reference:
@@ -337,7 +319,8 @@ def curves_plot(groups, tags, events, title, path) -> None:
                 continue
             values = np.array([[s[step] for step in steps] for s in series])
             mean = values.mean(0)
-            ax.plot(steps, mean, color=f"C{i % 10}", label=f"{g.label} (n={len(g.points)})")
+            label = f"{g.label} (mean ± s.e., n={len(g.points)})"
+            ax.plot(steps, mean, color=f"C{i % 10}", label=label)
             if len(values) > 1:
                 sem = stats.sem(values, axis=0, ddof=1)
                 ax.fill_between(steps, mean - sem, mean + sem, color=f"C{i % 10}", alpha=0.2)
@@ -369,7 +352,7 @@ def field_plot(groups, group_by, field, metric, title, path) -> None:
             fmt="o-",
             capsize=3,
             color=f"C{i % 10}",
-            label=(label or metric) + f" (n={len(members[0].points)} per point)",
+            label=(label or metric) + f" (mean ± s.e., n={len(members[0].points)} a point)",
         )
     positive = [x for x in xs_all if x > 0]
     if positive and max(positive) / min(positive) >= 20:  # a log grid, 0 included (symlog)
@@ -392,8 +375,13 @@ def write_report(
     x: str | None = None,
     y: str | None = None,
     curves: Sequence[str] | None = None,
+    metrics: Sequence[str] | None = None,
+    columns: Sequence[str] | None = None,
 ) -> dict:
-    """Writes `sweep_dir/report/`; returns what it wrote and the points it could not use."""
+    """Writes `sweep_dir/report/`; returns what it wrote and the points it could not use.
+
+    `metrics`: the scalars plotted against each swept field (default: x and y); `columns`:
+    the scalars of the .md tables (default: all; the CSV files always hold all)."""
     info, points = load_points(sweep_dir)
     if not points:
         raise ValueError(f"{sweep_dir}: no {SWEEP_FILE} and no sub-folder with a config.json")
@@ -404,6 +392,10 @@ def write_report(
     if unknown:
         raise ValueError(f"--group_by={unknown} are not swept fields; swept: {fields}")
     scalars = scalar_names(points)
+    unknown = [s for s in [*(metrics or ()), *(columns or ())] if s not in scalars]
+    if unknown:
+        raise ValueError(f"{unknown} are not scalars of the points' results; known: {scalars}")
+    columns = list(columns or scalars)
     groups = group_points(points, group_by)
     out = files.path(sweep_dir, REPORT_DIR)
     written = []
@@ -412,8 +404,8 @@ def write_report(
         files.write_text(out / name, text)
         written.append(name)
 
-    results_csv, results_md = results_tables(points, fields, scalars)
-    groups_csv, groups_md = group_tables(groups, group_by, scalars)
+    results_csv, results_md = results_tables(points, fields, scalars, columns)
+    groups_csv, groups_md = group_tables(groups, group_by, scalars, columns)
     missing = [p for p in points if p.status != "done"]
     title_bits = [os.path.basename(os.path.normpath(str(sweep_dir)))]
     if info.get("config"):
@@ -445,7 +437,7 @@ def write_report(
         for field in group_by:
             numeric = all(isinstance(g.key[group_by.index(field)], int | float) for g in groups)
             if numeric and len({g.key[group_by.index(field)] for g in groups}) > 1:
-                for metric in dict.fromkeys([x, y]):
+                for metric in dict.fromkeys(metrics or [x, y]):
                     name = f"{metric.replace('/', '_')}_vs_{_label(field)}.png"
                     field_plot(groups, list(group_by), field, metric, title, out / name)
                     written.append(name)
@@ -459,11 +451,33 @@ def write_report(
     }
 
 
+def define_flags() -> None:
+    """The CLI's flags, defined only when it runs (the demo imports this module)."""
+    flags.DEFINE_list(
+        "group_by",
+        None,
+        "Override fields that define a group (default: every swept field but seed).",
+    )
+    flags.DEFINE_string("x", None, "Task metric of pareto.png (default: the first known).")
+    flags.DEFINE_string("y", None, "Diversity metric of pareto.png (default: a self_bleu).")
+    flags.DEFINE_list("curves", None, "Scalars of curves.png (default: train/loss, x).")
+    flags.DEFINE_list("metrics", None, "Scalars plotted against each swept field (default: x, y).")
+    flags.DEFINE_list("columns", None, "Scalars of the .md tables (default: all).")
+
+
 def main(argv):
+    logging.set_verbosity(logging.WARNING)  # TensorBoard's event reader logs every file
     if len(argv) != 2:
         raise app.UsageError("usage: python -m irl_lm.report DIR [--group_by=...] [--x= --y=]")
+    f = flags.FLAGS
     report = write_report(
-        argv[1], group_by=_GROUP_BY.value, x=_X.value, y=_Y.value, curves=_CURVES.value
+        argv[1],
+        group_by=f.group_by,
+        x=f.x,
+        y=f.y,
+        curves=f.curves,
+        metrics=f.metrics,
+        columns=f.columns,
     )
     print(f"report of {argv[1]}: {report['groups']} groups, x={report['x']}, y={report['y']}")
     for name in report["written"]:
@@ -473,4 +487,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

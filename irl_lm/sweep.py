@@ -44,16 +44,6 @@ from irl_lm import files
 SWEEP_FILE = "sweep.json"
 LOG_FILE = "log.txt"
 
-_CONFIG = flags.DEFINE_string("config", None, "Config file[:arg]; the file defines sweep(arg).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the points' workdirs.")
-_SWEEP_ARG = flags.DEFINE_string("sweep_arg", None, "The arg of the file's sweep(arg).")
-_PARALLEL = flags.DEFINE_integer("parallel", 1, "Points run at the same time.")
-_ONLY = flags.DEFINE_string("only", None, "Run only the points whose name matches this regex.")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "List the points and their commands; run nothing.")
-_PRINT = flags.DEFINE_bool(
-    "print_commands", False, "Print each unfinished point's irl_lm.main arguments, one a line."
-)
-
 
 @dataclasses.dataclass
 class Point:
@@ -214,11 +204,7 @@ def build_points(
                     f"{where}: {key}={value!r} reads back from the command line "
                     f"as {got!r}; use a value of the field's type"
                 )
-        point_dir = (
-            str(files.path(workdir, name))
-            if files.is_remote(workdir)
-            else (os.path.join(workdir, name))
-        )
+        point_dir = os.path.join(workdir, name)  # as given: relative, absolute or gs://
         args = [f"--config={spec}", f"--workdir={point_dir}", *common.values(), *point_args]
         points.append(Point(name, definition, arg, args, point_dir, int(resolved.total_steps)))
     return points
@@ -412,20 +398,35 @@ def _last_line(log: str) -> str:
     return f"\n    {lines[-1][:300]}" if lines else ""
 
 
+def define_flags() -> None:
+    """The CLI's flags, defined only when it runs (demo and report import this module)."""
+    flags.DEFINE_string("config", None, "Config file[:arg]; the file defines sweep(arg).")
+    flags.DEFINE_string("workdir", None, "Parent directory of the points' workdirs.")
+    flags.DEFINE_string("sweep_arg", None, "The arg of the file's sweep(arg).")
+    flags.DEFINE_integer("parallel", 1, "Points run at the same time.")
+    flags.DEFINE_string("only", None, "Run only the points whose name matches this regex.")
+    flags.DEFINE_bool("dry_run", False, "List the points and their commands; run nothing.")
+    flags.DEFINE_bool(
+        "print_commands", False, "Print each unfinished point's irl_lm.main arguments, one a line."
+    )
+    flags.mark_flags_as_required(["config", "workdir"])
+
+
 def main(argv):
     overrides = [a for a in argv[1:] if a.startswith("--config.")]
     unknown = [a for a in argv[1:] if not a.startswith("--config.")]
     if unknown:
         raise app.UsageError(f"unexpected arguments {unknown}")
+    f = flags.FLAGS
     code = run_sweep(
-        _CONFIG.value,
-        _WORKDIR.value,
-        sweep_arg=_SWEEP_ARG.value,
+        f.config,
+        f.workdir,
+        sweep_arg=f.sweep_arg,
         overrides=overrides,
-        parallel=_PARALLEL.value,
-        only=_ONLY.value,
-        dry_run=_DRY_RUN.value,
-        print_commands=_PRINT.value,
+        parallel=f.parallel,
+        only=f.only,
+        dry_run=f.dry_run,
+        print_commands=f.print_commands,
     )
     sys.exit(code)
 
@@ -438,5 +439,5 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "workdir"])
+    define_flags()
     app.run(main, flags_parser=_parse_flags)

@@ -1,5 +1,6 @@
 """`make demo`'s program, shortened: the table and every run's workdir contents."""
 
+import csv
 import glob
 import json
 import os
@@ -26,7 +27,8 @@ def test_demo_prints_table_and_fills_workdirs(tmp_path):
         "method", "setting", "validity", "forward_kl", "reverse_kl", "self_bleu", "entropy",
         "steps/s",
     ]  # fmt: skip
-    methods = [line.split()[0] for line in lines[header + 1 :]]
+    table = lines[header + 1 : lines.index("", header)]  # the report's path follows
+    methods = [line.split()[0] for line in table]
     assert methods == ["mle", "iqlearn", "iqlearn_online", "gail", "expert"]
     assert lines[header + 3].split()[1:3] == ["λ=0.1", "α=0.1"]
     assert lines[header + 4].split()[1] == "KL=0.05"
@@ -45,6 +47,14 @@ def test_demo_prints_table_and_fills_workdirs(tmp_path):
         assert validity == results["eval"]["expert"]["validity"]
         assert 6 in dict(events["eval/validation/mle/nll" if run == "mle" else
                                 "eval/validation/iqlearn/nll"])  # fmt: skip
+    # The runs read back as a report, with the expert's row in the performance-vs-diversity plot.
+    assert f"Report (tables, pareto.png, curves.png): {tmp_path}/report/" in proc.stdout
+    with open(os.path.join(tmp_path, "report", "groups.csv")) as f:
+        groups = [row["config_arg"] for row in csv.DictReader(f)]
+    assert groups == [
+        "loss=mle", "loss=iqlearn,lam=0.1", "loss=iqlearn_online,lam=0.1,alpha=0.1", "loss=gail",
+    ]  # fmt: skip
+    assert os.path.getsize(os.path.join(tmp_path, "report", "pareto.png")) > 10_000
     # GAIL fine-tunes the MLE run, as in the paper.
     gail_config = json.load(open(os.path.join(tmp_path, "gail", "config.json")))
     assert gail_config["init_from"] == os.path.join(str(tmp_path), "mle")

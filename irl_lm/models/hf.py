@@ -214,8 +214,7 @@ def export_hf(
         os.makedirs(folder, exist_ok=True)
         write_folder(folder, tensors(), max_shard_bytes=max_shard_bytes)
         hf_config = layout.to_hf_config(model.config) | {"dtype": str(target)}
-        with open(os.path.join(folder, "config.json"), "w") as f:
-            json.dump(hf_config, f, indent=2)
+        files.write_json(files.path(folder, "config.json"), hf_config)
         if tokenizer_from:
             copy_tokenizer(tokenizer_from, folder)
     else:
