@@ -229,6 +229,11 @@ def group_tables(groups, group_by, scalars, columns) -> tuple[str, str]:
 # ----------------------------------------------------------------------------- plots
 
 
+def _spread(n: int) -> str:
+    """What a marker or line shows, for its legend entry."""
+    return f" (mean ± s.e., n={n})" if n > 1 else " (one run)"
+
+
 def _axis_label(metric: str) -> str:
     unit = UNITS.get(metric.rsplit("/", 1)[-1])
     return f"{metric} ({unit})" if unit else metric
@@ -282,7 +287,7 @@ def pareto_plot(groups, x, y, reference, title, path) -> None:
             fmt="o",
             capsize=3,
             color=f"C{i % 10}",
-            label=f"{g.label} (mean ± s.e., n={len(g.points)})",
+            label=g.label + _spread(len(g.points)),
         )
         ax.annotate(g.label, (mx, my), textcoords="offset points", xytext=(5, 5), fontsize=8)
     if x in reference and y in reference:
@@ -319,8 +324,8 @@ def curves_plot(groups, tags, events, title, path) -> None:
                 continue
             values = np.array([[s[step] for step in steps] for s in series])
             mean = values.mean(0)
-            label = f"{g.label} (mean ± s.e., n={len(g.points)})"
-            ax.plot(steps, mean, color=f"C{i % 10}", label=label)
+            label = g.label + _spread(len(g.points))
+            ax.plot(steps, mean, "o-", markersize=3, color=f"C{i % 10}", label=label)
             if len(values) > 1:
                 sem = stats.sem(values, axis=0, ddof=1)
                 ax.fill_between(steps, mean - sem, mean + sem, color=f"C{i % 10}", alpha=0.2)
@@ -352,7 +357,7 @@ def field_plot(groups, group_by, field, metric, title, path) -> None:
             fmt="o-",
             capsize=3,
             color=f"C{i % 10}",
-            label=(label or metric) + f" (mean ± s.e., n={len(members[0].points)} a point)",
+            label=(label or metric) + _spread(len(members[0].points)),
         )
     positive = [x for x in xs_all if x > 0]
     if positive and max(positive) / min(positive) >= 20:  # a log grid, 0 included (symlog)

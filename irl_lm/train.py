@@ -295,11 +295,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 checkpointer.save(step, state, {"data_position": train_iter.position})
                 last_saved = step
 
-        evaluated_at = None
+        final_evals_done = False
 
         def run_evals(step, final=False):
-            nonlocal evaluated_at
-            evaluated_at = step if final else evaluated_at
+            nonlocal final_evals_done
+            final_evals_done |= final
             for name, (every, evaluator) in evaluators.items():
                 if final or (every and step % every == 0):
                     started = time.perf_counter()
@@ -344,7 +344,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if pending is not None:
                 _report(pending, writer, timer, config, last_saved, checkpointer)
             save(step)
-            if step == config.total_steps and evaluated_at != step:  # resumed at the end
+            if step >= config.total_steps and not final_evals_done:  # resumed at the end
                 run_evals(step, final=True)
         finally:
             signal.signal(signal.SIGTERM, previous_handler)
