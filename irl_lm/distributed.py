@@ -18,8 +18,9 @@ def on_tpu_vm() -> bool:
     return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
 
 
-def distributed_init_args(environ: Mapping[str, str], tpu_vm: bool) -> tuple[dict, str]:
-    """The arguments of `jax.distributed.initialize` and what they were found from.
+def distributed_init_args(environ: Mapping[str, str], tpu_vm: bool) -> tuple[dict | None, str]:
+    """The arguments of `jax.distributed.initialize` (None: one SkyPilot node, nothing to
+    initialise) and what they were found from.
 
     On a TPU VM JAX finds the pod's hosts itself. On a multi-node SkyPilot cluster (GPU
     nodes) the coordinator is the first line of SKYPILOT_NODE_IPS, the process id
@@ -30,6 +31,8 @@ def distributed_init_args(environ: Mapping[str, str], tpu_vm: bool) -> tuple[dic
         return {}, "a Cloud TPU VM: JAX finds the pod's hosts itself"
     ips = environ.get("SKYPILOT_NODE_IPS", "").split()
     num_nodes = int(environ.get("SKYPILOT_NUM_NODES", "0") or 0)
+    if ips and num_nodes == 1:
+        return None, "one SkyPilot node: a single process, no distributed runtime needed"
     if ips and num_nodes > 1:
         if "SKYPILOT_NODE_RANK" not in environ or len(ips) != num_nodes:
             raise RuntimeError(
@@ -54,6 +57,9 @@ def initialize(environ: Mapping[str, str] = os.environ) -> None:
     import jax
 
     args, found = distributed_init_args(environ, on_tpu_vm())
+    if args is None:
+        logging.info("--jax_distributed: %s", found)
+        return
     logging.info("jax.distributed.initialize(%s): %s", args, found)
     jax.distributed.initialize(**args)
     logging.info(

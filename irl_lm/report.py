@@ -73,43 +73,60 @@ def _flatten(evals: dict) -> dict[str, float]:
 
 
 def load_points(sweep_dir: str) -> tuple[dict, list[PointResult]]:
-    """The sweep's info (sweep.json without its points) and every point's results."""
-    sweep_file = files.path(sweep_dir, SWEEP_FILE)
+    """The sweep's info (sweep.json without its points) and every point's results; without
+    a sweep.json, every sub-folder holding a config.json is a point."""
+    root = files.path(sweep_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{sweep_dir}: no such sweep directory")
+    sweep_file = root / SWEEP_FILE
     if sweep_file.exists():
         info = files.read_json(sweep_file)
-        listed = info.pop("points")
+        listed = info.pop("points", [])
     else:
-        info, listed = {}, []
-        for sub in sorted(files.path(sweep_dir).iterdir(), key=lambda p: p.name):
-            if (sub / "config.json").exists():
-                listed.append({"name": sub.name, "overrides": {}, "config_arg": None})
-    points = []
-    for entry in listed:
-        workdir = files.path(sweep_dir, entry["name"])
-        results_file = workdir / files.RESULTS_FILE
-        results = files.read_json(results_file) if results_file.exists() else None
-        listed_status = entry.get("status")
-        status = (
-            "done"
-            if results
-            else (listed_status if listed_status not in (None, "done") else "unfinished")
-        )
-        scalars = _flatten(results["eval"]) if results else {}
-        if results and results.get("steps_per_sec") is not None:
+        info = {}
+        listed = [
+            {"name": sub.name}
+            for sub in sorted(root.iterdir(), key=lambda p: p.name)
+            if (sub / "config.json").exists()
+        ]
+    return info, [_load_point(root / entry["name"], entry) for entry in listed]
+
+
+def _load_point(workdir, entry: dict) -> PointResult:
+    """A point's results when its results.json records a finished run (its config's
+    `total_steps` reached), else its status ("unfinished", or the sweep's, e.g. "failed")."""
+    total_steps = (
+        files.read_json(workdir / "config.json")["total_steps"]
+        if (workdir / "config.json").exists()
+        else 0
+    )
+    results = files.finished_results(workdir, total_steps) if total_steps else None
+    status = entry.get("status")
+    if results:
+        status = "done"
+    elif status in (None, "done", "pending", "running"):
+        status = "unfinished"
+    scalars, reference = {}, {}
+    if results:
+        scalars = _flatten(results["eval"])
+        if results.get("steps_per_sec") is not None:
             scalars["steps_per_sec"] = float(results["steps_per_sec"])
-        points.append(
-            PointResult(
-                entry["name"],
-                dict(entry.get("overrides") or {}),
-                entry.get("config_arg"),
-                status,
-                results["step"] if results else None,
-                scalars,
-                _flatten(results.get("eval_reference", {})) if results else {},
-                str(workdir),
-            )
-        )
-    return info, points
+        reference = _flatten(results.get("eval_reference", {}))
+    overrides = {
+        k: tuple(v) if isinstance(v, list) else v  # JSON gave tuples back as lists
+        for k, v in (entry.get("overrides") or {}).items()
+    }
+    step = results["step"] if results else None
+    return PointResult(
+        entry["name"],
+        overrides,
+        entry.get("config_arg"),
+        status,
+        step,
+        scalars,
+        reference,
+        str(workdir),
+    )
 
 
 # ----------------------------------------------------------------------------- tables
@@ -153,20 +170,21 @@ class Group:
 
 
 def group_points(points: Sequence[PointResult], group_by: Sequence[str]) -> list[Group]:
-    """Finished points grouped by the values of `group_by`, in first-seen order."""
+    """Finished points grouped by the values of `group_by`, in first-seen order; with no
+    `group_by` (nothing swept but seeds, or no sweep.json) each point is its own group."""
     groups: dict[tuple, Group] = {}
     for point in points:
         if point.status != "done":
             continue
+        if not group_by:
+            groups[(point.name,)] = Group((point.name,), point.name, [point])
+            continue
         key = tuple(_field(point, f) for f in group_by)
-        label = (
-            ",".join(
-                f"{_label(f)}={_fmt_value(v)}" if f != "config_arg" else str(v)
-                for f, v in zip(group_by, key, strict=True)
-            )
-            or point.name
+        label = ",".join(
+            str(v) if f == "config_arg" else f"{_label(f)}={_fmt_value(v)}"
+            for f, v in zip(group_by, key, strict=True)
         )
-        groups.setdefault(key, Group(key, label if group_by else "all", [])).points.append(point)
+        groups.setdefault(key, Group(key, label, [])).points.append(point)
     return list(groups.values())
 
 
@@ -213,6 +231,7 @@ def results_tables(points, fields, scalars, columns) -> tuple[str, str]:
 
 def group_tables(groups, group_by, scalars, columns) -> tuple[str, str]:
     """groups.csv (mean and sem of every scalar) and groups.md (the `columns` scalars)."""
+    group_by = list(group_by) or ["name"]  # ungrouped: a group per point
     header = [*group_by, "n", *(f"{s}_{k}" for s in scalars for k in ("mean", "sem"))]
     rows = [[*g.key, len(g.points), *(v for s in scalars for v in g.mean_sem(s))] for g in groups]
 
@@ -431,12 +450,21 @@ def write_report(
     write("groups.md", f"# {title}\n\nmean ± standard error over n points per group\n\n{groups_md}")
     x = x or default_x(scalars)
     y = y or default_y(scalars, x)
+    unknown = [m for m in (x, y) if m and m not in scalars]
+    if unknown:
+        raise ValueError(f"--x/--y {unknown} are not scalars of the points' results: {scalars}")
     reference = next((p.reference for p in points if p.reference), {})
     if groups and x and y:
         pareto_plot(groups, x, y, reference, title, out / "pareto.png")
         written.append("pareto.png")
         events = {p.name: read_scalar_events(p.workdir) for g in groups for p in g.points}
         tags = list(curves) if curves else ["train/loss", *([f"eval/{x}"] if x else [])]
+        logged = {tag for series in events.values() for tag in series}
+        unknown = [tag for tag in tags if tag not in logged]
+        if unknown:
+            raise ValueError(
+                f"--curves {unknown} are not in the points' TensorBoard events: {sorted(logged)}"
+            )
         curves_plot(groups, tags, events, title, out / "curves.png")
         written.append("curves.png")
         for field in group_by:

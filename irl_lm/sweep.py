@@ -28,6 +28,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -140,6 +141,19 @@ def point_names(points: Sequence[dict]) -> list[str]:
     return names
 
 
+def merge_config_args(base: str | None, point: str | None, where: str) -> str | None:
+    """`--config=FILE:BASE` with a point's own `config_arg` ("mode=full,loss=iqlearn")."""
+    items = dict(kv.partition("=")[::2] for kv in filter(None, (base or "").split(",")))
+    for key, _, value in (kv.partition("=") for kv in filter(None, (point or "").split(","))):
+        if items.get(key, value) != value:
+            raise ValueError(
+                f"{where} has config_arg {key}={value}, but --config gives {key}={items[key]}; "
+                "drop it from --config (or pick another sweep with --sweep_arg)"
+            )
+        items[key] = value
+    return ",".join(f"{k}={v}" for k, v in items.items()) or None
+
+
 def _check_fields(config, overrides: dict, where: str) -> None:
     for key in overrides:
         node, parts = config, key.split(".")
@@ -183,7 +197,7 @@ def build_points(
     points = []
     for name, definition in zip(names, definitions, strict=True):
         where = f"{config_file}: sweep point {name!r}"
-        arg = definition.pop("config_arg", None) or base_arg or None
+        arg = merge_config_args(base_arg, definition.pop("config_arg", None), where)
         definition.pop("name", None)
         spec = f"{config_file}:{arg}" if arg else config_file
         _check_fields(module.get_config(arg), {**common, **definition}, where)
@@ -233,45 +247,60 @@ def write_sweep_file(workdir: str, info: dict, points: Sequence[Point]) -> None:
 
 
 class _Runner:
-    """Runs pending points as `python -m irl_lm.main` processes, `parallel` at a time."""
+    """Runs the `todo` points as `python -m irl_lm.main` processes, `parallel` at a time;
+    `points` (every point of the sweep) go to sweep.json at each change."""
 
-    def __init__(self, workdir: str, info: dict, points: list[Point], parallel: int):
+    def __init__(self, workdir: str, info: dict, points, todo, parallel: int):
         self.workdir, self.info, self.points, self.parallel = workdir, info, points, parallel
-        self.running: dict[str, tuple[subprocess.Popen, float, Any, str]] = {}
+        self.todo = list(todo)
+        self.running: dict[str, tuple[Point, subprocess.Popen, float, Any, str]] = {}
         self.durations: list[float] = []
         self.stop = False
+        self.env = dict(os.environ)
+        if parallel > 1:  # several JAX processes share the accelerators: no preallocation
+            self.env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
     def start(self, point: Point) -> None:
         files.path(point.workdir).mkdir(parents=True, exist_ok=True)
         # A bucket workdir logs to a local file first, copied there when the point ends.
-        local_log = (
-            point.log
-            if not files.is_remote(point.workdir)
-            else os.path.join(tempfile.mkdtemp(prefix="irl_lm_sweep_"), LOG_FILE)
-        )
-        log = open(local_log, "a")  # noqa: SIM115 - closed in poll()
-        log.write(f"\n# sweep {self.info['commit']}: {shlex.join(point.record()['command'])}\n")
-        log.flush()
+        local_log = point.log
+        if files.is_remote(point.workdir):
+            local_log = os.path.join(tempfile.mkdtemp(prefix="irl_lm_sweep_"), LOG_FILE)
         command = point.record()["command"]
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        self.running[point.name] = (proc, time.perf_counter(), log, local_log)
+        log = open(local_log, "a")  # noqa: SIM115 - closed in poll()
+        try:
+            log.write(f"\n# sweep {self.info['commit']}: {shlex.join(command)}\n")
+            log.flush()
+            # Its own session: a Ctrl-C reaches the runner only, which stops the points
+            # with SIGTERM (they save a checkpoint), not with SIGINT.
+            proc = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            )
+        except BaseException:
+            log.close()
+            raise
+        self.running[point.name] = (point, proc, time.perf_counter(), log, local_log)
         point.status = "running"
         print(f"[sweep] started {point.name} (log: {point.log})", flush=True)
+        if self.stop:  # a signal arrived while it started
+            proc.send_signal(signal.SIGTERM)
 
     def poll(self) -> None:
-        for name, (proc, started, log, local_log) in list(self.running.items()):
+        for name, (point, proc, started, log, local_log) in list(self.running.items()):
             if proc.poll() is None:
                 continue
             log.close()
-            point = next(p for p in self.points if p.name == name)
-            if files.is_remote(point.workdir):
+            if local_log != point.log:
                 files.copy(local_log, point.log)
+                shutil.rmtree(os.path.dirname(local_log), ignore_errors=True)
             point.returncode, point.duration_s = proc.returncode, time.perf_counter() - started
-            if self.stop:
-                point.status = "interrupted"
-            else:
-                point.status = "done" if proc.returncode == 0 else "failed"
+            finished = files.finished_results(point.workdir, point.total_steps) is not None
+            if finished and proc.returncode == 0:
+                point.status = "done"
                 self.durations.append(point.duration_s)
+            else:  # a stop (SIGTERM: exit code 0, checkpoint saved) or a failure
+                stopped = self.stop or proc.returncode == 0
+                point.status = "interrupted" if stopped else "failed"
             del self.running[name]
             print(
                 f"[sweep] {point.status} {name} in {point.duration_s:.0f} s "
@@ -282,7 +311,7 @@ class _Runner:
 
     def progress(self) -> str:
         counts = {
-            s: sum(p.status == s for p in self.points)
+            s: sum(p.status == s for p in self.todo)
             for s in ("done", "running", "failed", "pending")
         }
         eta = "?"
@@ -291,7 +320,7 @@ class _Runner:
             seconds = sum(self.durations) / len(self.durations) * math.ceil(left / self.parallel)
             eta = f"{int(seconds) // 60}m{int(seconds) % 60:02d}s"
         return (
-            f"{counts['done']}/{len(self.points)} done, {counts['running']} running, "
+            f"{counts['done']}/{len(self.todo)} done, {counts['running']} running, "
             f"{counts['failed']} failed, ETA {eta}"
         )
 
@@ -299,30 +328,28 @@ class _Runner:
         del frame
         print(f"[sweep] signal {signum}: stopping the running points (they save a checkpoint)")
         self.stop = True
-        for proc, *_ in self.running.values():
+        for _, proc, *_ in self.running.values():
             proc.send_signal(signal.SIGTERM)
 
     def run(self) -> None:
         previous = signal.signal(signal.SIGTERM, self.terminate)
         try:
-            while not self.stop and any(p.status == "pending" for p in self.points):
-                while len(self.running) < self.parallel:
-                    pending = [p for p in self.points if p.status == "pending"]
-                    if not pending:
-                        break
-                    self.start(pending[0])
-                write_sweep_file(self.workdir, self.info, self.points)
-                time.sleep(0.2)
-                self.poll()
-            while self.running:
+            while not self.stop and any(p.status == "pending" for p in self.todo):
+                pending = [p for p in self.todo if p.status == "pending"]
+                while pending and len(self.running) < self.parallel and not self.stop:
+                    self.start(pending.pop(0))
+                    write_sweep_file(self.workdir, self.info, self.points)
                 time.sleep(0.2)
                 self.poll()
         except KeyboardInterrupt:
             self.terminate(signal.SIGINT, None)
+        except BaseException:  # an error in the runner: stop the points, then raise
+            self.terminate(signal.SIGTERM, None)
+            raise
+        finally:
             while self.running:
                 time.sleep(0.2)
                 self.poll()
-        finally:
             signal.signal(signal.SIGTERM, previous)
 
 
@@ -337,28 +364,21 @@ def run_sweep(
     dry_run: bool = False,
     print_commands: bool = False,
 ) -> int:
-    """The sweep CLI: returns the exit code (0: every selected point finished)."""
+    """The sweep CLI: returns the exit code (0: every selected point finished).
+
+    `DIR/sweep.json` always lists every point of the sweep (`--only` selects which run);
+    `--print_commands` writes it too, so a report can read a sweep that a launcher ran."""
     if parallel < 1:
         raise ValueError(f"--parallel={parallel} must be >= 1")
     points = build_points(config, workdir, sweep_arg, overrides)
-    if only:
-        points = [p for p in points if re.search(only, p.name)]
-        if not points:
-            raise ValueError(f"--only={only!r} matches no point of the sweep")
+    selected = [p for p in points if re.search(only, p.name)] if only else points
+    if not selected:
+        raise ValueError(f"--only={only!r} matches no point of the sweep")
     for point in points:
         if files.finished_results(point.workdir, point.total_steps) is not None:
             point.status, point.skipped = "done", True
-    if print_commands:
-        todo = [p for p in points if p.status == "pending"]
-        for point in todo:
-            print(shlex.join(point.args))
-        print(
-            f"# {len(todo)} of {len(points)} points to run ({len(points) - len(todo)} finished)",
-            file=sys.stderr,
-        )
-        return 0
     if dry_run:
-        for point in points:
+        for point in selected:
             action = "skip (finished)" if point.skipped else "run"
             print(f"{point.name}\t{action}\t{shlex.join(point.record()['command'])}")
         return 0
@@ -369,17 +389,28 @@ def run_sweep(
         "commit": git_commit(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    skipped = sum(p.skipped for p in points)
+    todo = [p for p in selected if p.status == "pending"]
+    if print_commands:
+        write_sweep_file(workdir, info | {"launcher": "external (--print_commands)"}, points)
+        for point in todo:
+            print(shlex.join(point.args))
+        print(
+            f"# {len(todo)} of {len(selected)} points to run "
+            f"({len(selected) - len(todo)} finished)",
+            file=sys.stderr,
+        )
+        return 0
+    skipped = len(selected) - len(todo)
     print(
-        f"[sweep] {len(points)} points ({skipped} already finished), {parallel} at a time, "
+        f"[sweep] {len(selected)} points ({skipped} already finished), {parallel} at a time, "
         f"in {workdir}",
         flush=True,
     )
-    _Runner(workdir, info, points, parallel).run()
+    _Runner(workdir, info, points, todo, parallel).run()
     write_sweep_file(workdir, info, points)
-    failed = [p for p in points if p.status != "done"]
+    failed = [p for p in selected if p.status != "done"]
     print(
-        f"[sweep] {len(points) - len(failed)}/{len(points)} points finished "
+        f"[sweep] {len(selected) - len(failed)}/{len(selected)} points finished "
         f"({skipped} before this run); sweep file: {files.path(workdir, SWEEP_FILE)}"
     )
     for point in failed:
@@ -392,7 +423,8 @@ def run_sweep(
 
 def _last_line(log: str) -> str:
     try:
-        lines = [line for line in files.path(log).read_text().splitlines() if line.strip()]
+        text = files.path(log).read_bytes().decode(errors="replace")
+        lines = [line for line in text.splitlines() if line.strip()]
     except OSError:
         return ""
     return f"\n    {lines[-1][:300]}" if lines else ""

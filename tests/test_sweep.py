@@ -203,7 +203,9 @@ def test_print_commands_lists_the_unfinished_points_for_a_launcher(finished_swee
             "--config.seed=1",
         ],
     ]
-    assert not os.path.exists(fresh)
+    assert os.listdir(fresh) == ["sweep.json"]  # for the report; no point has run
+    record = json.load(open(os.path.join(fresh, "sweep.json")))
+    assert [p["status"] for p in record["points"]] == ["pending"] * 4  # all, not only seed=1
 
 
 @pytest.mark.parametrize(
@@ -248,12 +250,14 @@ def test_jax_distributed_reads_skypilot_gpu_nodes(monkeypatch):
     assert calls == [dict(coordinator_address="10.0.0.7:8476", num_processes=2, process_id=1)]
     main.initialize(env | {"IRL_LM_COORDINATOR_PORT": "1234"})
     assert calls[-1]["coordinator_address"] == "10.0.0.7:1234"
-    # One node, no SkyPilot, or a TPU VM: JAX detects the cluster itself.
+    # One SkyPilot node: nothing to initialise. No SkyPilot, or a TPU VM: JAX detects the
+    # cluster itself.
     main.initialize(env | {"SKYPILOT_NUM_NODES": "1", "SKYPILOT_NODE_IPS": "10.0.0.7"})
+    assert len(calls) == 2
     main.initialize({})
     monkeypatch.setattr(main, "on_tpu_vm", lambda: True)
     main.initialize(env)
-    assert calls[2:] == [{}, {}, {}]
+    assert calls[2:] == [{}, {}]
     with pytest.raises(RuntimeError, match="SKYPILOT_NODE_IPS lists 2 nodes"):
         main.distributed_init_args(env | {"SKYPILOT_NUM_NODES": "3"}, tpu_vm=False)
 
@@ -275,3 +279,12 @@ def test_launch_files_parse_with_skypilot():
         assert "IRL_LM_ARGS" in task.envs
         assert "python3 -m irl_lm.main --jax_distributed $IRL_LM_ARGS" in task.run
         assert "pip install" in task.setup and "constraints.txt" in task.setup
+
+
+def test_config_file_arg_merges_with_the_points_config_arg(tmp_path):
+    xsum = os.path.join(ROOT, "configs/xsum.py")
+    points = sweep.build_points(f"{xsum}:model=t5_large", str(tmp_path))
+    assert points[0].config_arg == "model=t5_large,mode=full,loss=iqlearn"
+    assert points[0].args[0] == f"--config={xsum}:model=t5_large,mode=full,loss=iqlearn"
+    with pytest.raises(ValueError, match="config_arg mode=full, but --config gives mode=tiny"):
+        sweep.build_points(f"{xsum}:mode=tiny", str(tmp_path))

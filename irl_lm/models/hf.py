@@ -11,7 +11,6 @@ map, so every device reads only its own slice and no host holds the whole model.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -73,11 +72,10 @@ def _layout_for(model) -> HFLayout:
 
 
 def read_config(folder: str) -> tuple[HFLayout, dict]:
-    path = os.path.join(folder, "config.json")
-    if not os.path.exists(path):
+    path = files.path(folder, "config.json")
+    if not path.exists():
         raise FileNotFoundError(f"{folder}: no config.json; is this a Hugging Face model folder?")
-    with open(path) as f:
-        hf_config = json.load(f)
+    hf_config = files.read_json(path)
     model_type = hf_config.get("model_type")
     for layout in LAYOUTS:
         if model_type in layout.model_types:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -37,6 +36,8 @@ import seqio
 import tensorflow as tf
 import tokenizers
 from absl import logging
+
+from irl_lm import files
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -53,12 +54,12 @@ class TokenizerJsonVocabulary(seqio.Vocabulary):
     """
 
     def __init__(self, path: str, eos_id: int | None = None, pad_id: int = 0):
-        if os.path.isdir(path):
-            path = os.path.join(path, TOKENIZER_FILE)
-        self._path = path
-        self._folder = os.path.dirname(os.path.abspath(path))
-        with open(path, "rb") as f:
-            content = f.read()
+        file = files.path(path)
+        if file.is_dir():
+            file = file / TOKENIZER_FILE
+        self._path = str(file)
+        self._folder = str(file.parent)
+        content = file.read_bytes()
         self._sha256 = hashlib.sha256(content).hexdigest()
         self._tokenizer = tokenizers.Tokenizer.from_str(content.decode("utf-8"))
         self._size = self._tokenizer.get_vocab_size(with_added_tokens=True)
@@ -100,11 +101,8 @@ class TokenizerJsonVocabulary(seqio.Vocabulary):
     # ------------------------------------------------------------------ construction helpers
 
     def _read_json(self, name: str) -> dict:
-        path = os.path.join(self._folder, name)
-        if not os.path.exists(path):
-            return {}
-        with open(path) as f:
-            return json.load(f)
+        path = files.path(self._folder, name)
+        return files.read_json(path) if path.exists() else {}
 
     def _special_id_from_folder(self, kind: str) -> int | None:
         """`{kind}_token_id` of generation_config.json / config.json (first of a list), else
