@@ -63,19 +63,15 @@ class Point:
     def log(self) -> str:
         return str(files.path(self.workdir, LOG_FILE))
 
+    @property
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "irl_lm.main", *self.args]
+
     def record(self) -> dict:
-        fields = (
-            "name",
-            "overrides",
-            "config_arg",
-            "workdir",
-            "status",
-            "skipped",
-            "returncode",
-            "duration_s",
-        )
-        command = [sys.executable, "-m", "irl_lm.main", *self.args]
-        return {k: getattr(self, k) for k in fields} | {"command": command, "log": self.log}
+        """The point as sweep.json lists it."""
+        record = dataclasses.asdict(self)
+        del record["args"]
+        return record | {"command": self.command, "log": self.log}
 
 
 # ----------------------------------------------------------------------------- definitions
@@ -266,7 +262,7 @@ class _Runner:
         local_log = point.log
         if files.is_remote(point.workdir):
             local_log = os.path.join(tempfile.mkdtemp(prefix="irl_lm_sweep_"), LOG_FILE)
-        command = point.record()["command"]
+        command = point.command
         log = open(local_log, "a")  # noqa: SIM115 - closed in poll()
         try:
             log.write(f"\n# sweep {self.info['commit']}: {shlex.join(command)}\n")
@@ -334,8 +330,8 @@ class _Runner:
     def run(self) -> None:
         previous = signal.signal(signal.SIGTERM, self.terminate)
         try:
-            while not self.stop and any(p.status == "pending" for p in self.todo):
-                pending = [p for p in self.todo if p.status == "pending"]
+            pending = list(self.todo)
+            while self.running or (pending and not self.stop):
                 while pending and len(self.running) < self.parallel and not self.stop:
                     self.start(pending.pop(0))
                     write_sweep_file(self.workdir, self.info, self.points)
@@ -347,7 +343,7 @@ class _Runner:
             self.terminate(signal.SIGTERM, None)
             raise
         finally:
-            while self.running:
+            while self.running:  # after a stop: the points save their checkpoints
                 time.sleep(0.2)
                 self.poll()
             signal.signal(signal.SIGTERM, previous)
@@ -380,7 +376,7 @@ def run_sweep(
     if dry_run:
         for point in selected:
             action = "skip (finished)" if point.skipped else "run"
-            print(f"{point.name}\t{action}\t{shlex.join(point.record()['command'])}")
+            print(f"{point.name}\t{action}\t{shlex.join(point.command)}")
         return 0
     info = {
         "config": config,

@@ -288,3 +288,34 @@ def test_config_file_arg_merges_with_the_points_config_arg(tmp_path):
     assert points[0].args[0] == f"--config={xsum}:model=t5_large,mode=full,loss=iqlearn"
     with pytest.raises(ValueError, match="config_arg mode=full, but --config gives mode=tiny"):
         sweep.build_points(f"{xsum}:mode=tiny", str(tmp_path))
+
+
+def test_ctrl_c_stops_the_running_points_with_a_checkpoint(tmp_path):
+    """SIGINT to the sweep (a Ctrl-C): the points, in their own session, get SIGTERM from
+    the runner, save a checkpoint and are marked interrupted; the sweep exits 1."""
+    import signal
+    import time
+
+    config = write_tiny_sweep_config(tmp_path)
+    workdir = tmp_path / "stopped"
+    log = workdir / "lam=0,seed=0" / "log.txt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "irl_lm.sweep", f"--config={config}", f"--workdir={workdir}",
+         "--only=^lam=0,seed=0$", "--config.total_steps=100000", "--config.log_every=20"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 240
+    while not (log.exists() and "step 40/100000" in log.read_text()):
+        assert time.time() < deadline and proc.poll() is None, "the point never trained"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 1, out[-2000:]
+    assert "interrupted: lam=0,seed=0  exit code 0" in out
+    from irl_lm import checkpointing
+
+    saved = checkpointing.Checkpointer(str(workdir / "lam=0,seed=0"), keep=3).latest_step()
+    assert saved is not None and saved >= 40
+    assert not (workdir / "lam=0,seed=0" / "results.json").exists()
+    record = json.load(open(workdir / "sweep.json"))
+    assert [p["status"] for p in record["points"]] == ["interrupted", *["pending"] * 3]
