@@ -1,5 +1,6 @@
 """Test set-up: 8 fake CPU devices (before jax is imported) and tiny shared fixtures."""
 
+import contextlib
 import os
 
 os.environ["XLA_FLAGS"] = (
@@ -87,6 +88,25 @@ def write_tiny_sweep_config(folder) -> str:
     return path
 
 
+# Subprocesses that only train a point run on one CPU device: 8 fake devices cost each one
+# about 5 s more start-up (sharding itself is tested in-process).
+SINGLE_DEVICE_ENV = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+
+
+@contextlib.contextmanager
+def single_device_children():
+    """The sweep runner's children (which inherit os.environ) on one CPU device."""
+    import jax
+
+    jax.devices()  # this process keeps its 8 devices
+    saved = os.environ["XLA_FLAGS"]
+    os.environ["XLA_FLAGS"] = ""
+    try:
+        yield
+    finally:
+        os.environ["XLA_FLAGS"] = saved
+
+
 @pytest.fixture(scope="session")
 def finished_sweep(tmp_path_factory):
     """(config file, sweep dir, exit code, seconds) of the tiny sweep run with --parallel=2."""
@@ -97,5 +117,6 @@ def finished_sweep(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sweep")
     config = write_tiny_sweep_config(folder)
     started = time.perf_counter()
-    code = sweep.run_sweep(config, str(folder / "lam"), parallel=2)
+    with single_device_children():
+        code = sweep.run_sweep(config, str(folder / "lam"), parallel=2)
     return config, str(folder / "lam"), code, time.perf_counter() - started

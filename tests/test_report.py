@@ -35,6 +35,7 @@ def sweep_report(finished_sweep, tmp_path_factory):
     proc = subprocess.run(
         [sys.executable, "-m", "irl_lm.report", copy],
         cwd=ROOT,
+        env=dict(os.environ, XLA_FLAGS=""),
         capture_output=True,
         text=True,
         timeout=300,

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import write_tiny_sweep_config
+from conftest import SINGLE_DEVICE_ENV, single_device_children, write_tiny_sweep_config
 
 from irl_lm import sweep
 
@@ -52,7 +52,8 @@ def test_sweep_runs_each_point_once_and_reruns_only_an_unfinished_one(finished_s
     # A point without results.json runs again, alone, and resumes from its checkpoint.
     rerun = "lam=0.3,seed=1"
     os.remove(os.path.join(workdir, rerun, "results.json"))
-    assert sweep.run_sweep(config, workdir, parallel=2) == 0
+    with single_device_children():
+        assert sweep.run_sweep(config, workdir, parallel=2) == 0
     for name in POINTS:
         if name != rerun:
             assert mtimes(os.path.join(workdir, name)) == before[name]
@@ -80,6 +81,7 @@ def test_main_on_a_finished_workdir_exits_at_once(finished_sweep):
             "--config.seed=0",
         ],
         cwd=ROOT,
+        env=SINGLE_DEVICE_ENV,
         capture_output=True,
         text=True,
         timeout=300,
@@ -104,6 +106,7 @@ def test_a_failing_point_does_not_stop_the_others(tmp_path):
             "--parallel=2",
         ],
         cwd=ROOT,
+        env=SINGLE_DEVICE_ENV,
         capture_output=True,
         text=True,
         timeout=300,
@@ -299,11 +302,17 @@ def test_ctrl_c_stops_the_running_points_with_a_checkpoint(tmp_path):
     config = write_tiny_sweep_config(tmp_path)
     workdir = tmp_path / "stopped"
     log = workdir / "lam=0,seed=0" / "log.txt"
+    command = [sys.executable, "-m", "irl_lm.sweep", f"--config={config}",
+               f"--workdir={workdir}", "--only=^lam=0,seed=0$", "--config.total_steps=100000",
+               "--config.log_every=20"]  # fmt: skip
     proc = subprocess.Popen(
-        [sys.executable, "-m", "irl_lm.sweep", f"--config={config}", f"--workdir={workdir}",
-         "--only=^lam=0,seed=0$", "--config.total_steps=100000", "--config.log_every=20"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        command,
+        cwd=ROOT,
+        env=SINGLE_DEVICE_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 240
     while not (log.exists() and "step 40/100000" in log.read_text()):
         assert time.time() < deadline and proc.poll() is None, "the point never trained"
