@@ -101,22 +101,19 @@ def _load_point(workdir, entry: dict) -> PointResult:
         else 0
     )
     results = files.finished_results(workdir, total_steps) if total_steps else None
-    status = entry.get("status")
+    status, step, scalars, reference = entry.get("status"), None, {}, {}
     if results:
-        status = "done"
-    elif status in (None, "done", "pending", "running"):
-        status = "unfinished"
-    scalars, reference = {}, {}
-    if results:
+        status, step = "done", results["step"]
         scalars = _flatten(results["eval"])
         if results.get("steps_per_sec") is not None:
             scalars["steps_per_sec"] = float(results["steps_per_sec"])
         reference = _flatten(results.get("eval_reference", {}))
+    elif status in (None, "done", "pending", "running"):
+        status = "unfinished"
     overrides = {
         k: tuple(v) if isinstance(v, list) else v  # JSON gave tuples back as lists
         for k, v in (entry.get("overrides") or {}).items()
     }
-    step = results["step"] if results else None
     return PointResult(
         entry["name"],
         overrides,

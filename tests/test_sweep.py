@@ -302,9 +302,9 @@ def test_ctrl_c_stops_the_running_points_with_a_checkpoint(tmp_path):
     config = write_tiny_sweep_config(tmp_path)
     workdir = tmp_path / "stopped"
     log = workdir / "lam=0,seed=0" / "log.txt"
-    command = [sys.executable, "-m", "irl_lm.sweep", f"--config={config}",
-               f"--workdir={workdir}", "--only=^lam=0,seed=0$", "--config.total_steps=100000",
-               "--config.log_every=20"]  # fmt: skip
+    flags = [f"--config={config}", f"--workdir={workdir}", "--only=^lam=0,seed=0$"]
+    overrides = ["--config.total_steps=100000", "--config.log_every=20"]
+    command = [sys.executable, "-m", "irl_lm.sweep", *flags, *overrides]
     proc = subprocess.Popen(
         command,
         cwd=ROOT,
