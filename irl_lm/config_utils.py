@@ -29,7 +29,7 @@ def trainer_defaults() -> ml_collections.ConfigDict:
     # workdirs / WORKDIR/checkpoints/<step> / converted folders, or "" (random init).
     # The architecture and the vocabulary then come from there.
     config.init_from = ""
-    config.total_steps = 1000
+    config.total_steps = 1000  # 0 with init_from: evaluate those parameters, no training
     config.batch_size = 64  # global, in sequences
     config.eval_batch_size = 64
     config.grad_accum_steps = 1

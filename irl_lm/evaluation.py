@@ -7,19 +7,21 @@ An evaluator is built once with an `EvalContext` and its own config fields, and 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.stats
 from jax.sharding import Mesh
 
 from irl_lm import decoding, files, sharding
 from irl_lm.data import pipeline, text_tasks
 from irl_lm.data.synthetic import EOS_ID
 from irl_lm.data.tasks import expert_from_config, feature_lengths, get_task
+from irl_lm.losses import DEFAULT_GAMMA
+from irl_lm.losses.iqlearn import sequence_rewards
 from irl_lm.metrics import ids_to_text, self_bleu
 from irl_lm.metrics import text as text_metrics
 from irl_lm.models import is_decoder_only
@@ -79,15 +81,86 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def _expert_prompts(ctx: EvalContext, expert, split: str, num_examples: int):
+    """Held-out expert inputs, and their prompts as training reads them: x + EOS (T5's
+    encoder), BOS + x + EOS (decoder-only)."""
+    vocab = get_task(ctx.config.task).output_features["targets"].vocabulary
+    prefix = pipeline.prompt_prefix(ctx.model, vocab)
+    inputs = [expert.example(split, i)["inputs"] for i in range(num_examples)]
+    prompts = [[*prefix, *x, EOS_ID] for x in inputs]
+    return inputs, prompts, len(prefix) + expert.spec.max_input_len_with_eos
+
+
+def _prompt_array(prompts, width: int, rows: int) -> np.ndarray:
+    """Prompts right-padded to `width`, in `rows` rows (zero rows after the last prompt)."""
+    tokens = np.zeros((rows, width), np.int32)
+    for i, prompt in enumerate(prompts):
+        tokens[i, : len(prompt)] = prompt
+    return tokens
+
+
+def teacher_forced_rows(model, prompts, ys, *, prompt_width: int, target_width: int, rows: int):
+    """A batch that reads each (prompt, y) pair teacher-forced, one pair a row (`rows` rows,
+    zero rows after the pairs), and the position of each y's first token in its row.
+
+    T5 reads the prompt with its encoder and y with its decoder; a decoder-only model reads
+    prompt + y in one row. `decoder_loss_weights` is 1 on y's tokens.
+    """
+    if is_decoder_only(model):
+        width = prompt_width + target_width - 1
+        decoder_inputs = np.zeros((rows, width), np.int32)
+        targets, weights = np.zeros_like(decoder_inputs), np.zeros_like(decoder_inputs)
+        offsets = [len(prompt) - 1 for prompt in prompts]
+        for row, (prompt, y) in enumerate(zip(prompts, ys, strict=True)):
+            sequence = [*prompt, *y]
+            decoder_inputs[row, : len(sequence) - 1] = sequence[:-1]
+            targets[row, : len(sequence) - 1] = sequence[1:]
+            weights[row, offsets[row] : len(sequence) - 1] = 1
+        batch = {}
+    else:
+        targets = np.zeros((rows, target_width), np.int32)
+        weights = np.zeros_like(targets)
+        for row, y in enumerate(ys):
+            targets[row, : len(y)] = y
+            weights[row, : len(y)] = 1
+        decoder_inputs = np.pad(targets[:, :-1], ((0, 0), (1, 0)))
+        offsets = [0] * len(ys)
+        batch = {"encoder_input_tokens": _prompt_array(prompts, prompt_width, rows)}
+    batch |= {
+        "decoder_input_tokens": decoder_inputs,
+        "decoder_target_tokens": targets,
+        "decoder_loss_weights": weights,
+    }
+    return batch, offsets
+
+
+def make_reward_fn(model, *, gamma: float, eos_id: int):
+    """`(params, batch) -> r_BxT`: IQLearn's per-token reward of a `teacher_forced_rows` batch
+    (`losses.iqlearn.sequence_rewards`, the loss's own δ_t), 0 off the targets."""
+
+    def rewards(params, batch):
+        logits = model.apply({"params": params}, batch, deterministic=True)
+        rewards_BxT, _ = sequence_rewards(
+            logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
+            gamma=gamma, eos_id=eos_id,
+        )  # fmt: skip
+        return rewards_BxT
+
+    return rewards
+
+
 class ExpertEvaluator:
     """Policy vs the synthetic expert, from samples and exact expert log-probabilities.
 
-    Per input, `num_samples` policy samples (at `temperature`) and as many expert samples:
-    validity (fraction of policy samples with p_E > 0, truncated samples count as invalid),
-    reverse KL per token of the policy restricted to valid sequences and renormalised
-    (the true reverse KL is infinite once any invalid sequence has mass; at temperature 1),
-    forward KL per token on the expert samples, Self-BLEU, mean per-token entropy and length.
-    `reference()` gives the expert's own row.
+    Per input, `num_samples` policy outputs and as many expert samples. `method`:
+    "temperature" (samples at `temperature`), or "greedy" / "beam" (`num_beams`, the best
+    beam; one output per input, so no Self-BLEU). Validity (fraction of outputs with
+    p_E > 0, truncated ones count as invalid); reverse KL per token of the decoding
+    distribution q (temperature-scaled; a point mass for greedy and beam) restricted to
+    valid sequences and renormalised (the true reverse KL is infinite once any invalid
+    sequence has mass); forward KL per token of the policy on the expert samples; Self-BLEU;
+    mean per-token entropy of the policy (not for beam) and length. `reference()` gives the
+    expert's own row.
     """
 
     def __init__(
@@ -97,73 +170,54 @@ class ExpertEvaluator:
         *,
         num_examples=64,
         num_samples=4,
+        method="temperature",
         temperature=1.0,
+        num_beams=4,
         split="validation",
         seed=0,
     ):
         del name
-        self.ctx, self.num_samples, self.temperature = ctx, num_samples, temperature
+        if method not in decoding.METHODS:
+            raise ValueError(f"method={method!r}; allowed: {list(decoding.METHODS)}")
+        self.ctx, self.num_samples, self.method = ctx, num_samples, method
+        self.outputs_per_input = num_samples if method == "temperature" else 1
         self.expert = expert_from_config(ctx.config.task)
-        spec = self.expert.spec
-        self.max_len = spec.max_target_len
-        examples = [self.expert.example(split, i) for i in range(num_examples)]
-        self.inputs = [e["inputs"] for e in examples]
-        # Prompts as training reads them: x + EOS (T5's encoder), BOS + x + EOS (decoder-only).
-        decoder_only = is_decoder_only(ctx.model)
-        vocab = get_task(ctx.config.task).output_features["targets"].vocabulary
-        prefix = pipeline.prompt_prefix(ctx.model, vocab)
-        prompts = [[*prefix, *x, EOS_ID] for x in self.inputs]
-        # Policy samples: num_samples per input (row = input * num_samples + sample); expert
-        # samples in the same rows. Both padded to a multiple of the batch-sharded mesh size.
+        self.max_len = self.expert.spec.max_target_len
+        self.inputs, prompts, width = _expert_prompts(ctx, self.expert, split, num_examples)
         shards = ctx.mesh.shape["data"] * ctx.mesh.shape["fsdp"]
-        rows = num_examples * num_samples
-        self.rows = rows
-        width = len(prefix) + spec.max_input_len_with_eos
-        policy_prompts = np.zeros((_round_up(num_examples, shards), width), np.int32)
-        for i, prompt in enumerate(prompts):
-            policy_prompts[i, : len(prompt)] = prompt
+        self.rows = num_examples * num_samples
+        policy_prompts = _prompt_array(prompts, width, _round_up(num_examples, shards))
+        # Expert samples: num_samples per input (row = input * num_samples + sample).
         rng = np.random.default_rng([seed, 7])
         self.expert_samples = [
-            self.expert.sample(self.inputs[row // num_samples], rng) for row in range(rows)
+            self.expert.sample(self.inputs[row // num_samples], rng) for row in range(self.rows)
         ]
-        # Expert samples teacher-forced: T5 reads the prompt with its encoder and y with its
-        # decoder; a decoder-only model reads prompt + y in one row, y's log-probabilities
-        # starting at `self.offsets[row]`.
-        padded = _round_up(rows, shards)
-        feature = type(ctx.model).input_features[0]
-        if decoder_only:
-            targets = np.zeros((padded, width + self.max_len - 1), np.int32)
-            decoder_inputs = np.zeros_like(targets)
-            self.offsets = [len(prompts[row // num_samples]) - 1 for row in range(rows)]
-            for row, y in enumerate(self.expert_samples):
-                sequence = [*prompts[row // num_samples], *y]
-                decoder_inputs[row, : len(sequence) - 1] = sequence[:-1]
-                targets[row, : len(sequence) - 1] = sequence[1:]
-            expert_batch = {}
-        else:
-            targets = np.zeros((padded, self.max_len), np.int32)
-            for row, y in enumerate(self.expert_samples):
-                targets[row, : len(y)] = y
-            decoder_inputs = np.pad(targets[:, :-1], ((0, 0), (1, 0)))
-            self.offsets = [0] * rows
-            source_rows = np.minimum(np.arange(padded) // num_samples, num_examples - 1)
-            expert_batch = {feature: policy_prompts[source_rows]}
-        self._policy_batch = {feature: _global_array(policy_prompts, ctx.mesh)}
-        expert_batch |= {"decoder_input_tokens": decoder_inputs, "decoder_target_tokens": targets}
+        expert_batch, self.offsets = teacher_forced_rows(
+            ctx.model, [prompts[row // num_samples] for row in range(self.rows)],
+            self.expert_samples, prompt_width=width, target_width=self.max_len,
+            rows=_round_up(self.rows, shards),
+        )  # fmt: skip
+        self._policy_batch = {
+            type(ctx.model).input_features[0]: _global_array(policy_prompts, ctx.mesh)
+        }
         self._expert_batch = {k: _global_array(v, ctx.mesh) for k, v in expert_batch.items()}
         replicated = sharding.replicated(ctx.mesh)
-        sample = functools.partial(
-            decoding.sample, ctx.model, max_len=self.max_len, num_decodes=num_samples,
-            eos_id=ctx.eos_id,
+        decode = decoding.make_decoder(
+            ctx.model, method, max_len=self.max_len, eos_id=ctx.eos_id,
+            temperature=temperature, num_decodes=self.outputs_per_input, num_beams=num_beams,
         )  # fmt: skip
 
-        # [E, N, T] -> rows [E * N, T] in the order of the expert rows.
-        def flat(*args, **kwargs):
-            out = sample(*args, **kwargs)
-            del out["num_steps"]
+        # [E, N, T] -> rows [E * N, T] (the best beam only).
+        def flat(params, batch, rng):
+            out = decode(params, batch, rng)
+            if method == "beam":
+                out = {k: out[k][:, :1] for k in ("tokens", "log_probs", "mask", "lengths")}
+                out["sample_log_probs"] = jnp.zeros_like(out["log_probs"])
+            else:
+                del out["num_steps"]
             return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), out)
 
-        self._sample = jax.jit(flat, out_shardings=replicated)
+        self._decode = jax.jit(flat, out_shardings=replicated)
         self._token_log_probs = jax.jit(self._teacher_forced_log_probs, out_shardings=replicated)
         self._rng = jax.random.PRNGKey(seed)
 
@@ -181,32 +235,33 @@ class ExpertEvaluator:
             "validity": 1.0,
             "forward_kl": 0.0,
             "reverse_kl": 0.0,
-            "self_bleu": self._self_bleu(self.expert_samples),
+            "self_bleu": self._self_bleu(self.expert_samples, self.num_samples),
             "entropy": float(np.mean(np.concatenate(entropies))),
             "length": float(np.mean([len(y) for y in self.expert_samples])),
         }
 
-    def _self_bleu(self, samples) -> float:
+    @staticmethod
+    def _self_bleu(samples, per_input: int) -> float:
         texts = [ids_to_text(y) for y in samples]
-        n = self.num_samples
-        return self_bleu([texts[i : i + n] for i in range(0, len(texts), n)])["self_bleu"]
+        groups = [texts[i : i + per_input] for i in range(0, len(texts), per_input)]
+        return self_bleu(groups)["self_bleu"]
 
     def __call__(self, params, step):
         del step  # the same rng every time: differences between evals come from the policy
-        out = jax.device_get(
-            self._sample(params, self._policy_batch, self._rng, temperature=self.temperature)
-        )
+        out = jax.device_get(self._decode(params, self._policy_batch, self._rng))
+        per_input = self.outputs_per_input
+        rows = len(self.inputs) * per_input
         policy_samples, valid, reverse_terms, reverse_tokens = [], 0, 0.0, 0
-        for row in range(self.rows):
+        for row in range(rows):
             length = int(out["lengths"][row])
             y = out["tokens"][row, :length]
             policy_samples.append(y)
-            log_p_expert = self.expert.log_prob(self.inputs[row // self.num_samples], y)
+            log_p_expert = self.expert.log_prob(self.inputs[row // per_input], y)
             if np.isfinite(log_p_expert):
                 valid += 1
-                reverse_terms += float(out["log_probs"][row, :length].sum()) - log_p_expert
+                reverse_terms += float(out["sample_log_probs"][row, :length].sum()) - log_p_expert
                 reverse_tokens += length
-        mask = out["mask"][: self.rows]
+        mask = out["mask"][:rows]
         log_q = jax.device_get(self._token_log_probs(params, self._expert_batch))
         forward_terms, forward_tokens = 0.0, 0
         for row, y in enumerate(self.expert_samples):
@@ -214,26 +269,56 @@ class ExpertEvaluator:
             log_q_y = float(log_q[row, start : start + len(y)].sum())
             forward_terms += self.expert.log_prob(x, y) - log_q_y
             forward_tokens += len(y)
-        # E_valid[log π − log p_E] = KL(π restricted to valid, renormalised ‖ p_E) + log P(valid).
+        # E_valid[log q − log p_E] = KL(q restricted to valid, renormalised ‖ p_E) + log P(valid).
         if valid:
-            reverse_terms -= valid * np.log(valid / self.rows)
+            reverse_terms -= valid * np.log(valid / rows)
         scalars = {
-            "validity": valid / self.rows,
+            "validity": valid / rows,
             "forward_kl": forward_terms / forward_tokens,
             "reverse_kl": reverse_terms / max(reverse_tokens, 1) if valid else float("nan"),
-            "self_bleu": self._self_bleu(policy_samples),
-            "entropy": float((out["entropies"][: self.rows] * mask).sum() / mask.sum()),
-            "length": float(mask.sum() / self.rows),
+            "length": float(mask.sum() / rows),
         }
+        if per_input > 1:
+            scalars["self_bleu"] = self._self_bleu(policy_samples, per_input)
+        if "entropies" in out:
+            scalars["entropy"] = float((out["entropies"][:rows] * mask).sum() / mask.sum())
         texts = {
             "samples": "\n\n".join(
-                f"input: {ids_to_text(self.inputs[i // self.num_samples])}  \n"
-                f"policy: {ids_to_text(policy_samples[i])}  \n"
-                f"expert: {ids_to_text(self.expert_samples[i])}"
-                for i in range(0, min(self.rows, 4 * self.num_samples), self.num_samples)
+                f"input: {ids_to_text(self.inputs[i])}  \n"
+                f"policy: {ids_to_text(policy_samples[i * per_input])}  \n"
+                f"expert: {ids_to_text(self.expert_samples[i * self.num_samples])}"
+                for i in range(min(len(self.inputs), 4))
             )
         }
         return scalars, texts
+
+
+@dataclasses.dataclass(frozen=True)
+class _TextExamples:
+    vocab: object
+    inputs: list[str]
+    targets: list[str]
+    prompts: list[list[int]]  # as training saw them: inputs (T5), BOS + inputs (decoder-only)
+    width: int  # the longest prompt the task allows
+
+
+def _text_examples(ctx: EvalContext, split: str, max_examples: int) -> _TextExamples:
+    task = get_task(ctx.config.task)
+    lengths = feature_lengths(ctx.config.task)
+    examples = list(
+        task.get_dataset(lengths, split=split, shuffle=False, use_cached=False)
+        .take(max_examples or -1)
+        .as_numpy_iterator()
+    )
+    vocab = task.output_features["targets"].vocabulary
+    prefix = pipeline.prompt_prefix(ctx.model, vocab)
+    return _TextExamples(
+        vocab,
+        inputs=[ex["inputs_pretokenized"].decode() for ex in examples],
+        targets=[ex["targets_pretokenized"].decode() for ex in examples],
+        prompts=[[*prefix, *ex["inputs"].tolist()] for ex in examples],
+        width=len(prefix) + lengths["inputs"],
+    )
 
 
 # config.evals.<name>.kind -> evaluator class
@@ -267,29 +352,17 @@ class DecodeEvaluator:
     ):
         if calculator and method != "greedy":
             raise ValueError("calculator=True needs method='greedy'")
-        task = get_task(ctx.config.task)
         self.ctx, self.name, self.method = ctx, name, method
         self.metrics = text_tasks.TEXT_TASKS[ctx.config.task.name].metrics
-        self.vocab = task.output_features["targets"].vocabulary
-        lengths = feature_lengths(ctx.config.task)
-        examples = list(
-            task.get_dataset(lengths, split=split, shuffle=False, use_cached=False)
-            .take(max_examples or -1)
-            .as_numpy_iterator()
-        )
-        self.inputs = [ex["inputs_pretokenized"].decode() for ex in examples]
-        self.targets = [ex["targets_pretokenized"].decode() for ex in examples]
+        examples = _text_examples(ctx, split, max_examples)
+        self.vocab, self.inputs, self.targets = examples.vocab, examples.inputs, examples.targets
         shards = ctx.mesh.shape["data"] * ctx.mesh.shape["fsdp"]
         rows = _round_up(max(ctx.config.eval_batch_size, 1), shards)
-        # The prompt as training saw it: encoder inputs (T5), or BOS + inputs (decoder-only).
-        prefix = pipeline.prompt_prefix(ctx.model, self.vocab)
         self.prompt_feature = type(ctx.model).input_features[0]
-        width = len(prefix) + lengths["inputs"]
-        tokens = np.zeros((_round_up(len(examples), rows), width), np.int32)
-        for i, ex in enumerate(examples):
-            tokens[i, : len(prefix) + len(ex["inputs"])] = [*prefix, *ex["inputs"]]
+        padded_rows = _round_up(len(examples.prompts), rows)
+        tokens = _prompt_array(examples.prompts, examples.width, padded_rows)
         self.batches = [tokens[i : i + rows] for i in range(0, len(tokens), rows)]
-        max_len = max_decode_len or lengths["targets"]
+        max_len = max_decode_len or feature_lengths(ctx.config.task)["targets"]
         if calculator:
             self._decode = lambda p, b, r: decoding.greedy_with_calculator(
                 ctx.model, p, b, self.vocab, max_len=max_len, eos_id=ctx.eos_id
@@ -351,6 +424,200 @@ class DecodeEvaluator:
         return results, texts
 
 
+def rank_correlations(rewards, scores, groups, *, num_bootstrap=1000, seed=0) -> dict:
+    """Spearman's ρ of `rewards` against `scores` (one per sample; NaN scores are left out),
+    with `groups` naming each sample's input:
+
+    - `spearman`: pooled over all samples;
+    - `within_spearman`: the mean over inputs of ρ among that input's samples (how well the
+      reward ranks the samples of one prompt); inputs with fewer than 2 samples, or whose
+      rewards or scores are all equal, have no ρ and are left out (`within_inputs` counts
+      those kept);
+    each with a bootstrap standard error over inputs (`_se`; NaN with fewer than 2 inputs).
+    """
+    rewards, scores, groups = (np.asarray(a, np.float64) for a in (rewards, scores, groups))
+    keep = np.isfinite(scores)
+    rewards, scores, groups = rewards[keep], scores[keep], groups[keep]
+    ids = np.unique(groups)
+    members = [np.flatnonzero(groups == g) for g in ids]
+
+    def pooled(indices):
+        rows = np.concatenate([members[i] for i in indices])
+        if np.ptp(rewards[rows]) == 0 or np.ptp(scores[rows]) == 0:
+            return np.nan
+        return scipy.stats.spearmanr(rewards[rows], scores[rows]).statistic
+
+    within = np.array(
+        [
+            scipy.stats.spearmanr(rewards[m], scores[m]).statistic
+            for m in members
+            if len(m) > 1 and np.ptp(rewards[m]) > 0 and np.ptp(scores[m]) > 0
+        ]
+    )
+    out = {
+        "spearman": pooled(range(len(ids))) if len(ids) else np.nan,
+        "within_spearman": float(np.mean(within)) if len(within) else np.nan,
+        "within_inputs": len(within),
+    }
+    rng = np.random.default_rng(seed)
+    for name, data, statistic in (
+        ("spearman", np.arange(len(ids)), pooled),
+        ("within_spearman", within, np.mean),
+    ):
+        se = np.nan
+        if len(data) > 1 and np.isfinite(out[name]):
+            result = scipy.stats.bootstrap(
+                (data,), statistic, n_resamples=num_bootstrap, vectorized=False,
+                method="percentile", rng=rng,
+            )  # fmt: skip
+            se = float(result.standard_error)
+        out[name] = float(out[name])
+        out[f"{name}_se"] = se
+    return out
+
+
+class RewardEvaluator:
+    """IQLearn's extracted reward R(y) = Σ_t r_t of policy samples (r_t = δ_t, the loss's
+    own TD residual, `make_reward_fn`) against a per-sample task score (PAPER.md §5, claim 5).
+
+    For `num_examples` held-out inputs, `num_samples` samples each at `temperature`, scored
+    by the task: for the synthetic expert `validity` (1 if p_E(y|x) > 0) and
+    `expert_log_prob` (log p_E(y|x) per token; valid samples only), for a text task its
+    metrics per sample (`metrics.text.PER_EXAMPLE`). Scalars per score: `spearman_<score>`
+    and `within_spearman_<score>` with their bootstrap standard errors
+    (`rank_correlations`), `mean_<score>`; and `reward_mean`, `reward_per_token`, `length`.
+    `gamma`: the discount in δ_t (0: `config.loss.gamma`, else 0.99). Writes every sample
+    with its reward, per-token rewards and scores to
+    `workdir/predictions/<name>/<step>.jsonl`.
+    """
+
+    def __init__(
+        self,
+        ctx: EvalContext,
+        name: str,
+        *,
+        num_examples=64,
+        num_samples=8,
+        temperature=1.0,
+        split="validation",
+        gamma=0.0,
+        max_decode_len=0,
+        num_bootstrap=1000,
+        seed=0,
+    ):
+        self.ctx, self.name, self.num_samples = ctx, name, num_samples
+        self.num_bootstrap, self.seed = num_bootstrap, seed
+        self.gamma = gamma or ctx.config.loss.get("gamma", DEFAULT_GAMMA)
+        if ctx.config.task.name == "synthetic_expert":
+            self.expert = expert_from_config(ctx.config.task)
+            self.inputs, prompts, self.width = _expert_prompts(
+                ctx, self.expert, split, num_examples
+            )
+            self.max_len = max_decode_len or self.expert.spec.max_target_len
+            self.decode_text = ids_to_text
+        else:
+            self.expert = None
+            examples = _text_examples(ctx, split, num_examples)
+            self.inputs, self.targets = examples.inputs, examples.targets
+            prompts, self.width = examples.prompts, examples.width
+            self.max_len = max_decode_len or feature_lengths(ctx.config.task)["targets"]
+            self.decode_text = lambda ids: examples.vocab.decode([int(t) for t in ids])
+            self.metrics = text_tasks.TEXT_TASKS[ctx.config.task.name].metrics
+        self.prompts = prompts
+        shards = ctx.mesh.shape["data"] * ctx.mesh.shape["fsdp"]
+        # Inputs per call: eval_batch_size rows of samples (a multiple of the mesh's shards).
+        self.chunk = _round_up(max(ctx.config.eval_batch_size // num_samples, 1), shards)
+        decode = decoding.make_decoder(
+            ctx.model, "temperature", max_len=self.max_len, eos_id=ctx.eos_id,
+            temperature=temperature, num_decodes=num_samples,
+        )  # fmt: skip
+        replicated = sharding.replicated(ctx.mesh)
+        self._decode = jax.jit(decode, out_shardings=replicated)
+        reward_fn = make_reward_fn(ctx.model, gamma=self.gamma, eos_id=ctx.eos_id)
+        self._rewards = jax.jit(reward_fn, out_shardings=replicated)
+        self._rng = jax.random.PRNGKey(seed)
+
+    def samples(self, params) -> list[dict]:
+        """Every sample: input index, tokens, R and per-token rewards."""
+        out_rows = []
+        for start in range(0, len(self.prompts), self.chunk):
+            prompts = self.prompts[start : start + self.chunk]
+            tokens = _prompt_array(prompts, self.width, self.chunk)
+            batch = {type(self.ctx.model).input_features[0]: _global_array(tokens, self.ctx.mesh)}
+            rng = jax.random.fold_in(self._rng, start)
+            out = jax.device_get(self._decode(params, batch, rng))
+            pairs = [
+                (start + i, out["tokens"][i, n, : out["lengths"][i, n]].tolist())
+                for i in range(len(prompts))
+                for n in range(self.num_samples)
+            ]
+            scored, offsets = teacher_forced_rows(
+                self.ctx.model, [self.prompts[i] for i, _ in pairs], [y for _, y in pairs],
+                prompt_width=self.width, target_width=self.max_len,
+                rows=self.chunk * self.num_samples,
+            )  # fmt: skip
+            scored = {k: _global_array(v, self.ctx.mesh) for k, v in scored.items()}
+            rewards = jax.device_get(self._rewards(params, scored))
+            for row, ((index, y), offset) in enumerate(zip(pairs, offsets, strict=True)):
+                token_rewards = rewards[row, offset : offset + len(y)].astype(np.float64)
+                out_rows.append(
+                    {"input_index": index, "tokens": y, "reward": float(token_rewards.sum()),
+                     "token_rewards": token_rewards.tolist()}
+                )  # fmt: skip
+        return out_rows
+
+    def _scores(self, samples) -> dict[str, list[float]]:
+        """Per-sample scores, NaN where a score does not exist."""
+        if self.expert is not None:
+            log_p = [
+                self.expert.log_prob(self.inputs[s["input_index"]], s["tokens"]) / len(s["tokens"])
+                for s in samples
+            ]
+            return {
+                "validity": [float(np.isfinite(lp)) for lp in log_p],
+                "expert_log_prob": [lp if np.isfinite(lp) else np.nan for lp in log_p],
+            }
+        targets = [self.targets[s["input_index"]] for s in samples]
+        predictions = [s["prediction"] for s in samples]
+        scores = {}
+        for metric in self.metrics:
+            scores |= text_metrics.PER_EXAMPLE[metric](targets, predictions)
+        return scores
+
+    def __call__(self, params, step):
+        samples = self.samples(params)
+        for s in samples:
+            x = self.inputs[s["input_index"]]
+            s["input"] = x if isinstance(x, str) else ids_to_text(x)
+            s["prediction"] = self.decode_text(s["tokens"])
+        scores = self._scores(samples)
+        rewards = [s["reward"] for s in samples]
+        groups = [s["input_index"] for s in samples]
+        lengths = [len(s["tokens"]) for s in samples]
+        scalars = {
+            "reward_mean": float(np.mean(rewards)),
+            "reward_per_token": float(np.sum(rewards) / np.sum(lengths)),
+            "length": float(np.mean(lengths)),
+        }
+        for score, values in scores.items():
+            stats = rank_correlations(
+                rewards, values, groups, num_bootstrap=self.num_bootstrap, seed=self.seed
+            )
+            finite = np.asarray(values)[np.isfinite(values)]
+            scalars[f"mean_{score}"] = float(np.mean(finite)) if len(finite) else float("nan")
+            scalars |= {f"{k.replace('spearman', f'spearman_{score}', 1)}": v
+                        for k, v in stats.items() if k != "within_inputs"}  # fmt: skip
+            scalars[f"within_inputs_{score}"] = stats["within_inputs"]
+        if self.ctx.workdir and jax.process_index() == 0:
+            lines = []
+            for i, s in enumerate(samples):
+                row_scores = {k: None if np.isnan(v[i]) else v[i] for k, v in scores.items()}
+                lines.append(json.dumps(s | {"scores": row_scores}) + "\n")
+            path = files.path(self.ctx.workdir, "predictions", self.name, f"{step}.jsonl")
+            files.write_text(path, "".join(lines))
+        return scalars, {}
+
+
 def _replicated(ctx: EvalContext):
     return sharding.replicated(ctx.mesh)
 
@@ -359,6 +626,7 @@ EVALUATORS = {
     "loss": LossEvaluator,
     "synthetic_expert": ExpertEvaluator,
     "decode": DecodeEvaluator,
+    "reward": RewardEvaluator,
 }
 
 

@@ -70,6 +70,8 @@ def validate_config(config) -> None:
                              "must be >= 1")  # fmt: skip
     positive = ("batch_size", "eval_batch_size", "total_steps", "grad_accum_steps")
     for field in positive:
+        if field == "total_steps" and config.total_steps == 0 and config.get("init_from"):
+            continue  # evaluation only: config.evals on config.init_from's parameters
         if int(config[field]) <= 0:
             raise ValueError(f"config.{field}={config[field]} must be a positive integer")
     if config.batch_size % config.grad_accum_steps:
@@ -174,6 +176,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     A workdir whose `results.json` records a finished run (`config.total_steps` reached)
     is not trained again: its results are returned at once. `results.json` is written only
     when the run reaches `config.total_steps` (a SIGTERM stop leaves its checkpoint).
+    `config.total_steps=0` with `config.init_from` evaluates those parameters (every
+    evaluator of `config.evals`, at step 0) and saves no checkpoint.
     """
     validate_config(config)
     done = files.finished_results(workdir, config.total_steps)
@@ -343,7 +347,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     run_evals(step, final=step == config.total_steps)
             if pending is not None:
                 _report(pending, writer, timer, config, last_saved, checkpointer)
-            save(step)
+            if config.total_steps:  # (0: evaluation only, nothing trained to save)
+                save(step)
             if step >= config.total_steps and not final_evals_done:  # resumed at the end
                 run_evals(step, final=True)
         finally:

@@ -27,7 +27,8 @@ class LossSpec:
 
 
 _LAM = (lambda x: x >= 0, "a number >= 0 (0 is MLE; paper grid 0.01-1.0)", 0.1)
-_GAMMA = (lambda x: 0 < x <= 1, "a number in (0, 1] (default 0.99)", 0.99)
+DEFAULT_GAMMA = 0.99
+_GAMMA = (lambda x: 0 < x <= 1, f"a number in (0, 1] (default {DEFAULT_GAMMA})", DEFAULT_GAMMA)
 LOSSES = {
     "mle": LossSpec(mle_loss),
     "mle_entropy": LossSpec(
@@ -97,6 +98,7 @@ def make_loss(loss_config: Mapping) -> Callable:
 
 
 __all__ = [
+    "DEFAULT_GAMMA",
     "LOSSES",
     "iqlearn_loss",
     "iqlearn_online_loss",

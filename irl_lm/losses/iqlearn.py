@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from irl_lm.losses.common import action_and_state_values, negative_log_likelihood, token_mean
+from irl_lm.losses.common import action_and_state_values, token_mean
 
 
 def _shift_left(x_BxT: jax.Array, fill) -> jax.Array:
@@ -42,6 +42,35 @@ def next_values(v_BxT, targets_BxT, weights_BxT, *, eos_id, segment_ids_BxT=None
     return next_v_BxT, mask_BxT
 
 
+def td_residuals(logits_BxTxV, targets_BxT, weights_BxT, *, gamma, eos_id, segment_ids_BxT=None,
+                 terminal_at_end=False):  # fmt: skip
+    """δ_t = Q_t − γ V_{t+1}, the TD residual and the extracted per-token reward.
+
+    Returns (Q `[B, T]`, V `[B, T]`, V_{t+1}, δ, mask of the positions with a known V_{t+1}
+    (`next_values`)).
+    """
+    q_BxT, v_BxT = action_and_state_values(logits_BxTxV, targets_BxT)
+    next_v_BxT, mask_BxT = next_values(
+        v_BxT, targets_BxT, weights_BxT, eos_id=eos_id, segment_ids_BxT=segment_ids_BxT,
+        terminal_at_end=terminal_at_end,
+    )  # fmt: skip
+    return q_BxT, v_BxT, next_v_BxT, q_BxT - gamma * next_v_BxT, mask_BxT
+
+
+def sequence_rewards(logits_BxTxV, targets_BxT, weights_BxT, *, gamma, eos_id):
+    """The reward IQLearn extracts for whole sequences (generated or given, one per row):
+    per-token r_t = δ_t `[B, T]` (0 off the targets) and R = Σ_t r_t `[B]`.
+
+    Each row's last target token ends its episode (V = 0 after it), as for the online loss's
+    samples: at EOS, and also where a sequence stops without one.
+    """
+    *_, delta_BxT, mask_BxT = td_residuals(
+        logits_BxTxV, targets_BxT, weights_BxT, gamma=gamma, eos_id=eos_id, terminal_at_end=True
+    )
+    rewards_BxT = jnp.where(mask_BxT > 0, delta_BxT, 0.0)
+    return rewards_BxT, jnp.sum(rewards_BxT, axis=1)
+
+
 def data_terms(logits_BxTxV, targets_BxT, weights_BxT, *, gamma, eos_id, segment_ids_BxT):
     """The per-token pieces of IQLearn on data: (NLL, V `[B, T]`, V_{t+1}, δ, TD mask, χ²).
 
@@ -49,11 +78,11 @@ def data_terms(logits_BxTxV, targets_BxT, weights_BxT, *, gamma, eos_id, segment
     stays. χ² = Σ mask·δ² over all target tokens (the NLL's normaliser), including those
     whose TD term is dropped.
     """
-    nll, q_BxT, v_BxT = negative_log_likelihood(logits_BxTxV, targets_BxT, weights_BxT)
-    next_v_BxT, td_mask_BxT = next_values(
-        v_BxT, targets_BxT, weights_BxT, eos_id=eos_id, segment_ids_BxT=segment_ids_BxT
-    )
-    delta_BxT = q_BxT - gamma * next_v_BxT
+    q_BxT, v_BxT, next_v_BxT, delta_BxT, td_mask_BxT = td_residuals(
+        logits_BxTxV, targets_BxT, weights_BxT, gamma=gamma, eos_id=eos_id,
+        segment_ids_BxT=segment_ids_BxT,
+    )  # fmt: skip
+    nll = token_mean(v_BxT - q_BxT, weights_BxT)
     num_targets = jnp.maximum(jnp.sum(weights_BxT.astype(jnp.float32)), 1.0)
     td2 = jnp.sum(td_mask_BxT * jnp.square(delta_BxT)) / num_targets
     return nll, v_BxT, next_v_BxT, delta_BxT, td_mask_BxT, td2
@@ -119,14 +148,14 @@ def iqlearn_online_loss(
     )  # fmt: skip
     expert_diff = token_mean(v_BxT - gamma * next_v_BxT, mask_BxT)
 
-    p_q_BxT, p_v_BxT = action_and_state_values(policy["logits"], policy["targets"])
     p_weights_BxT = policy["weights"]
-    p_next_v_BxT, p_mask_BxT = next_values(
-        p_v_BxT, policy["targets"], p_weights_BxT, eos_id=eos_id, terminal_at_end=True
-    )
+    _, p_v_BxT, p_next_v_BxT, p_delta_BxT, p_mask_BxT = td_residuals(
+        policy["logits"], policy["targets"], p_weights_BxT, gamma=gamma, eos_id=eos_id,
+        terminal_at_end=True,
+    )  # fmt: skip
     policy_diff = token_mean(p_v_BxT - gamma * p_next_v_BxT, p_mask_BxT)
     if chi2_on_mixture:
-        p_td2 = token_mean(jnp.square(p_q_BxT - gamma * p_next_v_BxT), p_mask_BxT)
+        p_td2 = token_mean(jnp.square(p_delta_BxT), p_mask_BxT)
         td2 = (1 - alpha) * td2 + alpha * p_td2
     online = alpha * (policy_diff - expert_diff)
     loss = nll + lam * td2 + online

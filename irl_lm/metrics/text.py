@@ -6,6 +6,8 @@
   a target is one reference string or a list of references for that example.
 - `gsm8k_accuracy`: the final number (after `####`, else the last number in the text),
   with commas, `$` and a trailing `.` removed, compared numerically.
+- `PER_EXAMPLE[metric]`: the same metrics per example (`fn(targets, predictions) ->
+  {name: [value per example]}`), to rank samples.
 """
 
 from __future__ import annotations
@@ -21,10 +23,15 @@ ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 
 def rouge(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
+    per_example = rouge_per_example(targets, predictions)
+    return {name: float(np.mean(values)) for name, values in per_example.items()}
+
+
+def rouge_per_example(targets, predictions) -> dict[str, list[float]]:
     _check_lengths(targets, predictions)
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
     scores = [scorer.score(t, p) for t, p in zip(targets, predictions, strict=True)]
-    return {name: 100 * float(np.mean([s[name].fmeasure for s in scores])) for name in ROUGE_TYPES}
+    return {name: [100 * s[name].fmeasure for s in scores] for name in ROUGE_TYPES}
 
 
 def _reference_streams(targets) -> list[list[str]]:
@@ -67,6 +74,10 @@ def final_number(text: str) -> float | None:
 
 
 def gsm8k_accuracy(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
+    return {"accuracy": float(np.mean(gsm8k_per_example(targets, predictions)["accuracy"]))}
+
+
+def gsm8k_per_example(targets, predictions) -> dict[str, list[float]]:
     _check_lengths(targets, predictions)
     correct = []
     for target, prediction in zip(targets, predictions, strict=True):
@@ -74,7 +85,27 @@ def gsm8k_accuracy(targets: Sequence[str], predictions: Sequence[str]) -> dict[s
         if gold is None:
             raise ValueError(f"target has no final number: {target[-80:]!r}")
         correct.append(guess is not None and np.isclose(guess, gold, rtol=0, atol=1e-6))
-    return {"accuracy": 100 * float(np.mean(correct))}
+    return {"accuracy": [100.0 * c for c in correct]}
+
+
+def _sentence_scores(score_fn, name: str):
+    def per_example(targets, predictions) -> dict[str, list[float]]:
+        _check_lengths(targets, predictions)
+        refs = [[t] if isinstance(t, str) else list(t) for t in targets]
+        return {name: [score_fn(p, r).score for p, r in zip(predictions, refs, strict=True)]}
+
+    return per_example
+
+
+# A task metric's per-example scores (0-100), e.g. to rank samples: ROUGE and GSM8k
+# correctness average to the corpus values; BLEU and chrF are sacreBLEU's sentence scores
+# (sentence BLEU with its default exponential smoothing), which do not.
+PER_EXAMPLE = {
+    "rouge": rouge_per_example,
+    "bleu": _sentence_scores(sacrebleu.sentence_bleu, "bleu"),
+    "chrf": _sentence_scores(sacrebleu.sentence_chrf, "chrf"),
+    "gsm8k_accuracy": gsm8k_per_example,
+}
 
 
 def _check_lengths(targets, predictions) -> None:
