@@ -109,11 +109,11 @@ def text_task_config(
            every 1000 steps.
     loss (mle, mle_entropy, iqlearn, iqlearn_online, gail) and its fields (lam, gamma,
     beta, alpha, mle_weight, kl_coef, entropy_coef, reward), model, data (the folder of the
-    shared JSONL files).
+    shared JSONL files), evals (the evaluators to keep, "+"-separated; default all).
     `files` maps splits to paths under `data`; point `--config.task.files.<split>` at the
     full corpora for real runs.
     """
-    args = parse_arg(arg, **LOSS_ARGS, mode="tiny", model="", data="../shared/data")
+    args = parse_arg(arg, **LOSS_ARGS, mode="tiny", model="", data="../shared/data", evals="")
     if args["mode"] not in ("tiny", "full"):
         raise ValueError(f"config arg mode={args['mode']!r}; allowed: tiny, full")
     tiny = args["mode"] == "tiny"
@@ -141,8 +141,11 @@ def text_task_config(
         config.optimizer.learning_rate = 3e-3
         config.evals = dict(
             validation=dict(kind="loss", every=0, max_examples=16),
-            decode=dict(kind="decode", every=0, max_examples=8, method="greedy"),
-        )
+            decode=dict(kind="decode", every=0, max_examples=8, method="greedy",
+                        temperature=1.0, num_decodes=1),
+            reward=dict(kind="reward", every=0, num_examples=4, num_samples=4,
+                        num_bootstrap=100),
+        )  # fmt: skip
         if task == "gsm8k":  # the paper's second GSM8k metric
             config.evals.calculator = dict(
                 kind="decode", every=0, max_examples=4, method="greedy", calculator=True
@@ -155,14 +158,22 @@ def text_task_config(
         config.checkpoint.every = 1000
         config.evals = dict(
             validation=dict(kind="loss", every=1000, max_examples=1024),
-            decode=dict(kind="decode", every=1000, max_examples=512, method="greedy"),
+            decode=dict(kind="decode", every=1000, max_examples=512, method="greedy",
+                        temperature=1.0, num_decodes=1),
             samples=dict(kind="decode", every=5000, max_examples=256, method="temperature",
                          temperature=1.0, num_decodes=4),
+            reward=dict(kind="reward", every=5000, num_examples=256, num_samples=8),
         )  # fmt: skip
         if task == "gsm8k":
             config.evals.calculator = dict(
                 kind="decode", every=5000, max_examples=512, method="greedy", calculator=True
             )
+    if args["evals"]:  # keep only these evaluators, e.g. for an evaluation-only run
+        keep = args["evals"].split("+")
+        unknown = sorted(set(keep) - set(config.evals))
+        if unknown:
+            raise ValueError(f"config arg evals: {unknown} not in {sorted(config.evals)}")
+        config.evals = {name: config.evals[name] for name in keep}
     return config
 
 
@@ -183,10 +194,129 @@ def grid(config_arg: str | None = None, **axes) -> list[dict]:
     return points
 
 
+ENTROPY_BETAS = (0.01, 0.03, 0.1, 0.3)  # MLE + entropy's grid in the studies
+TEMPERATURES = (0.1, 0.25, 0.5, 0.75, 1.0)  # the decoding study's
+# The model-size study's T5 presets and the Hugging Face folders (under `ckpts=`) they load
+T5_SIZES = {"t5_base": "t5-v1_1-base", "t5_large": "t5-v1_1-large", "t5_xl": "t5-v1_1-xl"}
+STUDIES = ("lambda", "lambda_entropy", "model_size", "decoding", "data_size",
+           "reward_correlation")  # fmt: skip
+
+
+def decoders() -> list[tuple[str, str, float]]:
+    """The decoding study's (name, method, temperature): greedy, beam search with 4 beams
+    (no temperature: 0 in the tables) and sampling at each of `TEMPERATURES`."""
+    return [
+        ("greedy", "greedy", 0.0),
+        ("beam4", "beam", 0.0),
+        *((f"t={t:g}", "temperature", t) for t in TEMPERATURES),
+    ]
+
+
 def text_task_sweep(arg: str | None = None) -> list[dict]:
-    """The sweeps of the paper-task configs: "lambda" (default), the paper's λ grid × 3
-    seeds of `mode=full` IQLearn; "tiny", the same grid on the `mode=tiny` smoke config."""
-    mode = {None: "full", "lambda": "full", "tiny": "tiny"}.get(arg)
-    if mode is None:
-        raise ValueError(f"sweep arg {arg!r}; allowed: lambda (the default), tiny")
-    return grid(f"mode={mode},loss=iqlearn", **{"loss.lam": PAPER_LAMBDAS, "seed": SEEDS})
+    """The sweeps of the paper-task configs, the synthetic-expert studies' layout
+    (experiments/README.md) for a real task. `arg` keys:
+
+    study   "lambda" (the default): the paper's λ grid × 3 seeds of IQLearn;
+            "lambda_entropy": that grid and MLE + entropy β ∈ `ENTROPY_BETAS`;
+            "model_size": MLE and IQLearn at `lam` for each of `T5_SIZES` (mode=full
+            fine-tunes `ckpts`/<folder>; mode=tiny widens the tiny T5: d_model 32/64/128);
+            "decoding": `source`'s MLE and IQLearn-at-`lam` runs evaluated (no training) by
+            the decode evaluator with each of `decoders()`;
+            "data_size": MLE, IQLearn at `lam` and MLE + entropy at `beta` on 250 / 1000 /
+            4000 / all training examples (mode=tiny: 32 / 64 / 128 / 256);
+            "reward_correlation": `source`'s λ grid evaluated by the reward evaluator,
+            plus online IQLearn (α = 0.1) at `lam`.
+    mode    "full" (the default) or "tiny" (the smoke config; "tiny" alone is
+            study=lambda,mode=tiny).
+    lam, beta  the λ and β of the studies after the first (default 0.1, 0.01);
+    source  the lambda_entropy sweep folder that decoding and reward_correlation evaluate;
+    ckpts   the folder of the Hugging Face checkpoints of `T5_SIZES` (default /ckpts).
+    Each point of a seed: 3 seeds each.
+    """
+    arg = "study=lambda,mode=tiny" if arg == "tiny" else arg
+    args = parse_arg(arg, study="lambda", mode="full", lam="0.1", beta="0.01",
+                     source="workdirs/lambda_entropy", ckpts="/ckpts")  # fmt: skip
+    study, mode = args["study"], args["mode"]
+    if study not in STUDIES:
+        raise ValueError(f"sweep arg study={study!r}; allowed: {', '.join(STUDIES)}")
+    if mode not in ("full", "tiny"):
+        raise ValueError(f"sweep arg mode={mode!r}; allowed: full, tiny")
+    lam, beta = float(args["lam"]), float(args["beta"])
+    iqlearn, entropy = f"mode={mode},loss=iqlearn", f"mode={mode},loss=mle_entropy"
+    seeds = {"seed": SEEDS}
+    lambdas = grid(iqlearn, **{"loss.lam": PAPER_LAMBDAS, **seeds})
+    if study == "lambda":
+        return lambdas
+    if study == "lambda_entropy":
+        return lambdas + grid(entropy, **{"loss.beta": ENTROPY_BETAS, **seeds})
+    if study == "model_size":
+        return [
+            {"name": f"{size},lam={p['loss.lam']:g},seed={p['seed']}", **p, **fields}
+            for size, model_arg, fields in _model_sizes(mode, args["ckpts"])
+            for p in grid(iqlearn + model_arg, **{"loss.lam": (0.0, lam), **seeds})
+        ]
+    if study == "data_size":
+        sizes = (250, 1000, 4000, 0) if mode == "full" else (32, 64, 128, 256)
+        axes = {"task.num_train_examples": sizes, **seeds}
+        return grid(iqlearn, **{"loss.lam": (0.0, lam)}, **axes) + grid(
+            entropy, **{"loss.beta": (beta,)}, **axes
+        )
+    # decoding and reward_correlation evaluate study lambda_entropy's runs in `source`
+    source_names = dict(
+        zip(
+            [(p["loss.lam"], p["seed"]) for p in lambdas],
+            _source_names(lambdas + grid(entropy, **{"loss.beta": ENTROPY_BETAS, **seeds})),
+            strict=False,
+        )
+    )
+
+    def evaluate(lam_value, seed, evals, **fields):
+        source = f"{args['source']}/{source_names[(lam_value, seed)]}"
+        return {"config_arg": f"{iqlearn},evals={evals}", "init_from": source,
+                "total_steps": 0, "loss.lam": lam_value, "seed": seed, **fields}  # fmt: skip
+
+    if study == "decoding":
+        return [
+            evaluate(
+                lam_value,
+                seed,
+                "decode",
+                name=f"lam={lam_value:g},seed={seed},{name}",
+                **{
+                    "evals.decode.method": method,
+                    "evals.decode.temperature": temperature,
+                    "evals.decode.num_decodes": 4 if method == "temperature" else 1,
+                },
+            )  # fmt: skip
+            for lam_value in (0.0, lam)
+            for seed in SEEDS
+            for name, method, temperature in decoders()
+        ]
+    offline = [
+        evaluate(p["loss.lam"], p["seed"], "reward", name=f"lam={p['loss.lam']:g},seed={p['seed']}")
+        for p in lambdas
+    ]
+    online = [
+        p | {"name": f"online,lam={lam:g},alpha=0.1,seed={p['seed']}"}
+        for p in grid(f"mode={mode},loss=iqlearn_online,evals=reward",
+                      **{"loss.lam": (lam,), "loss.alpha": (0.1,), **seeds})
+    ]  # fmt: skip
+    return offline + online
+
+
+def _model_sizes(mode: str, ckpts: str) -> list[tuple[str, str, dict]]:
+    """(name, config_arg suffix, fields) per size: `T5_SIZES` fine-tuned from `ckpts`, or
+    (mode=tiny) the tiny T5 at d_model 32 / 64 / 128."""
+    if mode == "full":
+        return [(preset, f",model={preset}", {"init_from": f"hf:{ckpts}/{folder}"})
+                for preset, folder in T5_SIZES.items()]  # fmt: skip
+    return [
+        (f"d_model={d}", "", {"model.d_model": d, "model.d_ff": 2 * d, "model.d_kv": d // 4})
+        for d in (32, 64, 128)
+    ]
+
+
+def _source_names(points: list[dict]) -> list[str]:
+    from irl_lm.sweep import point_names  # the names the lambda_entropy sweep gave its runs
+
+    return point_names(points)

@@ -139,7 +139,10 @@ def make_reward_fn(model, *, gamma: float, eos_id: int):
     (`losses.iqlearn.sequence_rewards`, the loss's own δ_t), 0 off the targets."""
 
     def rewards(params, batch):
-        logits = model.apply({"params": params}, batch, deterministic=True)
+        # The model reads the input features only: a sampled PAD token (which a barely
+        # trained policy can emit) is then read as the sampler fed it back, not as padding.
+        inputs = {k: batch[k] for k in type(model).input_features}
+        logits = model.apply({"params": params}, inputs, deterministic=True)
         rewards_BxT, _ = sequence_rewards(
             logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
             gamma=gamma, eos_id=eos_id,
@@ -577,7 +580,7 @@ class RewardEvaluator:
                 "validity": [float(np.isfinite(lp)) for lp in log_p],
                 "expert_log_prob": [lp if np.isfinite(lp) else np.nan for lp in log_p],
             }
-        targets = [self.targets[s["input_index"]] for s in samples]
+        targets = [s["target"] for s in samples]
         predictions = [s["prediction"] for s in samples]
         scores = {}
         for metric in self.metrics:
@@ -588,7 +591,10 @@ class RewardEvaluator:
         samples = self.samples(params)
         for s in samples:
             x = self.inputs[s["input_index"]]
-            s["input"] = x if isinstance(x, str) else ids_to_text(x)
+            if self.expert is None:
+                s |= {"input": x, "target": self.targets[s["input_index"]]}
+            else:
+                s["input"] = ids_to_text(x)
             s["prediction"] = self.decode_text(s["tokens"])
         scores = self._scores(samples)
         rewards = [s["reward"] for s in samples]

@@ -20,6 +20,7 @@ local devices (`--fsdp` / `--tensor` shard the parameters); one shape is compile
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -35,11 +36,7 @@ from irl_lm.models.hf import load_vocabulary
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--hf", help="a Hugging Face model folder")
-    source.add_argument("--workdir", help="a training workdir (latest step) or converted folder")
-    p.add_argument("--input-file", required=True)
-    p.add_argument("--output-file", required=True)
+    add_source_args(p)
     p.add_argument("--method", choices=decoding.METHODS, default="greedy")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0, help="0: no top-k filtering")
@@ -49,8 +46,18 @@ def parse_args(argv):
     p.add_argument("--num-decodes", type=int, default=1, help="samples per input")
     p.add_argument("--max-decode-len", type=int, default=64)
     p.add_argument("--max-input-len", type=int, default=0, help="0: the longest input")
-    p.add_argument("--batch-size", type=int, default=32, help="inputs per decoding call")
     p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def add_source_args(p: argparse.ArgumentParser) -> None:
+    """The checkpoint and input flags `irl_lm.sample` and `irl_lm.reward` share."""
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--hf", help="a Hugging Face model folder")
+    source.add_argument("--workdir", help="a training workdir (latest step) or converted folder")
+    p.add_argument("--input-file", required=True)
+    p.add_argument("--output-file", required=True)
+    p.add_argument("--batch-size", type=int, default=32, help="rows per call")
     p.add_argument("--prompt-format", choices=["auto", "prefix_lm", "continue"], default="auto",
                    help="decoder-only text inputs (see above); auto: prefix_lm for --workdir, "
                    "continue for --hf")  # fmt: skip
@@ -58,52 +65,28 @@ def parse_args(argv):
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--fsdp", type=int, default=1)
     p.add_argument("--tensor", type=int, default=1)
-    return p.parse_args(argv)
 
 
-def read_inputs(
-    path: str, vocab, eos_id: int, vocab_size: int, *, append_eos: bool, text_format=((), ())
-) -> list[list[int]]:
-    """Token ids per line (EOS-terminated for an encoder; text between the two id lists of
-    `text_format`); errors name the file and line."""
-    rows = []
-    with open(path) as f:
-        for line_no, line in enumerate(f, 1):
-            where = f"{path}:{line_no}"
-            if not line.strip():
-                raise ValueError(f"{where}: empty line; every line must be a JSON object")
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not JSON ({e})") from None
-            if "input_ids" in record:
-                ids = record["input_ids"]
-                if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
-                    raise ValueError(f"{where}: 'input_ids' must be a list of integers")
-            elif "inputs" in record:
-                if vocab is None:
-                    raise ValueError(
-                        f"{where}: 'inputs' is text, but the checkpoint has no vocabulary "
-                        "(no tokenizer file); give 'input_ids' instead"
-                    )
-                ids = [*text_format[0], *vocab.encode(record["inputs"]), *text_format[1]]
-            else:
-                raise ValueError(f"{where}: needs 'inputs' (text) or 'input_ids' (token ids)")
-            bad = [i for i in ids if not 0 <= i < vocab_size]
-            if bad:
-                raise ValueError(f"{where}: token ids {bad[:5]} outside [0, {vocab_size})")
-            if append_eos and not (ids and ids[-1] == eos_id):
-                ids = [*ids, eos_id]
-            if not ids:
-                raise ValueError(f"{where}: empty prompt")
-            rows.append(ids)
-    if not rows:
-        raise ValueError(f"{path}: no inputs")
-    return rows
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+    """A checkpoint ready to run: its model, mesh, vocabulary (None without tokenizer
+    files), EOS, whether the model reads inputs with an encoder, and the text format of a
+    prompt (token ids before and after the encoded text)."""
+
+    source: checkpointing.InitSource
+    model: object
+    mesh: object
+    vocab: object
+    eos_id: int
+    encoder: bool
+    text_format: tuple
+
+    def load_params(self):
+        abstract, shardings = sharding.abstract_params(self.model, self.mesh)
+        return self.source.load_params(self.model, abstract, shardings)
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
+def load(args) -> Loaded:
     source = checkpointing.parse_init_from(f"hf:{args.hf}" if args.hf else args.workdir)
     model = build_model(source.model_config() | {"dtype": args.dtype, "dropout_rate": 0.0})
     mesh = sharding.make_mesh({"data": -1, "fsdp": args.fsdp, "tensor": args.tensor})
@@ -112,8 +95,7 @@ def main(argv=None) -> dict:
     eos_id = args.eos_id if args.eos_id is not None else vocab.eos_id if vocab else 1
     # T5 reads its inputs with the encoder (EOS-terminated, cut at the end when too long);
     # a decoder-only model continues a prompt (no EOS, cut at the start when too long).
-    feature = type(model).input_features[0]
-    encoder = feature == "encoder_input_tokens"
+    encoder = type(model).input_features[0] == "encoder_input_tokens"
     text_format = ((), ())
     if not encoder and vocab is not None:
         from irl_lm.data import pipeline  # brings TensorFlow: only for decoder-only text
@@ -126,18 +108,81 @@ def main(argv=None) -> dict:
             text_format = (pipeline.prompt_prefix(model, vocab), [eos_id])
         elif bos is not None:
             text_format = ([bos], ())
-    inputs = read_inputs(
-        args.input_file, vocab, eos_id, model.config.vocab_size, append_eos=encoder,
-        text_format=text_format,
-    )  # fmt: skip
+    return Loaded(source, model, mesh, vocab, eos_id, encoder, text_format)
+
+
+def read_records(path: str):
+    """Yields (`FILE:LINE`, record) for each line of a JSON Lines file; a line that is not a
+    JSON object fails naming its file and line."""
+    with open(path) as f:
+        for line_no, line in enumerate(f, 1):
+            where = f"{path}:{line_no}"
+            if not line.strip():
+                raise ValueError(f"{where}: empty line; every line must be a JSON object")
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not JSON ({e})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            yield where, record
+
+
+def record_ids(record, where, *, ids_key, text_key, vocab, vocab_size, text_format=((), ())):
+    """The token ids of `record[ids_key]` (as given), or of the text `record[text_key]`
+    (encoded, between the two id lists of `text_format`)."""
+    if ids_key in record:
+        ids = record[ids_key]
+        if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+            raise ValueError(f"{where}: '{ids_key}' must be a list of integers")
+    elif text_key in record:
+        if vocab is None:
+            raise ValueError(
+                f"{where}: '{text_key}' is text, but the checkpoint has no vocabulary "
+                f"(no tokenizer file); give '{ids_key}' instead"
+            )
+        if not isinstance(record[text_key], str):
+            raise ValueError(f"{where}: '{text_key}' must be a string")
+        ids = [*text_format[0], *vocab.encode(record[text_key]), *text_format[1]]
+    else:
+        raise ValueError(f"{where}: needs '{text_key}' (text) or '{ids_key}' (token ids)")
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise ValueError(f"{where}: token ids {bad[:5]} outside [0, {vocab_size})")
+    return ids
+
+
+def read_inputs(path: str, loaded: Loaded) -> list[list[int]]:
+    """Prompt ids per line (EOS-terminated for an encoder); errors name the file and line."""
+    rows = []
+    for where, record in read_records(path):
+        ids = record_ids(
+            record, where, ids_key="input_ids", text_key="inputs", vocab=loaded.vocab,
+            vocab_size=loaded.model.config.vocab_size, text_format=loaded.text_format,
+        )  # fmt: skip
+        if loaded.encoder and not (ids and ids[-1] == loaded.eos_id):
+            ids = [*ids, loaded.eos_id]
+        if not ids:
+            raise ValueError(f"{where}: empty prompt")
+        rows.append(ids)
+    if not rows:
+        raise ValueError(f"{path}: no inputs")
+    return rows
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    loaded = load(args)
+    model, mesh, eos_id, encoder = loaded.model, loaded.mesh, loaded.eos_id, loaded.encoder
+    inputs = read_inputs(args.input_file, loaded)
+    feature = type(model).input_features[0]
     length = args.max_input_len or max(len(ids) for ids in inputs)
     truncated = sum(len(ids) > length for ids in inputs)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     batch_size = math.ceil(args.batch_size / shards) * shards
 
     with sharding.use_mesh(mesh):
-        abstract, shardings = sharding.abstract_params(model, mesh)
-        params = source.load_params(model, abstract, shardings)
+        params = loaded.load_params()
         decode = jax.jit(
             decoding.make_decoder(
                 model, args.method, max_len=args.max_decode_len, eos_id=eos_id,
@@ -157,7 +202,7 @@ def main(argv=None) -> dict:
                 batch = sharding.shard_host_batch({feature: tokens}, mesh)
                 result = jax.device_get(decode(params, batch, jax.random.fold_in(key, start)))
                 for row in range(len(chunk)):
-                    out.write(json.dumps(_record(result, row, vocab, args.method)) + "\n")
+                    out.write(json.dumps(_record(result, row, loaded.vocab, args.method)) + "\n")
     summary = {"inputs": len(inputs), "truncated_inputs": truncated, "output": args.output_file}
     if truncated:
         print(f"{truncated} inputs longer than {length} tokens were truncated", file=sys.stderr)

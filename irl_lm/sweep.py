@@ -59,6 +59,11 @@ class Point:
     returncode: int | None = None
     duration_s: float | None = None
 
+    def resolve_config(self):
+        """The config `irl_lm.main` builds for this point (to run it in-process)."""
+        spec = self.args[0].removeprefix("--config=")
+        return _resolve(spec, [a for a in self.args[1:] if not a.startswith("--workdir=")])
+
     @property
     def log(self) -> str:
         return str(files.path(self.workdir, LOG_FILE))

@@ -70,8 +70,13 @@ def validate_config(config) -> None:
                              "must be >= 1")  # fmt: skip
     positive = ("batch_size", "eval_batch_size", "total_steps", "grad_accum_steps")
     for field in positive:
-        if field == "total_steps" and config.total_steps == 0 and config.get("init_from"):
-            continue  # evaluation only: config.evals on config.init_from's parameters
+        if field == "total_steps" and config.total_steps == 0:
+            if config.get("init_from"):
+                continue  # evaluation only: config.evals on config.init_from's parameters
+            raise ValueError(
+                "config.total_steps=0 evaluates the parameters of config.init_from, which is "
+                "empty: set --config.init_from (or a positive number of steps)"
+            )
         if int(config[field]) <= 0:
             raise ValueError(f"config.{field}={config[field]} must be a positive integer")
     if config.batch_size % config.grad_accum_steps:

@@ -9,9 +9,7 @@
 """
 
 from configs.expert_study import get_config  # noqa: F401
-from irl_lm.config_utils import PAPER_LAMBDAS, SEEDS, grid
-
-ENTROPY_BETAS = (0.01, 0.03, 0.1, 0.3)
+from irl_lm.config_utils import ENTROPY_BETAS, PAPER_LAMBDAS, SEEDS, grid
 
 
 def sweep(arg=None):

@@ -1,0 +1,34 @@
+"""Study 2: model size (PAPER.md §5, claim 2). T5 with d_model 32 / 64 / 128 (d_ff twice
+that, 4 heads of d_model / 4, 2 + 2 layers) for MLE (λ = 0) and study 1's best λ
+(`BEST_LAMBDA`: the λ > 0 with the highest mean validity in experiments/lambda_entropy),
+each x 3 seeds, on configs/expert_study.py.
+
+    python -m irl_lm.sweep --config=experiments/model_size/config.py \
+        --workdir=workdirs/model_size --parallel=2
+    python -m irl_lm.report workdirs/model_size --group_by=model.d_model,loss.lam
+"""
+
+from configs.expert_study import get_config  # noqa: F401
+from irl_lm.config_utils import SEEDS
+from irl_lm.sweep import format_value
+
+BEST_LAMBDA = 0.01
+D_MODELS = (32, 64, 128)
+
+
+def sweep(arg=None):
+    del arg
+    return [
+        {
+            "name": f"d_model={d},lam={format_value(lam)},seed={seed}",
+            "config_arg": "loss=iqlearn",
+            "model.d_model": d,
+            "model.d_ff": 2 * d,
+            "model.d_kv": d // 4,
+            "loss.lam": lam,
+            "seed": seed,
+        }
+        for d in D_MODELS
+        for lam in (0.0, BEST_LAMBDA)
+        for seed in SEEDS
+    ]

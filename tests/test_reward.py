@@ -1,0 +1,251 @@
+"""IQLearn's extracted reward: the loss's δ_t, the reward evaluator and `irl_lm.reward`."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+import scipy.stats
+from test_configs import CONFIG_DIR, load
+
+from irl_lm import evaluation, reward, sharding, train
+from irl_lm.data import pipeline, tasks
+from irl_lm.data.synthetic import EOS_ID
+from irl_lm.losses import make_loss
+from irl_lm.losses.iqlearn import data_terms, sequence_rewards
+from irl_lm.models import build_model
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+TINY_DECODER_ONLY = dict(
+    name="decoder_only", vocab_size=0, hidden_size=16, intermediate_size=32,
+    num_hidden_layers=1, num_attention_heads=2,
+)  # fmt: skip
+
+
+def reference_rewards(logits_TxV, y, gamma):
+    """r_t = ℓ_t[y_t] − γ V_{t+1}, V = logsumexp ℓ, 0 after the sequence's last token."""
+    logits = np.asarray(logits_TxV, np.float64)
+    values = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    rewards = []
+    for t, token in enumerate(y):
+        terminal = token == EOS_ID or t == len(y) - 1
+        rewards.append(logits[t, token] - gamma * (0.0 if terminal else values[t + 1]))
+    return np.array(rewards)
+
+
+def test_sequence_rewards_are_the_losses_td_residuals_and_match_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 6, 11)).astype(np.float32) * 3
+    targets = np.array([[4, 5, 1, 0, 0, 0], [7, 8, 9, 3, 2, 6], [1, 0, 0, 0, 0, 0]], np.int32)
+    weights = (np.arange(6)[None] < np.array([[3], [6], [1]])).astype(np.float32)
+    gamma = 0.9
+    rewards, totals = jax.device_get(
+        sequence_rewards(logits, targets, weights, gamma=gamma, eos_id=EOS_ID)
+    )
+    for row, length in enumerate([3, 6, 1]):
+        expected = reference_rewards(logits[row, :length], targets[row, :length], gamma)
+        np.testing.assert_allclose(rewards[row, :length], expected, rtol=1e-5, atol=1e-5)
+        assert np.all(rewards[row, length:] == 0)
+        assert totals[row] == pytest.approx(expected.sum(), rel=1e-5, abs=1e-5)
+    # Where the loss knows V_{t+1} (not the truncated row's last token), the same δ_t.
+    *_, delta, mask, _ = data_terms(
+        logits, targets, weights, gamma=gamma, eos_id=EOS_ID, segment_ids_BxT=None
+    )
+    known = np.asarray(mask) > 0
+    np.testing.assert_array_equal(np.asarray(delta)[known], rewards[known])
+    assert not known[1, 5]  # the row without EOS: the loss drops its last TD term
+
+
+def test_rank_correlations_match_scipy_loops():
+    rng = np.random.default_rng(1)
+    groups = np.repeat(np.arange(12), 5)
+    scores = rng.normal(size=60)
+    rewards = scores + rng.normal(size=60) + groups * 0.3
+    scores[[3, 17]] = np.nan  # left out
+    scores[20:25] = 1.0  # one input's scores all equal: no within-input ρ
+    out = evaluation.rank_correlations(rewards, scores, groups, num_bootstrap=400)
+    keep = np.isfinite(scores)
+    assert out["spearman"] == pytest.approx(
+        scipy.stats.spearmanr(rewards[keep], scores[keep]).statistic
+    )
+    within = [
+        scipy.stats.spearmanr(rewards[m & keep], scores[m & keep]).statistic
+        for m in (groups[:, None] == np.arange(12)).T
+        if np.ptp(scores[m & keep]) > 0
+    ]
+    assert out["within_inputs"] == 11
+    assert out["within_spearman"] == pytest.approx(np.mean(within))
+    # The within-input error is the standard error of a mean; the bootstrap's is close.
+    assert out["within_spearman_se"] == pytest.approx(scipy.stats.sem(within, ddof=0), rel=0.25)
+    assert 0 < out["spearman_se"] < 0.5
+
+
+def _context(config, model, tmp_path):
+    mesh = sharding.make_mesh({"data": -1})
+    eos_id = tasks.get_task(config.task).output_features["targets"].vocabulary.eos_id
+    return evaluation.EvalContext(
+        config, model, mesh, make_loss(config.loss), eos_id, str(tmp_path)
+    )
+
+
+def _scaled_params(config, model):
+    params = model.init(jax.random.PRNGKey(1), train.dummy_batch(config, model, 1))["params"]
+    return jax.tree.map(lambda p: 3 * p, sharding.unbox(params))
+
+
+def _teacher_forced_logits(model, params, prompt, y):
+    """One unpadded (prompt, y) pair's logits at y's positions."""
+    if "encoder_input_tokens" in type(model).input_features:
+        batch = {
+            "encoder_input_tokens": np.array([prompt], np.int32),
+            "decoder_input_tokens": np.array([[0, *y[:-1]]], np.int32),
+        }
+        return np.asarray(model.apply({"params": params}, batch))[0]
+    sequence = np.array([[*prompt, *y[:-1]]], np.int32)
+    logits = np.asarray(model.apply({"params": params}, {"decoder_input_tokens": sequence}))
+    return logits[0, len(prompt) - 1 :]
+
+
+@pytest.mark.parametrize("family", ["t5", "decoder_only"])
+def test_reward_evaluator_matches_numpy_on_its_own_samples(family, make_config, tmp_path):
+    config = make_config(**{"loss.gamma": 0.9})
+    if family == "decoder_only":
+        config.model = TINY_DECODER_ONLY
+    model = build_model(train.resolve_model_config(config))
+    params = _scaled_params(config, model)
+    ctx = _context(config, model, tmp_path)
+    with sharding.use_mesh(ctx.mesh):
+        evaluator = evaluation.RewardEvaluator(
+            ctx, "reward", num_examples=3, num_samples=3, num_bootstrap=50
+        )
+        scalars, _ = evaluator(params, 7)
+    with open(tmp_path / "predictions" / "reward" / "7.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    assert len(rows) == 9 and [r["input_index"] for r in rows] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    vocab = tasks.get_task(config.task).output_features["targets"].vocabulary
+    prefix = pipeline.prompt_prefix(model, vocab)
+    expert = evaluator.expert
+    for row in rows:
+        x = evaluator.inputs[row["input_index"]]
+        y = row["tokens"]
+        logits = _teacher_forced_logits(model, params, [*prefix, *x, EOS_ID], y)
+        expected = reference_rewards(logits[: len(y)], y, gamma=0.9)
+        np.testing.assert_allclose(row["token_rewards"], expected, rtol=1e-4, atol=1e-4)
+        assert row["reward"] == pytest.approx(expected.sum(), rel=1e-4, abs=1e-4)
+        log_p = expert.log_prob(x, y)
+        assert row["scores"]["validity"] == float(np.isfinite(log_p))
+        if np.isfinite(log_p):
+            assert row["scores"]["expert_log_prob"] == pytest.approx(log_p / len(y))
+        else:
+            assert row["scores"]["expert_log_prob"] is None
+    rewards = [r["reward"] for r in rows]
+    assert scalars["reward_mean"] == pytest.approx(np.mean(rewards))
+    assert scalars["mean_validity"] == pytest.approx(
+        np.mean([r["scores"]["validity"] for r in rows])
+    )
+
+
+@pytest.fixture(scope="module")
+def wmt22_tiny(tmp_path_factory):
+    """A byte-level T5 on the shared WMT22 subset, 2 steps: its samples are near-random
+    bytes, whose sentence chrF against the references still varies from sample to sample."""
+    if not os.path.isdir(DATA):
+        pytest.skip(f"shared data not found at {DATA} (see shared/data/README.md)")
+    config = load_config()
+    config.total_steps, config.checkpoint.every = 2, 2
+    config.task.max_target_len = 24
+    config.evals = dict(reward=dict(kind="reward", every=0, num_examples=6, num_samples=4,
+                                    num_bootstrap=100))  # fmt: skip
+    workdir = tmp_path_factory.mktemp("wmt22_reward")
+    results = train.train_and_evaluate(config, str(workdir))
+    with open(workdir / "predictions" / "reward" / "2.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    return workdir, results["eval"]["reward"], rows
+
+
+def test_reward_evaluator_correlations_equal_scipy_on_the_predictions_file(wmt22_tiny):
+    _, scalars, rows = wmt22_tiny
+    assert len(rows) == 24
+    import sacrebleu
+
+    for metric in ("chrf", "bleu"):
+        scores = np.array([r["scores"][metric] for r in rows])
+        score_fn = sacrebleu.sentence_chrf if metric == "chrf" else sacrebleu.sentence_bleu
+        # the per-sample score is sacreBLEU's sentence score against the reference
+        expected = [score_fn(r["prediction"], [r["target"]]).score for r in rows]
+        np.testing.assert_allclose(scores, expected)
+        rewards = np.array([r["reward"] for r in rows])
+        if np.ptp(scores) == 0:
+            continue
+        assert scalars[f"spearman_{metric}"] == pytest.approx(
+            scipy.stats.spearmanr(rewards, scores).statistic
+        )
+        groups = np.array([r["input_index"] for r in rows])
+        within = [
+            scipy.stats.spearmanr(rewards[groups == g], scores[groups == g]).statistic
+            for g in range(6)
+            if np.ptp(scores[groups == g]) > 0
+        ]
+        assert scalars[f"within_inputs_{metric}"] == len(within)
+        assert scalars[f"within_spearman_{metric}"] == pytest.approx(np.mean(within))
+    assert np.ptp([r["scores"]["chrf"] for r in rows]) > 0  # the check above ran for chrF
+
+
+def test_reward_cli_scores_pairs_as_the_evaluator_does(wmt22_tiny, tmp_path):
+    workdir, _, rows = wmt22_tiny
+    vocab = tasks.get_task(load_config().task).output_features["targets"].vocabulary
+    pairs = tmp_path / "pairs.jsonl"
+    lines = [  # the evaluator's prompts: the input's bytes, cut as seqio cuts them, and EOS
+        {"input_ids": [*vocab.encode(r["input"])[:127], 1], "target_ids": r["tokens"]}
+        for r in rows[:6]
+    ]
+    lines += [  # text is encoded with the run's vocabulary, EOS after the target
+        {"inputs": "Hallo Welt", "targets": "Hello world"},
+        {
+            "input_ids": [*vocab.encode("Hallo Welt"), 1],
+            "target_ids": [*vocab.encode("Hello world"), 1],
+        },
+    ]
+    pairs.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "scored.jsonl"
+    summary = reward.main(["--workdir", str(workdir), "--input-file", str(pairs),
+                           "--output-file", str(out), "--batch-size", "4"])  # fmt: skip
+    assert summary == {"pairs": 8, "gamma": 0.99, "output": str(out)}
+    scored = [json.loads(line) for line in open(out)]
+    for line, s in zip(lines, scored, strict=True):
+        assert {k: s[k] for k in line} == line  # each output line repeats its input
+    for r, s in zip(rows[:6], scored, strict=False):
+        assert s["reward"] == pytest.approx(r["reward"], rel=1e-4, abs=1e-4)
+        np.testing.assert_allclose(s["token_rewards"], r["token_rewards"], rtol=1e-4, atol=1e-4)
+    assert scored[6]["reward"] == pytest.approx(scored[7]["reward"], rel=1e-6)
+    assert len(scored[6]["token_rewards"]) == len("Hello world") + 1
+
+
+def load_config():
+    return load(os.path.join(CONFIG_DIR, "wmt22.py")).get_config(f"mode=tiny,data={DATA}")
+
+
+@pytest.mark.parametrize(
+    "line, error",
+    [
+        ("not json", r"pairs.jsonl:2: not JSON"),
+        ('{"inputs": "a"}', r"pairs.jsonl:2: needs 'targets' \(text\) or 'target_ids'"),
+        (
+            '{"input_ids": [3], "target_ids": [3, "x"]}',
+            r"pairs.jsonl:2: 'target_ids' must be a list of integers",
+        ),
+        (
+            '{"input_ids": [3], "target_ids": [99999]}',
+            r"pairs.jsonl:2: token ids \[99999\] outside",
+        ),
+        ('{"input_ids": [3], "target_ids": []}', r"pairs.jsonl:2: empty target"),
+    ],
+)
+def test_reward_cli_names_the_bad_line(wmt22_tiny, tmp_path, line, error):
+    workdir, _, _ = wmt22_tiny
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"inputs": "Hallo", "targets": "Hello"}\n' + line + "\n")
+    with pytest.raises(ValueError, match=error):
+        reward.main(["--workdir", str(workdir), "--input-file", str(pairs),
+                     "--output-file", str(tmp_path / "out.jsonl")])  # fmt: skip

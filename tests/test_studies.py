@@ -1,0 +1,114 @@
+"""The studies' sweeps (experiments/*/config.py, and the paper tasks' `sweep(arg)`) load,
+and the paper tasks' mode=tiny versions run: every kind of point, on one task, in-process."""
+
+import json
+import os
+
+import pytest
+
+from irl_lm import sweep, train
+from irl_lm.config_utils import STUDIES
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+DATA = os.path.join(ROOT, "..", "shared", "data")
+STUDY_POINTS = {  # experiments/<study>/config.py -> points
+    "lambda_entropy": 30,
+    "model_size": 18,
+    "decoding": 63,
+    "data_size": 36,
+    "reward_correlation": 21,
+}
+TASK_POINTS = {  # configs/<task>.py sweep(study=...) -> points
+    "lambda": 18,
+    "lambda_entropy": 30,
+    "model_size": 18,
+    "decoding": 42,
+    "data_size": 36,
+    "reward_correlation": 21,
+}
+
+
+@pytest.mark.parametrize("study", sorted(STUDY_POINTS))
+def test_expert_study_sweeps_build(study, tmp_path):
+    config = os.path.join(ROOT, "experiments", study, "config.py")
+    points = sweep.build_points(config, str(tmp_path))
+    assert len(points) == STUDY_POINTS[study] == len({p.name for p in points})
+    assert {p.overrides["seed"] for p in points} == {0, 1, 2}
+    if study in ("decoding", "reward_correlation"):  # study 1's runs, evaluated
+        evaluated = [p for p in points if "init_from" in p.overrides]
+        study_1 = os.path.join(ROOT, "experiments", "lambda_entropy", "config.py")
+        names = {p.name for p in sweep.build_points(study_1, str(tmp_path))}
+        assert {os.path.basename(p.overrides["init_from"]) for p in evaluated} <= names
+        assert all(p.total_steps == 0 for p in evaluated)
+
+
+@pytest.mark.parametrize("task", ["gsm8k", "tldr", "wmt22", "xsum"])
+def test_paper_task_study_sweeps_build(task, tmp_path):
+    assert set(STUDIES) == set(TASK_POINTS)
+    for study, count in TASK_POINTS.items():
+        for mode in ("full", "tiny"):
+            points = sweep.build_points(
+                os.path.join(ROOT, "configs", f"{task}.py"), str(tmp_path),
+                f"study={study},mode={mode}",
+            )  # fmt: skip
+            assert len(points) == count == len({p.name for p in points}), (study, mode)
+            assert all(f"mode={mode}" in p.config_arg for p in points)
+    with pytest.raises(ValueError, match="study='nope'; allowed: lambda, lambda_entropy"):
+        sweep.build_points(os.path.join(ROOT, "configs", f"{task}.py"), str(tmp_path), "study=nope")
+
+
+def _run(points, names):
+    """Runs the named points in-process, as `irl_lm.main` would (training ones for 4 steps);
+    their results."""
+    by_name = {p.name: p for p in points}
+    results = {}
+    for name in names:
+        point = by_name[name]
+        config = point.resolve_config()
+        config.total_steps = min(config.total_steps, 4)
+        results[name] = train.train_and_evaluate(config, point.workdir)
+    return results
+
+
+def test_paper_task_tiny_studies_run(tmp_path):
+    """Every kind of point of the five studies on wmt22 (mode=tiny): training runs, the
+    evaluation-only runs of decoding and reward_correlation (study 1's checkpoints, no
+    training, no checkpoint) and online IQLearn."""
+    if not os.path.isdir(DATA):
+        pytest.skip(f"shared data not found at {DATA} (see shared/data/README.md)")
+    config = os.path.join(ROOT, "configs", f"wmt22.py:data={DATA}")
+    source = str(tmp_path / "lambda_entropy")
+
+    def points(study, workdir):
+        arg = f"study={study},mode=tiny,source={source}"
+        return sweep.build_points(config, str(tmp_path / workdir), arg)
+
+    first = _run(
+        points("lambda_entropy", "lambda_entropy"), ["mode=tiny,loss=iqlearn,lam=0,seed=0"]
+    )
+    mle = first["mode=tiny,loss=iqlearn,lam=0,seed=0"]
+    assert {"validation", "decode", "reward"} <= set(mle["eval"])
+
+    decoders = ["lam=0,seed=0,greedy", "lam=0,seed=0,beam4", "lam=0,seed=0,t=0.5"]
+    decoding = _run(points("decoding", "decoding"), decoders)
+    # Greedy decoding of the same parameters: the MLE run's own final decode evaluation.
+    assert decoding["lam=0,seed=0,greedy"]["eval"]["decode"] == pytest.approx(mle["eval"]["decode"])
+    assert "self_bleu" in decoding["lam=0,seed=0,t=0.5"]["eval"]["decode"]  # 4 samples
+    for name, result in decoding.items():
+        assert result["step"] == 0 and set(result["eval"]) == {"decode"}
+        workdir = tmp_path / "decoding" / name
+        assert json.load(open(workdir / "results.json"))["step"] == 0
+        assert not (workdir / "checkpoints" / "0").exists()  # nothing trained, nothing saved
+
+    online = "online,lam=0.1,alpha=0.1,seed=0"
+    rewards = _run(points("reward_correlation", "reward_correlation"), ["lam=0,seed=0", online])
+    for result in rewards.values():
+        assert set(result["eval"]) == {"reward"}
+        assert "spearman_bleu" in result["eval"]["reward"]
+    assert rewards["lam=0,seed=0"]["step"] == 0
+
+    sizes = _run(points("model_size", "model_size"), ["d_model=32,lam=0.1,seed=0"])
+    assert sizes["d_model=32,lam=0.1,seed=0"]["step"] == 4
+    data = _run(points("data_size", "data_size"),
+                ["mode=tiny,loss=mle_entropy,beta=0.01,num_train_examples=32,seed=0"])  # fmt: skip
+    assert list(data.values())[0]["step"] == 4
