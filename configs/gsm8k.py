@@ -15,7 +15,9 @@ shared files hold the first 4000 training examples and the whole 1319-example te
 the paper fine-tunes T5 base/large/xl and PaLM2 and reports accuracy with and without a
 calculator.
 
-The paper's λ grid × 3 seeds (mode=full; `sweep("tiny")`: the same on mode=tiny):
+The paper's λ grid × 3 seeds (mode=full; `--sweep_arg=tiny`: the same on mode=tiny); the
+five studies of experiments/README.md with `--sweep_arg=study=lambda_entropy|model_size|
+decoding|data_size|reward_correlation[,mode=tiny]` (`irl_lm.config_utils.text_task_sweep`):
     python -m irl_lm.sweep --config=configs/gsm8k.py --workdir=workdirs/gsm8k_lambda \
         --config.init_from=hf:/ckpts/t5-v1_1-base --parallel=1
 """

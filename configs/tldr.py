@@ -9,7 +9,9 @@ mode=tiny: about 20 s on 2 CPU cores on the shared 500-example test subset (ROUG
 a smoke run). The paper's TL;DR models are PaLM2 (decoder-only); T5 stands in until the
 decoder-only trainer lands.
 
-The paper's λ grid × 3 seeds (mode=full; `sweep("tiny")`: the same on mode=tiny):
+The paper's λ grid × 3 seeds (mode=full; `--sweep_arg=tiny`: the same on mode=tiny); the
+five studies of experiments/README.md with `--sweep_arg=study=lambda_entropy|model_size|
+decoding|data_size|reward_correlation[,mode=tiny]` (`irl_lm.config_utils.text_task_sweep`):
     python -m irl_lm.sweep --config=configs/tldr.py --workdir=workdirs/tldr_lambda \
         --config.init_from=hf:/ckpts/t5-v1_1-base --parallel=1
 """

@@ -10,7 +10,9 @@ a smoke run). For reference, the best constrained WMT22 en-de system scores BLEU
 64.32 on it (tests/test_text_metrics.py). For de->en, set --config.task.name=wmt22_de_en and
 the files to wmt22/de-en.jsonl.
 
-The paper's λ grid × 3 seeds (mode=full; `sweep("tiny")`: the same on mode=tiny):
+The paper's λ grid × 3 seeds (mode=full; `--sweep_arg=tiny`: the same on mode=tiny); the
+five studies of experiments/README.md with `--sweep_arg=study=lambda_entropy|model_size|
+decoding|data_size|reward_correlation[,mode=tiny]` (`irl_lm.config_utils.text_task_sweep`):
     python -m irl_lm.sweep --config=configs/wmt22.py --workdir=workdirs/wmt22_lambda \
         --config.init_from=hf:/ckpts/t5-v1_1-base --parallel=1
 """

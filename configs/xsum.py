@@ -11,7 +11,9 @@ mode=tiny: about 20 s on 2 CPU cores; a byte-level model trained 30 steps on the
 reference, the lead sentence scores ROUGE-1 16.45 on that subset (tests/test_text_metrics.py);
 fine-tuned T5-base reaches about 35-40 ROUGE-1 on XSUM.
 
-The paper's λ grid × 3 seeds (mode=full; `sweep("tiny")`: the same on mode=tiny):
+The paper's λ grid × 3 seeds (mode=full; `--sweep_arg=tiny`: the same on mode=tiny); the
+five studies of experiments/README.md with `--sweep_arg=study=lambda_entropy|model_size|
+decoding|data_size|reward_correlation[,mode=tiny]` (`irl_lm.config_utils.text_task_sweep`):
     python -m irl_lm.sweep --config=configs/xsum.py --workdir=workdirs/xsum_lambda \
         --config.init_from=hf:/ckpts/t5-v1_1-base --parallel=1
 """

@@ -488,7 +488,9 @@ class RewardEvaluator:
     `expert_log_prob` (log p_E(y|x) per token; valid samples only), for a text task its
     metrics per sample (`metrics.text.PER_EXAMPLE`). Scalars per score: `spearman_<score>`
     and `within_spearman_<score>` with their bootstrap standard errors
-    (`rank_correlations`), `mean_<score>`; and `reward_mean`, `reward_per_token`, `length`.
+    (`rank_correlations`), `mean_<score>`; the same for the policy's own sequence
+    log-probability log π(y) as the ranker (`logprob_spearman_<score>`, ...), the baseline;
+    and `reward_mean`, `reward_per_token`, `length`.
     `gamma`: the discount in δ_t (0: `config.loss.gamma`, else 0.99). Writes every sample
     with its reward, per-token rewards and scores to
     `workdir/predictions/<name>/<step>.jsonl`.
@@ -549,11 +551,12 @@ class RewardEvaluator:
             batch = {type(self.ctx.model).input_features[0]: _global_array(tokens, self.ctx.mesh)}
             rng = jax.random.fold_in(self._rng, start)
             out = jax.device_get(self._decode(params, batch, rng))
-            pairs = [
-                (start + i, out["tokens"][i, n, : out["lengths"][i, n]].tolist())
-                for i in range(len(prompts))
-                for n in range(self.num_samples)
-            ]
+            pairs, log_probs = [], []
+            for i in range(len(prompts)):
+                for n in range(self.num_samples):
+                    length = out["lengths"][i, n]
+                    pairs.append((start + i, out["tokens"][i, n, :length].tolist()))
+                    log_probs.append(float(out["log_probs"][i, n, :length].sum()))
             scored, offsets = teacher_forced_rows(
                 self.ctx.model, [self.prompts[i] for i, _ in pairs], [y for _, y in pairs],
                 prompt_width=self.width, target_width=self.max_len,
@@ -565,7 +568,7 @@ class RewardEvaluator:
                 token_rewards = rewards[row, offset : offset + len(y)].astype(np.float64)
                 out_rows.append(
                     {"input_index": index, "tokens": y, "reward": float(token_rewards.sum()),
-                     "token_rewards": token_rewards.tolist()}
+                     "token_rewards": token_rewards.tolist(), "log_prob": log_probs[row]}
                 )  # fmt: skip
         return out_rows
 
@@ -605,15 +608,20 @@ class RewardEvaluator:
             "reward_per_token": float(np.sum(rewards) / np.sum(lengths)),
             "length": float(np.mean(lengths)),
         }
+        # The policy's own log π(y) ranks samples too: the baseline R has to beat (for MLE,
+        # R = log π(y) + V_0 + (1 − γ) Σ_{t≥1} V_t, so within an input they differ by little).
+        rankers = {"": rewards, "logprob_": [s["log_prob"] for s in samples]}
         for score, values in scores.items():
-            stats = rank_correlations(
-                rewards, values, groups, num_bootstrap=self.num_bootstrap, seed=self.seed
-            )
             finite = np.asarray(values)[np.isfinite(values)]
             scalars[f"mean_{score}"] = float(np.mean(finite)) if len(finite) else float("nan")
-            scalars |= {f"{k.replace('spearman', f'spearman_{score}', 1)}": v
-                        for k, v in stats.items() if k != "within_inputs"}  # fmt: skip
-            scalars[f"within_inputs_{score}"] = stats["within_inputs"]
+            for prefix, ranker in rankers.items():
+                stats = rank_correlations(
+                    ranker, values, groups, num_bootstrap=self.num_bootstrap, seed=self.seed
+                )
+                scalars |= {f"{prefix}{k.replace('spearman', f'spearman_{score}', 1)}": v
+                            for k, v in stats.items() if k != "within_inputs"}  # fmt: skip
+                if not prefix:
+                    scalars[f"within_inputs_{score}"] = stats["within_inputs"]
         if self.ctx.workdir and jax.process_index() == 0:
             lines = []
             for i, s in enumerate(samples):

@@ -95,17 +95,15 @@ def load_points(sweep_dir: str) -> tuple[dict, list[PointResult]]:
 def _load_point(workdir, entry: dict) -> PointResult:
     """A point's results when its results.json records a finished run (its config's
     `total_steps` reached), else its status ("unfinished", or the sweep's, e.g. "failed")."""
-    total_steps = (
-        files.read_json(workdir / "config.json")["total_steps"]
-        if (workdir / "config.json").exists()
-        else 0
-    )
-    results = files.finished_results(workdir, total_steps) if total_steps else None
+    config_file = workdir / "config.json"
+    results = None
+    if config_file.exists():  # (total_steps 0: an evaluation-only run, done at step 0)
+        results = files.finished_results(workdir, files.read_json(config_file)["total_steps"])
     status, step, scalars, reference = entry.get("status"), None, {}, {}
     if results:
         status, step = "done", results["step"]
         scalars = _flatten(results["eval"])
-        if results.get("steps_per_sec") is not None:
+        if math.isfinite(results.get("steps_per_sec") or math.nan):  # none when nothing trained
             scalars["steps_per_sec"] = float(results["steps_per_sec"])
         reference = _flatten(results.get("eval_reference", {}))
     elif status in (None, "done", "pending", "running"):
@@ -455,15 +453,20 @@ def write_report(
         pareto_plot(groups, x, y, reference, title, out / "pareto.png")
         written.append("pareto.png")
         events = {p.name: read_scalar_events(p.workdir) for g in groups for p in g.points}
-        tags = list(curves) if curves else ["train/loss", *([f"eval/{x}"] if x else [])]
         logged = {tag for series in events.values() for tag in series}
-        unknown = [tag for tag in tags if tag not in logged]
-        if unknown:
-            raise ValueError(
-                f"--curves {unknown} are not in the points' TensorBoard events: {sorted(logged)}"
-            )
-        curves_plot(groups, tags, events, title, out / "curves.png")
-        written.append("curves.png")
+        if curves:
+            tags = list(curves)
+            unknown = [tag for tag in tags if tag not in logged]
+            if unknown:
+                raise ValueError(
+                    f"--curves {unknown} are not in the points' TensorBoard events: "
+                    f"{sorted(logged)}"
+                )
+        else:  # (evaluation-only points log no training loss)
+            tags = [t for t in ["train/loss", f"eval/{x}"] if t in logged]
+        if tags:
+            curves_plot(groups, tags, events, title, out / "curves.png")
+            written.append("curves.png")
         for field in group_by:
             numeric = all(isinstance(g.key[group_by.index(field)], int | float) for g in groups)
             if numeric and len({g.key[group_by.index(field)] for g in groups}) > 1:

@@ -133,6 +133,14 @@ def test_reward_evaluator_matches_numpy_on_its_own_samples(family, make_config, 
         expected = reference_rewards(logits[: len(y)], y, gamma=0.9)
         np.testing.assert_allclose(row["token_rewards"], expected, rtol=1e-4, atol=1e-4)
         assert row["reward"] == pytest.approx(expected.sum(), rel=1e-4, abs=1e-4)
+        # The sampler's log π(y), the baseline ranker; R − log π(y) telescopes to
+        # V_0 + (1 − γ) Σ_{t≥1} V_t.
+        logits = logits[: len(y)].astype(np.float64)
+        values = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+        log_pi = sum(logits[t, a] - values[t] for t, a in enumerate(y))
+        assert row["log_prob"] == pytest.approx(log_pi, rel=1e-4, abs=1e-4)
+        identity = log_pi + values[0] + 0.1 * values[1:].sum()
+        assert row["reward"] == pytest.approx(identity, rel=1e-4, abs=1e-4)
         log_p = expert.log_prob(x, y)
         assert row["scores"]["validity"] == float(np.isfinite(log_p))
         if np.isfinite(log_p):
@@ -141,6 +149,9 @@ def test_reward_evaluator_matches_numpy_on_its_own_samples(family, make_config, 
             assert row["scores"]["expert_log_prob"] is None
     rewards = [r["reward"] for r in rows]
     assert scalars["reward_mean"] == pytest.approx(np.mean(rewards))
+    assert {"logprob_spearman_validity", "logprob_within_spearman_expert_log_prob_se"} < set(
+        scalars
+    )
     assert scalars["mean_validity"] == pytest.approx(
         np.mean([r["scores"]["validity"] for r in rows])
     )

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from irl_lm import sweep, train
+from irl_lm import report, sweep, train
 from irl_lm.config_utils import STUDIES
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -99,6 +99,9 @@ def test_paper_task_tiny_studies_run(tmp_path):
         workdir = tmp_path / "decoding" / name
         assert json.load(open(workdir / "results.json"))["step"] == 0
         assert not (workdir / "checkpoints" / "0").exists()  # nothing trained, nothing saved
+    _, loaded = report.load_points(str(tmp_path / "decoding"))  # done at step 0, no steps/s
+    assert sorted(p.name for p in loaded if p.status == "done") == sorted(decoders)
+    assert all("steps_per_sec" not in p.scalars for p in loaded)
 
     online = "online,lam=0.1,alpha=0.1,seed=0"
     rewards = _run(points("reward_correlation", "reward_correlation"), ["lam=0,seed=0", online])

@@ -240,3 +240,43 @@ def test_expert_evaluator_scores_a_decoder_only_model_as_a_direct_computation(ma
         terms += evaluator.expert.log_prob(x, y) - log_q_y
         tokens += len(y)
     assert scalars["forward_kl"] == pytest.approx(terms / tokens, rel=1e-4)
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_expert_evaluator_scores_greedy_and_beam_outputs(make_config, method):
+    """One output per input (the best beam): validity and the reverse KL of a point mass,
+    −log p_E per token of the valid outputs (+ log P(valid)), from the decoder's outputs."""
+    from irl_lm import decoding, evaluation
+    from irl_lm.data.synthetic import EOS_ID
+    from irl_lm.losses import make_loss
+    from irl_lm.models import build_model
+
+    config = make_config()
+    model = build_model(train.resolve_model_config(config))
+    params = model.init(jax.random.PRNGKey(1), train.dummy_batch(config, model, 1))["params"]
+    params = jax.tree.map(lambda p: 4 * p, sharding.unbox(params))
+    mesh = sharding.make_mesh({"data": -1})
+    ctx = evaluation.EvalContext(config, model, mesh, make_loss(config.loss), EOS_ID)
+    with sharding.use_mesh(mesh):
+        evaluator = evaluation.ExpertEvaluator(
+            ctx, "expert", num_examples=8, num_samples=2, method=method
+        )
+        scalars, _ = evaluator(params, 0)
+        prompts = np.zeros((8, evaluator.expert.spec.max_input_len_with_eos), np.int32)
+        for i, x in enumerate(evaluator.inputs):
+            prompts[i, : len(x) + 1] = [*x, EOS_ID]
+        decode = decoding.make_decoder(model, method, max_len=evaluator.max_len, num_beams=4)
+        batch = {"encoder_input_tokens": prompts}
+        out = jax.device_get(decode(params, batch, jax.random.PRNGKey(0)))
+    assert "self_bleu" not in scalars
+    log_ps = [
+        evaluator.expert.log_prob(x, out["tokens"][i, 0, : out["lengths"][i, 0]])
+        for i, x in enumerate(evaluator.inputs)
+    ]
+    valid = [(lp, int(out["lengths"][i, 0])) for i, lp in enumerate(log_ps) if np.isfinite(lp)]
+    assert scalars["validity"] == len(valid) / 8
+    if valid:
+        expected = (-sum(lp for lp, _ in valid) - len(valid) * np.log(len(valid) / 8)) / sum(
+            n for _, n in valid
+        )
+        assert scalars["reverse_kl"] == pytest.approx(expected, rel=1e-5)
