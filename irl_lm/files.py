@@ -76,3 +76,20 @@ def finished_results(workdir: str | os.PathLike, total_steps: int) -> dict | Non
         return None
     results = read_json(p)
     return results if int(results.get("step", -1)) >= int(total_steps) else None
+
+
+def read_jsonl_records(file: str | os.PathLike):
+    """Yields (`FILE:LINE`, record) for each line of a JSON Lines file; an empty line or one
+    that is not a JSON object fails naming its file and line."""
+    with path(file).open() as f:
+        for line_no, line in enumerate(f, 1):
+            where = f"{file}:{line_no}"
+            if not line.strip():
+                raise ValueError(f"{where}: empty line; every line must be a JSON object")
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not a JSON object ({e})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{where}: not a JSON object (a {type(record).__name__})")
+            yield where, record

@@ -24,6 +24,7 @@ import dataclasses
 import io
 import math
 import os
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
@@ -175,9 +176,10 @@ def group_points(points: Sequence[PointResult], group_by: Sequence[str]) -> list
             groups[(point.name,)] = Group((point.name,), point.name, [point])
             continue
         key = tuple(_field(point, f) for f in group_by)
-        label = ",".join(
+        label = ",".join(  # a field a point does not set (e.g. β of an IQLearn run) is left out
             str(v) if f == "config_arg" else f"{_label(f)}={_fmt_value(v)}"
             for f, v in zip(group_by, key, strict=True)
+            if v is not None
         )
         groups.setdefault(key, Group(key, label, [])).points.append(point)
     return list(groups.values())
@@ -275,7 +277,7 @@ def _figure(title: str, ncols: int = 1):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, ncols, figsize=(6.4 * ncols, 4.8), dpi=120, squeeze=False)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(textwrap.fill(title, width=int(80 * ncols)), fontsize=10)
     return fig, axes[0]
 
 
@@ -362,6 +364,8 @@ def field_plot(groups, group_by, field, metric, title, path) -> None:
         members = sorted(members, key=lambda g: float(g.key[index]))
         xs = [float(g.key[index]) for g in members]
         ms, es = zip(*(g.mean_sem(metric) for g in members), strict=True)
+        if not np.isfinite(ms).any():  # e.g. Self-BLEU of a one-output decoder
+            continue
         others = [f for f in group_by if f != field]
         label = ",".join(f"{_label(f)}={_fmt_value(v)}" for f, v in zip(others, rest, strict=True))
         ax.errorbar(

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from irl_lm import evaluation, files, sharding
 from irl_lm.losses import DEFAULT_GAMMA
-from irl_lm.sample import add_source_args, load, read_records, record_ids
+from irl_lm.sample import add_source_args, load, record_ids
 
 
 def parse_args(argv):
@@ -44,7 +44,7 @@ def read_pairs(path: str, loaded) -> tuple[list[dict], list[list[int]], list[lis
     """The records and their prompt and target ids; a bad line fails naming FILE:LINE."""
     records, prompts, targets = [], [], []
     vocab_size = loaded.model.config.vocab_size
-    for where, record in read_records(path):
+    for where, record in files.read_jsonl_records(path):
         prompt = record_ids(
             record, where, ids_key="input_ids", text_key="inputs", vocab=loaded.vocab,
             vocab_size=vocab_size, text_format=loaded.text_format,

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from irl_lm import checkpointing, decoding, sharding
+from irl_lm import checkpointing, decoding, files, sharding
 from irl_lm.models import build_model
 from irl_lm.models.hf import load_vocabulary
 
@@ -111,23 +111,6 @@ def load(args) -> Loaded:
     return Loaded(source, model, mesh, vocab, eos_id, encoder, text_format)
 
 
-def read_records(path: str):
-    """Yields (`FILE:LINE`, record) for each line of a JSON Lines file; a line that is not a
-    JSON object fails naming its file and line."""
-    with open(path) as f:
-        for line_no, line in enumerate(f, 1):
-            where = f"{path}:{line_no}"
-            if not line.strip():
-                raise ValueError(f"{where}: empty line; every line must be a JSON object")
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not JSON ({e})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            yield where, record
-
-
 def record_ids(record, where, *, ids_key, text_key, vocab, vocab_size, text_format=((), ())):
     """The token ids of `record[ids_key]` (as given), or of the text `record[text_key]`
     (encoded, between the two id lists of `text_format`)."""
@@ -155,7 +138,7 @@ def record_ids(record, where, *, ids_key, text_key, vocab, vocab_size, text_form
 def read_inputs(path: str, loaded: Loaded) -> list[list[int]]:
     """Prompt ids per line (EOS-terminated for an encoder); errors name the file and line."""
     rows = []
-    for where, record in read_records(path):
+    for where, record in files.read_jsonl_records(path):
         ids = record_ids(
             record, where, ids_key="input_ids", text_key="inputs", vocab=loaded.vocab,
             vocab_size=loaded.model.config.vocab_size, text_format=loaded.text_format,

@@ -240,7 +240,7 @@ def load_config():
 @pytest.mark.parametrize(
     "line, error",
     [
-        ("not json", r"pairs.jsonl:2: not JSON"),
+        ("not json", r"pairs.jsonl:2: not a JSON object"),
         ('{"inputs": "a"}', r"pairs.jsonl:2: needs 'targets' \(text\) or 'target_ids'"),
         (
             '{"input_ids": [3], "target_ids": [3, "x"]}',

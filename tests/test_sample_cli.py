@@ -95,7 +95,7 @@ def test_bad_input_lines_are_named(make_config, tmp_path):
     save_hf_model(tmp_path, "t5_v1_1")  # no spiece.model: text inputs cannot be encoded
     cases = {
         '{"inputs": "hello"}\n': r"in.jsonl:1: 'inputs' is text, but the checkpoint has no vocab",
-        '{"input_ids": [3, 4]}\nnot json\n': r"in.jsonl:2: not JSON",
+        '{"input_ids": [3, 4]}\nnot json\n': r"in.jsonl:2: not a JSON object",
         '{"input_ids": [3, 400]}\n': r"in.jsonl:1: token ids \[400\] outside \[0, 128\)",
         '{"text": "x"}\n': r"in.jsonl:1: needs 'inputs' \(text\) or 'input_ids'",
     }

@@ -208,23 +208,33 @@ def test_decoder_only_model_trains_on_the_synthetic_expert(make_config, tmp_path
     assert np.isfinite(results["eval"]["validation"]["iqlearn/loss"])
 
 
+def _scaled_model_and_context(config):
+    """A model of `config` with its initial parameters × 4 (peakier than at init), and an
+    evaluation context on all devices."""
+    from irl_lm import evaluation
+    from irl_lm.data.synthetic import EOS_ID
+    from irl_lm.losses import make_loss
+    from irl_lm.models import build_model
+
+    model = build_model(train.resolve_model_config(config))
+    params = model.init(jax.random.PRNGKey(1), train.dummy_batch(config, model, 1))["params"]
+    params = jax.tree.map(lambda p: 4 * p, sharding.unbox(params))
+    mesh = sharding.make_mesh({"data": -1})
+    ctx = evaluation.EvalContext(config, model, mesh, make_loss(config.loss), EOS_ID)
+    return model, params, ctx
+
+
 def test_expert_evaluator_scores_a_decoder_only_model_as_a_direct_computation(make_config):
     """Forward KL: the evaluator's batched prompt + sample rows give the log-probabilities of
     one unpadded BOS + x + EOS + y sequence at a time."""
     from irl_lm import evaluation
     from irl_lm.data import pipeline, tasks
     from irl_lm.data.synthetic import EOS_ID
-    from irl_lm.losses import make_loss
-    from irl_lm.models import build_model
 
     config = make_config()
     config.model = TINY_DECODER_ONLY
-    model = build_model(train.resolve_model_config(config))
-    params = model.init(jax.random.PRNGKey(1), train.dummy_batch(config, model, 1))["params"]
-    params = jax.tree.map(lambda p: 4 * p, sharding.unbox(params))
-    mesh = sharding.make_mesh({"data": -1})
-    ctx = evaluation.EvalContext(config, model, mesh, make_loss(config.loss), EOS_ID)
-    with sharding.use_mesh(mesh):
+    model, params, ctx = _scaled_model_and_context(config)
+    with sharding.use_mesh(ctx.mesh):
         evaluator = evaluation.ExpertEvaluator(ctx, "expert", num_examples=3, num_samples=2)
         scalars, _ = evaluator(params, 0)
     bos = pipeline.bos_id(tasks.get_task(config.task).output_features["targets"].vocabulary)
@@ -248,16 +258,9 @@ def test_expert_evaluator_scores_greedy_and_beam_outputs(make_config, method):
     −log p_E per token of the valid outputs (+ log P(valid)), from the decoder's outputs."""
     from irl_lm import decoding, evaluation
     from irl_lm.data.synthetic import EOS_ID
-    from irl_lm.losses import make_loss
-    from irl_lm.models import build_model
 
-    config = make_config()
-    model = build_model(train.resolve_model_config(config))
-    params = model.init(jax.random.PRNGKey(1), train.dummy_batch(config, model, 1))["params"]
-    params = jax.tree.map(lambda p: 4 * p, sharding.unbox(params))
-    mesh = sharding.make_mesh({"data": -1})
-    ctx = evaluation.EvalContext(config, model, mesh, make_loss(config.loss), EOS_ID)
-    with sharding.use_mesh(mesh):
+    model, params, ctx = _scaled_model_and_context(make_config())
+    with sharding.use_mesh(ctx.mesh):
         evaluator = evaluation.ExpertEvaluator(
             ctx, "expert", num_examples=8, num_samples=2, method=method
         )

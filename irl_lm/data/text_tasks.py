@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from collections.abc import Callable, Mapping
 
 import seqio
 import tensorflow as tf
 from absl import logging
+
+from irl_lm import files
 
 SPLITS = ("train", "validation", "test")
 LANGUAGES = {"en": "English", "de": "German", "cs": "Czech", "zh": "Chinese"}
@@ -63,25 +64,14 @@ TEXT_TASKS: dict[str, TextTask] = {
 
 def read_jsonl(path: str, fields: tuple[str, ...]) -> list[dict]:
     """Every line of `path` as a dict; errors name the file, line and field."""
+    if not files.path(path).exists():
+        raise FileNotFoundError(f"config.task.files: {path} does not exist")
     rows = []
-    try:
-        f = open(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"config.task.files: {path} does not exist") from None
-    with f:
-        for line_no, line in enumerate(f, 1):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not a JSON object ({e})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{line_no}: not a JSON object")
-            for field in fields:
-                if not isinstance(row.get(field), str):
-                    raise ValueError(
-                        f"{path}:{line_no}: field {field!r} is missing or not a string"
-                    )
-            rows.append(row)
+    for where, row in files.read_jsonl_records(path):
+        for field in fields:
+            if not isinstance(row.get(field), str):
+                raise ValueError(f"{where}: field {field!r} is missing or not a string")
+        rows.append(row)
     return rows
 
 
