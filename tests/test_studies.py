@@ -13,7 +13,7 @@ ROOT = os.path.join(os.path.dirname(__file__), "..")
 DATA = os.path.join(ROOT, "..", "shared", "data")
 STUDY_POINTS = {  # experiments/<study>/config.py -> points
     "lambda_entropy": 30,
-    "model_size": 18,
+    "model_size": 24,
     "decoding": 63,
     "data_size": 36,
     "reward_correlation": 21,

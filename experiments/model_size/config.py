@@ -5,7 +5,8 @@ each x 3 seeds, on configs/expert_study.py.
 
     python -m irl_lm.sweep --config=experiments/model_size/config.py \
         --workdir=workdirs/model_size --parallel=2
-    python -m irl_lm.report workdirs/model_size --group_by=model.d_model,loss.lam
+    python -m irl_lm.report workdirs/model_size \
+        --group_by=model.d_model,optimizer.learning_rate,loss.lam
 """
 
 from configs.expert_study import get_config  # noqa: F401
@@ -13,22 +14,28 @@ from irl_lm.config_utils import SEEDS
 from irl_lm.sweep import format_value
 
 BEST_LAMBDA = 0.01
-D_MODELS = (32, 64, 128)
+# (d_model, learning rate): the study-1 rate for every size; d_model 128 did not learn at it
+# (loss stuck at 2.5), so it also runs at 1e-3.
+SIZES = ((32, 3e-3), (64, 3e-3), (128, 3e-3), (128, 1e-3))
 
 
 def sweep(arg=None):
     del arg
-    return [
-        {
-            "name": f"d_model={d},lam={format_value(lam)},seed={seed}",
-            "config_arg": "loss=iqlearn",
-            "model.d_model": d,
-            "model.d_ff": 2 * d,
-            "model.d_kv": d // 4,
-            "loss.lam": lam,
-            "seed": seed,
-        }
-        for d in D_MODELS
-        for lam in (0.0, BEST_LAMBDA)
-        for seed in SEEDS
-    ]
+    points = []
+    for d, lr in SIZES:
+        rate = "" if lr == 3e-3 else f",lr={format_value(lr)}"
+        for lam in (0.0, BEST_LAMBDA):
+            for seed in SEEDS:
+                points.append(
+                    {
+                        "name": f"d_model={d}{rate},lam={format_value(lam)},seed={seed}",
+                        "config_arg": "loss=iqlearn",
+                        "model.d_model": d,
+                        "model.d_ff": 2 * d,
+                        "model.d_kv": d // 4,
+                        "optimizer.learning_rate": lr,
+                        "loss.lam": lam,
+                        "seed": seed,
+                    }
+                )
+    return points
