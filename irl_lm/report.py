@@ -165,6 +165,16 @@ class Group:
         return float(np.mean(values)), sem
 
 
+def _group_label(fields, values) -> str:
+    """`config_arg,lam=0.3`; a field a point does not set (e.g. β of an IQLearn run) is left
+    out."""
+    return ",".join(
+        str(v) if f == "config_arg" else f"{_label(f)}={_fmt_value(v)}"
+        for f, v in zip(fields, values, strict=True)
+        if v is not None
+    )
+
+
 def group_points(points: Sequence[PointResult], group_by: Sequence[str]) -> list[Group]:
     """Finished points grouped by the values of `group_by`, in first-seen order; with no
     `group_by` (nothing swept but seeds, or no sweep.json) each point is its own group."""
@@ -176,11 +186,7 @@ def group_points(points: Sequence[PointResult], group_by: Sequence[str]) -> list
             groups[(point.name,)] = Group((point.name,), point.name, [point])
             continue
         key = tuple(_field(point, f) for f in group_by)
-        label = ",".join(  # a field a point does not set (e.g. β of an IQLearn run) is left out
-            str(v) if f == "config_arg" else f"{_label(f)}={_fmt_value(v)}"
-            for f, v in zip(group_by, key, strict=True)
-            if v is not None
-        )
+        label = _group_label(group_by, key)
         groups.setdefault(key, Group(key, label, [])).points.append(point)
     return list(groups.values())
 
@@ -251,7 +257,8 @@ def _spread(n: int) -> str:
 
 
 def _axis_label(metric: str) -> str:
-    unit = UNITS.get(metric.rsplit("/", 1)[-1])
+    name = metric.rsplit("/", 1)[-1]
+    unit = "Spearman's ρ, -1 to 1" if "spearman" in name else UNITS.get(name)
     return f"{metric} ({unit})" if unit else metric
 
 
@@ -367,7 +374,7 @@ def field_plot(groups, group_by, field, metric, title, path) -> None:
         if not np.isfinite(ms).any():  # e.g. Self-BLEU of a one-output decoder
             continue
         others = [f for f in group_by if f != field]
-        label = ",".join(f"{_label(f)}={_fmt_value(v)}" for f, v in zip(others, rest, strict=True))
+        label = _group_label(others, rest)
         ax.errorbar(
             xs,
             ms,

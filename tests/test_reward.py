@@ -260,3 +260,27 @@ def test_reward_cli_names_the_bad_line(wmt22_tiny, tmp_path, line, error):
     with pytest.raises(ValueError, match=error):
         reward.main(["--workdir", str(workdir), "--input-file", str(pairs),
                      "--output-file", str(tmp_path / "out.jsonl")])  # fmt: skip
+
+
+def test_reward_cli_on_a_hugging_face_folder_matches_transformers_logits(tmp_path):
+    """--hf: R and r_t from our model of the folder equal Σ δ_t computed from the PyTorch
+    model's own logits (transformers), γ = 0.99, with and without EOS at the end."""
+    pytest.importorskip("torch", reason="torch is a test requirement (make test)")
+    from hf_fixtures import hf_logits, save_hf_model
+
+    reference = save_hf_model(tmp_path, "t5_v1_1", vocab_size=64)
+    pairs = [([5, 9, 17, 1], [7, 8, 1]), ([12, 1], [30, 31, 32, 33]), ([4, 4, 4, 4, 4, 1], [1])]
+    lines = "".join(json.dumps({"input_ids": x, "target_ids": y}) + "\n" for x, y in pairs)
+    (tmp_path / "pairs.jsonl").write_text(lines)
+    out = tmp_path / "scored.jsonl"
+    reward.main(["--hf", str(tmp_path), "--input-file", str(tmp_path / "pairs.jsonl"),
+                 "--output-file", str(out)])  # fmt: skip
+    scored = [json.loads(line) for line in open(out)]
+    for (x, y), s in zip(pairs, scored, strict=True):
+        batch = {
+            "encoder_input_tokens": np.array([x]),
+            "decoder_input_tokens": np.array([[0, *y[:-1]]]),
+        }
+        expected = reference_rewards(hf_logits(reference, batch)[0], y, gamma=0.99)
+        np.testing.assert_allclose(s["token_rewards"], expected, rtol=1e-4, atol=1e-4)
+        assert s["reward"] == pytest.approx(expected.sum(), rel=1e-4, abs=1e-4)
