@@ -141,11 +141,16 @@ def text_task_config(
         config.optimizer.learning_rate = 3e-3
         config.evals = dict(
             validation=dict(kind="loss", every=0, max_examples=16),
-            decode=dict(kind="decode", every=0, max_examples=8, method="greedy",
-                        temperature=1.0, num_decodes=1),
-            reward=dict(kind="reward", every=0, num_examples=4, num_samples=4,
-                        num_bootstrap=100),
-        )  # fmt: skip
+            decode=dict(
+                kind="decode",
+                every=0,
+                max_examples=8,
+                method="greedy",
+                temperature=1.0,
+                num_decodes=1,
+            ),
+            reward=dict(kind="reward", every=0, num_examples=4, num_samples=4, num_bootstrap=100),
+        )
         if task == "gsm8k":  # the paper's second GSM8k metric
             config.evals.calculator = dict(
                 kind="decode", every=0, max_examples=4, method="greedy", calculator=True
@@ -198,8 +203,7 @@ ENTROPY_BETAS = (0.01, 0.03, 0.1, 0.3)  # MLE + entropy's grid in the studies
 TEMPERATURES = (0.1, 0.25, 0.5, 0.75, 1.0)  # the decoding study's
 # The model-size study's T5 presets and the Hugging Face folders (under `ckpts=`) they load
 T5_SIZES = {"t5_base": "t5-v1_1-base", "t5_large": "t5-v1_1-large", "t5_xl": "t5-v1_1-xl"}
-STUDIES = ("lambda", "lambda_entropy", "model_size", "decoding", "data_size",
-           "reward_correlation")  # fmt: skip
+STUDIES = ("lambda", "lambda_entropy", "model_size", "decoding", "data_size", "reward_correlation")
 
 
 def decoders() -> list[tuple[str, str, float]]:
@@ -234,8 +238,15 @@ def text_task_sweep(arg: str | None = None) -> list[dict]:
     Each point of a seed: 3 seeds each.
     """
     arg = "study=lambda,mode=tiny" if arg == "tiny" else arg
-    args = parse_arg(arg, study="lambda", mode="full", lam="0.1", beta="0.01",
-                     source="workdirs/lambda_entropy", ckpts="/ckpts")  # fmt: skip
+    args = parse_arg(
+        arg,
+        study="lambda",
+        mode="full",
+        lam="0.1",
+        beta="0.01",
+        source="workdirs/lambda_entropy",
+        ckpts="/ckpts",
+    )
     study, mode = args["study"], args["mode"]
     if study not in STUDIES:
         raise ValueError(f"sweep arg study={study!r}; allowed: {', '.join(STUDIES)}")
@@ -245,10 +256,11 @@ def text_task_sweep(arg: str | None = None) -> list[dict]:
     iqlearn, entropy = f"mode={mode},loss=iqlearn", f"mode={mode},loss=mle_entropy"
     seeds = {"seed": SEEDS}
     lambdas = grid(iqlearn, **{"loss.lam": PAPER_LAMBDAS, **seeds})
+    lambda_entropy = lambdas + grid(entropy, **{"loss.beta": ENTROPY_BETAS, **seeds})
     if study == "lambda":
         return lambdas
     if study == "lambda_entropy":
-        return lambdas + grid(entropy, **{"loss.beta": ENTROPY_BETAS, **seeds})
+        return lambda_entropy
     if study == "model_size":
         return [
             {"name": f"{size},lam={p['loss.lam']:g},seed={p['seed']}", **p, **fields}
@@ -261,19 +273,23 @@ def text_task_sweep(arg: str | None = None) -> list[dict]:
         return grid(iqlearn, **{"loss.lam": (0.0, lam)}, **axes) + grid(
             entropy, **{"loss.beta": (beta,)}, **axes
         )
-    # decoding and reward_correlation evaluate study lambda_entropy's runs in `source`
-    source_names = dict(
-        zip(
-            [(p["loss.lam"], p["seed"]) for p in lambdas],
-            _source_names(lambdas + grid(entropy, **{"loss.beta": ENTROPY_BETAS, **seeds})),
-            strict=False,
-        )
-    )
+    # decoding and reward_correlation evaluate the runs of study lambda_entropy in `source`,
+    # named as that sweep named them (its λ points come first)
+    from irl_lm.sweep import point_names
+
+    run_names = point_names(lambda_entropy)[: len(lambdas)]
+    source_names = {(p["loss.lam"], p["seed"]): n for p, n in zip(lambdas, run_names, strict=True)}
 
     def evaluate(lam_value, seed, evals, **fields):
         source = f"{args['source']}/{source_names[(lam_value, seed)]}"
-        return {"config_arg": f"{iqlearn},evals={evals}", "init_from": source,
-                "total_steps": 0, "loss.lam": lam_value, "seed": seed, **fields}  # fmt: skip
+        return {
+            "config_arg": f"{iqlearn},evals={evals}",
+            "init_from": source,
+            "total_steps": 0,
+            "loss.lam": lam_value,
+            "seed": seed,
+            **fields,
+        }
 
     if study == "decoding":
         return [
@@ -287,7 +303,7 @@ def text_task_sweep(arg: str | None = None) -> list[dict]:
                     "evals.decode.temperature": temperature,
                     "evals.decode.num_decodes": 4 if method == "temperature" else 1,
                 },
-            )  # fmt: skip
+            )
             for lam_value in (0.0, lam)
             for seed in SEEDS
             for name, method, temperature in decoders()
@@ -298,9 +314,11 @@ def text_task_sweep(arg: str | None = None) -> list[dict]:
     ]
     online = [
         p | {"name": f"online,lam={lam:g},alpha=0.1,seed={p['seed']}"}
-        for p in grid(f"mode={mode},loss=iqlearn_online,evals=reward",
-                      **{"loss.lam": (lam,), "loss.alpha": (0.1,), **seeds})
-    ]  # fmt: skip
+        for p in grid(
+            f"mode={mode},loss=iqlearn_online,evals=reward",
+            **{"loss.lam": (lam,), "loss.alpha": (0.1,), **seeds},
+        )
+    ]
     return offline + online
 
 
@@ -308,15 +326,11 @@ def _model_sizes(mode: str, ckpts: str) -> list[tuple[str, str, dict]]:
     """(name, config_arg suffix, fields) per size: `T5_SIZES` fine-tuned from `ckpts`, or
     (mode=tiny) the tiny T5 at d_model 32 / 64 / 128."""
     if mode == "full":
-        return [(preset, f",model={preset}", {"init_from": f"hf:{ckpts}/{folder}"})
-                for preset, folder in T5_SIZES.items()]  # fmt: skip
+        return [
+            (preset, f",model={preset}", {"init_from": f"hf:{ckpts}/{folder}"})
+            for preset, folder in T5_SIZES.items()
+        ]
     return [
         (f"d_model={d}", "", {"model.d_model": d, "model.d_ff": 2 * d, "model.d_kv": d // 4})
         for d in (32, 64, 128)
     ]
-
-
-def _source_names(points: list[dict]) -> list[str]:
-    from irl_lm.sweep import point_names  # the names the lambda_entropy sweep gave its runs
-
-    return point_names(points)

@@ -144,9 +144,12 @@ def make_reward_fn(model, *, gamma: float, eos_id: int):
         inputs = {k: batch[k] for k in type(model).input_features}
         logits = model.apply({"params": params}, inputs, deterministic=True)
         rewards_BxT, _ = sequence_rewards(
-            logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
-            gamma=gamma, eos_id=eos_id,
-        )  # fmt: skip
+            logits,
+            batch["decoder_target_tokens"],
+            batch["decoder_loss_weights"],
+            gamma=gamma,
+            eos_id=eos_id,
+        )
         return rewards_BxT
 
     return rewards
@@ -180,9 +183,7 @@ class ExpertEvaluator:
         seed=0,
     ):
         del name
-        if method not in decoding.METHODS:
-            raise ValueError(f"method={method!r}; allowed: {list(decoding.METHODS)}")
-        self.ctx, self.num_samples, self.method = ctx, num_samples, method
+        self.ctx, self.num_samples = ctx, num_samples
         self.outputs_per_input = num_samples if method == "temperature" else 1
         self.expert = expert_from_config(ctx.config.task)
         self.max_len = self.expert.spec.max_target_len
@@ -196,19 +197,27 @@ class ExpertEvaluator:
             self.expert.sample(self.inputs[row // num_samples], rng) for row in range(self.rows)
         ]
         expert_batch, self.offsets = teacher_forced_rows(
-            ctx.model, [prompts[row // num_samples] for row in range(self.rows)],
-            self.expert_samples, prompt_width=width, target_width=self.max_len,
+            ctx.model,
+            [prompts[row // num_samples] for row in range(self.rows)],
+            self.expert_samples,
+            prompt_width=width,
+            target_width=self.max_len,
             rows=_round_up(self.rows, shards),
-        )  # fmt: skip
+        )
         self._policy_batch = {
             type(ctx.model).input_features[0]: _global_array(policy_prompts, ctx.mesh)
         }
         self._expert_batch = {k: _global_array(v, ctx.mesh) for k, v in expert_batch.items()}
         replicated = sharding.replicated(ctx.mesh)
         decode = decoding.make_decoder(
-            ctx.model, method, max_len=self.max_len, eos_id=ctx.eos_id,
-            temperature=temperature, num_decodes=self.outputs_per_input, num_beams=num_beams,
-        )  # fmt: skip
+            ctx.model,
+            method,
+            max_len=self.max_len,
+            eos_id=ctx.eos_id,
+            temperature=temperature,
+            num_decodes=self.outputs_per_input,
+            num_beams=num_beams,
+        )
 
         # [E, N, T] -> rows [E * N, T] (the best beam only).
         def flat(params, batch, rng):
@@ -410,14 +419,13 @@ class DecodeEvaluator:
         results["length"] = float(np.mean([len(p) for p in first]))
         if entropies:
             results["entropy"] = float(np.mean(entropies[: len(self.targets)]))
-        if self.ctx.workdir and jax.process_index() == 0:
-            rows = zip(self.inputs, self.targets, predictions, scores, strict=True)
-            lines = [
-                json.dumps({"input": x, "target": y, "predictions": p, "scores": s}) + "\n"
-                for x, y, p, s in rows
-            ]
-            path = files.path(self.ctx.workdir, "predictions", self.name, f"{step}.jsonl")
-            files.write_text(path, "".join(lines))
+        rows = zip(self.inputs, self.targets, predictions, scores, strict=True)
+        _write_predictions(
+            self.ctx,
+            self.name,
+            step,
+            ({"input": x, "target": y, "predictions": p, "scores": s} for x, y, p, s in rows),
+        )
         texts = {
             "samples": "\n\n".join(
                 f"input: {x[:300]}  \ntarget: {y}  \nprediction: {p[0]}"
@@ -470,9 +478,13 @@ def rank_correlations(rewards, scores, groups, *, num_bootstrap=1000, seed=0) ->
         se = np.nan
         if len(data) > 1 and np.isfinite(out[name]):
             result = scipy.stats.bootstrap(
-                (data,), statistic, n_resamples=num_bootstrap, vectorized=False,
-                method="percentile", rng=rng,
-            )  # fmt: skip
+                (data,),
+                statistic,
+                n_resamples=num_bootstrap,
+                vectorized=False,
+                method="percentile",
+                rng=rng,
+            )
             se = float(result.standard_error)
         out[name] = float(out[name])
         out[f"{name}_se"] = se
@@ -533,9 +545,13 @@ class RewardEvaluator:
         # Inputs per call: eval_batch_size rows of samples (a multiple of the mesh's shards).
         self.chunk = _round_up(max(ctx.config.eval_batch_size // num_samples, 1), shards)
         decode = decoding.make_decoder(
-            ctx.model, "temperature", max_len=self.max_len, eos_id=ctx.eos_id,
-            temperature=temperature, num_decodes=num_samples,
-        )  # fmt: skip
+            ctx.model,
+            "temperature",
+            max_len=self.max_len,
+            eos_id=ctx.eos_id,
+            temperature=temperature,
+            num_decodes=num_samples,
+        )
         replicated = sharding.replicated(ctx.mesh)
         self._decode = jax.jit(decode, out_shardings=replicated)
         reward_fn = make_reward_fn(ctx.model, gamma=self.gamma, eos_id=ctx.eos_id)
@@ -543,7 +559,7 @@ class RewardEvaluator:
         self._rng = jax.random.PRNGKey(seed)
 
     def samples(self, params) -> list[dict]:
-        """Every sample: input index, tokens, R and per-token rewards."""
+        """Every sample: input index, tokens, R, per-token rewards and log π(y)."""
         out_rows = []
         for start in range(0, len(self.prompts), self.chunk):
             prompts = self.prompts[start : start + self.chunk]
@@ -558,18 +574,26 @@ class RewardEvaluator:
                     pairs.append((start + i, out["tokens"][i, n, :length].tolist()))
                     log_probs.append(float(out["log_probs"][i, n, :length].sum()))
             scored, offsets = teacher_forced_rows(
-                self.ctx.model, [self.prompts[i] for i, _ in pairs], [y for _, y in pairs],
-                prompt_width=self.width, target_width=self.max_len,
+                self.ctx.model,
+                [self.prompts[i] for i, _ in pairs],
+                [y for _, y in pairs],
+                prompt_width=self.width,
+                target_width=self.max_len,
                 rows=self.chunk * self.num_samples,
-            )  # fmt: skip
+            )
             scored = {k: _global_array(v, self.ctx.mesh) for k, v in scored.items()}
             rewards = jax.device_get(self._rewards(params, scored))
             for row, ((index, y), offset) in enumerate(zip(pairs, offsets, strict=True)):
                 token_rewards = rewards[row, offset : offset + len(y)].astype(np.float64)
                 out_rows.append(
-                    {"input_index": index, "tokens": y, "reward": float(token_rewards.sum()),
-                     "token_rewards": token_rewards.tolist(), "log_prob": log_probs[row]}
-                )  # fmt: skip
+                    {
+                        "input_index": index,
+                        "tokens": y,
+                        "reward": float(token_rewards.sum()),
+                        "token_rewards": token_rewards.tolist(),
+                        "log_prob": log_probs[row],
+                    }
+                )
         return out_rows
 
     def _scores(self, samples) -> dict[str, list[float]]:
@@ -608,8 +632,8 @@ class RewardEvaluator:
             "reward_per_token": float(np.sum(rewards) / np.sum(lengths)),
             "length": float(np.mean(lengths)),
         }
-        # The policy's own log π(y) ranks samples too: the baseline R has to beat (for MLE,
-        # R = log π(y) + V_0 + (1 − γ) Σ_{t≥1} V_t, so within an input they differ by little).
+        # The policy's own log π(y) ranks samples too: the baseline R has to beat (for any
+        # policy R = log π(y) + V_0 + (1 − γ) Σ_{t≥1} V_t: within an input V_0 is shared).
         rankers = {"": rewards, "logprob_": [s["log_prob"] for s in samples]}
         for score, values in scores.items():
             finite = np.asarray(values)[np.isfinite(values)]
@@ -618,18 +642,27 @@ class RewardEvaluator:
                 stats = rank_correlations(
                     ranker, values, groups, num_bootstrap=self.num_bootstrap, seed=self.seed
                 )
-                scalars |= {f"{prefix}{k.replace('spearman', f'spearman_{score}', 1)}": v
-                            for k, v in stats.items() if k != "within_inputs"}  # fmt: skip
+                scalars |= {
+                    f"{prefix}{k.replace('spearman', f'spearman_{score}', 1)}": v
+                    for k, v in stats.items()
+                    if k != "within_inputs"
+                }
                 if not prefix:
                     scalars[f"within_inputs_{score}"] = stats["within_inputs"]
-        if self.ctx.workdir and jax.process_index() == 0:
-            lines = []
-            for i, s in enumerate(samples):
-                row_scores = {k: None if np.isnan(v[i]) else v[i] for k, v in scores.items()}
-                lines.append(json.dumps(s | {"scores": row_scores}) + "\n")
-            path = files.path(self.ctx.workdir, "predictions", self.name, f"{step}.jsonl")
-            files.write_text(path, "".join(lines))
+        records = (
+            s | {"scores": {k: None if np.isnan(v[i]) else v[i] for k, v in scores.items()}}
+            for i, s in enumerate(samples)
+        )
+        _write_predictions(self.ctx, self.name, step, records)
         return scalars, {}
+
+
+def _write_predictions(ctx: EvalContext, name: str, step: int, records) -> None:
+    """`workdir/predictions/<name>/<step>.jsonl`, one record a line (process 0; none without
+    a workdir)."""
+    if ctx.workdir and jax.process_index() == 0:
+        lines = "".join(json.dumps(record) + "\n" for record in records)
+        files.write_text(files.path(ctx.workdir, "predictions", name, f"{step}.jsonl"), lines)
 
 
 def _replicated(ctx: EvalContext):

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from irl_lm import evaluation, files, sharding
 from irl_lm.losses import DEFAULT_GAMMA
-from irl_lm.sample import add_source_args, load, record_ids
+from irl_lm.sample import add_source_args, load, prompt_ids, record_ids
 
 
 def parse_args(argv):
@@ -43,20 +43,17 @@ def parse_args(argv):
 def read_pairs(path: str, loaded) -> tuple[list[dict], list[list[int]], list[list[int]]]:
     """The records and their prompt and target ids; a bad line fails naming FILE:LINE."""
     records, prompts, targets = [], [], []
-    vocab_size = loaded.model.config.vocab_size
     for where, record in files.read_jsonl_records(path):
-        prompt = record_ids(
-            record, where, ids_key="input_ids", text_key="inputs", vocab=loaded.vocab,
-            vocab_size=vocab_size, text_format=loaded.text_format,
-        )  # fmt: skip
-        if loaded.encoder and not (prompt and prompt[-1] == loaded.eos_id):
-            prompt = [*prompt, loaded.eos_id]
+        prompt = prompt_ids(record, where, loaded)
         target = record_ids(
-            record, where, ids_key="target_ids", text_key="targets", vocab=loaded.vocab,
-            vocab_size=vocab_size, text_format=((), [loaded.eos_id]),
-        )  # fmt: skip
-        if not prompt:
-            raise ValueError(f"{where}: empty input")
+            record,
+            where,
+            ids_key="target_ids",
+            text_key="targets",
+            vocab=loaded.vocab,
+            vocab_size=loaded.model.config.vocab_size,
+            text_format=((), [loaded.eos_id]),
+        )
         if not target:
             raise ValueError(f"{where}: empty target; a target holds at least one token")
         records.append(record)
@@ -93,9 +90,13 @@ def main(argv=None) -> dict:
             for start in tqdm(range(0, len(records), batch_size), desc="scoring", unit="batch"):
                 ys = targets[start : start + batch_size]
                 batch, offsets = evaluation.teacher_forced_rows(
-                    loaded.model, prompts[start : start + batch_size], ys,
-                    prompt_width=prompt_width, target_width=target_width, rows=batch_size,
-                )  # fmt: skip
+                    loaded.model,
+                    prompts[start : start + batch_size],
+                    ys,
+                    prompt_width=prompt_width,
+                    target_width=target_width,
+                    rows=batch_size,
+                )
                 rewards = jax.device_get(rewards_fn(params, sharding.shard_host_batch(batch, mesh)))
                 for row, (y, offset) in enumerate(zip(ys, offsets, strict=True)):
                     token_rewards = rewards[row, offset : offset + len(y)].astype(np.float64)

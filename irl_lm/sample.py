@@ -135,19 +135,28 @@ def record_ids(record, where, *, ids_key, text_key, vocab, vocab_size, text_form
     return ids
 
 
+def prompt_ids(record, where, loaded: Loaded) -> list[int]:
+    """A line's prompt: `input_ids` as given, or the text `inputs` in the prompt format;
+    EOS-terminated for an encoder."""
+    ids = record_ids(
+        record,
+        where,
+        ids_key="input_ids",
+        text_key="inputs",
+        vocab=loaded.vocab,
+        vocab_size=loaded.model.config.vocab_size,
+        text_format=loaded.text_format,
+    )
+    if loaded.encoder and not (ids and ids[-1] == loaded.eos_id):
+        ids = [*ids, loaded.eos_id]
+    if not ids:
+        raise ValueError(f"{where}: empty prompt")
+    return ids
+
+
 def read_inputs(path: str, loaded: Loaded) -> list[list[int]]:
-    """Prompt ids per line (EOS-terminated for an encoder); errors name the file and line."""
-    rows = []
-    for where, record in files.read_jsonl_records(path):
-        ids = record_ids(
-            record, where, ids_key="input_ids", text_key="inputs", vocab=loaded.vocab,
-            vocab_size=loaded.model.config.vocab_size, text_format=loaded.text_format,
-        )  # fmt: skip
-        if loaded.encoder and not (ids and ids[-1] == loaded.eos_id):
-            ids = [*ids, loaded.eos_id]
-        if not ids:
-            raise ValueError(f"{where}: empty prompt")
-        rows.append(ids)
+    """Prompt ids per line; errors name the file and line."""
+    rows = [prompt_ids(record, where, loaded) for where, record in files.read_jsonl_records(path)]
     if not rows:
         raise ValueError(f"{path}: no inputs")
     return rows

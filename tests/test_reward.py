@@ -18,9 +18,13 @@ from irl_lm.models import build_model
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 TINY_DECODER_ONLY = dict(
-    name="decoder_only", vocab_size=0, hidden_size=16, intermediate_size=32,
-    num_hidden_layers=1, num_attention_heads=2,
-)  # fmt: skip
+    name="decoder_only",
+    vocab_size=0,
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+)
 
 
 def reference_rewards(logits_TxV, y, gamma):
@@ -166,8 +170,9 @@ def wmt22_tiny(tmp_path_factory):
     config = load_config()
     config.total_steps, config.checkpoint.every = 2, 2
     config.task.max_target_len = 24
-    config.evals = dict(reward=dict(kind="reward", every=0, num_examples=6, num_samples=4,
-                                    num_bootstrap=100))  # fmt: skip
+    config.evals = dict(
+        reward=dict(kind="reward", every=0, num_examples=6, num_samples=4, num_bootstrap=100)
+    )
     workdir = tmp_path_factory.mktemp("wmt22_reward")
     results = train.train_and_evaluate(config, str(workdir))
     with open(workdir / "predictions" / "reward" / "2.jsonl") as f:
@@ -220,8 +225,18 @@ def test_reward_cli_scores_pairs_as_the_evaluator_does(wmt22_tiny, tmp_path):
     ]
     pairs.write_text("".join(json.dumps(line) + "\n" for line in lines))
     out = tmp_path / "scored.jsonl"
-    summary = reward.main(["--workdir", str(workdir), "--input-file", str(pairs),
-                           "--output-file", str(out), "--batch-size", "4"])  # fmt: skip
+    summary = reward.main(
+        [
+            "--workdir",
+            str(workdir),
+            "--input-file",
+            str(pairs),
+            "--output-file",
+            str(out),
+            "--batch-size",
+            "4",
+        ]
+    )
     assert summary == {"pairs": 8, "gamma": 0.99, "output": str(out)}
     scored = [json.loads(line) for line in open(out)]
     for line, s in zip(lines, scored, strict=True):
@@ -258,8 +273,16 @@ def test_reward_cli_names_the_bad_line(wmt22_tiny, tmp_path, line, error):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text('{"inputs": "Hallo", "targets": "Hello"}\n' + line + "\n")
     with pytest.raises(ValueError, match=error):
-        reward.main(["--workdir", str(workdir), "--input-file", str(pairs),
-                     "--output-file", str(tmp_path / "out.jsonl")])  # fmt: skip
+        reward.main(
+            [
+                "--workdir",
+                str(workdir),
+                "--input-file",
+                str(pairs),
+                "--output-file",
+                str(tmp_path / "out.jsonl"),
+            ]
+        )
 
 
 def test_reward_cli_on_a_hugging_face_folder_matches_transformers_logits(tmp_path):
@@ -273,8 +296,16 @@ def test_reward_cli_on_a_hugging_face_folder_matches_transformers_logits(tmp_pat
     lines = "".join(json.dumps({"input_ids": x, "target_ids": y}) + "\n" for x, y in pairs)
     (tmp_path / "pairs.jsonl").write_text(lines)
     out = tmp_path / "scored.jsonl"
-    reward.main(["--hf", str(tmp_path), "--input-file", str(tmp_path / "pairs.jsonl"),
-                 "--output-file", str(out)])  # fmt: skip
+    reward.main(
+        [
+            "--hf",
+            str(tmp_path),
+            "--input-file",
+            str(tmp_path / "pairs.jsonl"),
+            "--output-file",
+            str(out),
+        ]
+    )
     scored = [json.loads(line) for line in open(out)]
     for (x, y), s in zip(pairs, scored, strict=True):
         batch = {

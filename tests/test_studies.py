@@ -48,9 +48,10 @@ def test_paper_task_study_sweeps_build(task, tmp_path):
     for study, count in TASK_POINTS.items():
         for mode in ("full", "tiny"):
             points = sweep.build_points(
-                os.path.join(ROOT, "configs", f"{task}.py"), str(tmp_path),
+                os.path.join(ROOT, "configs", f"{task}.py"),
+                str(tmp_path),
                 f"study={study},mode={mode}",
-            )  # fmt: skip
+            )
             assert len(points) == count == len({p.name for p in points}), (study, mode)
             assert all(f"mode={mode}" in p.config_arg for p in points)
     with pytest.raises(ValueError, match="study='nope'; allowed: lambda, lambda_entropy"):
@@ -112,6 +113,8 @@ def test_paper_task_tiny_studies_run(tmp_path):
 
     sizes = _run(points("model_size", "model_size"), ["d_model=32,lam=0.1,seed=0"])
     assert sizes["d_model=32,lam=0.1,seed=0"]["step"] == 4
-    data = _run(points("data_size", "data_size"),
-                ["mode=tiny,loss=mle_entropy,beta=0.01,num_train_examples=32,seed=0"])  # fmt: skip
+    data = _run(
+        points("data_size", "data_size"),
+        ["mode=tiny,loss=mle_entropy,beta=0.01,num_train_examples=32,seed=0"],
+    )
     assert list(data.values())[0]["step"] == 4

@@ -22,8 +22,10 @@ SIZES = (250, 1000, 4000, 20_000)
 
 def sweep(arg=None):
     del arg
-    losses = [("loss=iqlearn", {"loss.lam": (0.0, TD_LAMBDA)}),
-              ("loss=mle_entropy", {"loss.beta": (BEST_BETA,)})]  # fmt: skip
+    losses = [
+        ("loss=iqlearn", {"loss.lam": (0.0, TD_LAMBDA)}),
+        ("loss=mle_entropy", {"loss.beta": (BEST_BETA,)}),
+    ]
     return [
         point
         for config_arg, loss_axes in losses

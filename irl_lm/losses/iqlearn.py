@@ -42,8 +42,16 @@ def next_values(v_BxT, targets_BxT, weights_BxT, *, eos_id, segment_ids_BxT=None
     return next_v_BxT, mask_BxT
 
 
-def td_residuals(logits_BxTxV, targets_BxT, weights_BxT, *, gamma, eos_id, segment_ids_BxT=None,
-                 terminal_at_end=False):  # fmt: skip
+def td_residuals(
+    logits_BxTxV,
+    targets_BxT,
+    weights_BxT,
+    *,
+    gamma,
+    eos_id,
+    segment_ids_BxT=None,
+    terminal_at_end=False,
+):
     """δ_t = Q_t − γ V_{t+1}, the TD residual and the extracted per-token reward.
 
     Returns (Q `[B, T]`, V `[B, T]`, V_{t+1}, δ, mask of the positions with a known V_{t+1}
@@ -51,9 +59,13 @@ def td_residuals(logits_BxTxV, targets_BxT, weights_BxT, *, gamma, eos_id, segme
     """
     q_BxT, v_BxT = action_and_state_values(logits_BxTxV, targets_BxT)
     next_v_BxT, mask_BxT = next_values(
-        v_BxT, targets_BxT, weights_BxT, eos_id=eos_id, segment_ids_BxT=segment_ids_BxT,
+        v_BxT,
+        targets_BxT,
+        weights_BxT,
+        eos_id=eos_id,
+        segment_ids_BxT=segment_ids_BxT,
         terminal_at_end=terminal_at_end,
-    )  # fmt: skip
+    )
     return q_BxT, v_BxT, next_v_BxT, q_BxT - gamma * next_v_BxT, mask_BxT
 
 
@@ -79,9 +91,13 @@ def data_terms(logits_BxTxV, targets_BxT, weights_BxT, *, gamma, eos_id, segment
     whose TD term is dropped.
     """
     q_BxT, v_BxT, next_v_BxT, delta_BxT, td_mask_BxT = td_residuals(
-        logits_BxTxV, targets_BxT, weights_BxT, gamma=gamma, eos_id=eos_id,
+        logits_BxTxV,
+        targets_BxT,
+        weights_BxT,
+        gamma=gamma,
+        eos_id=eos_id,
         segment_ids_BxT=segment_ids_BxT,
-    )  # fmt: skip
+    )
     nll = token_mean(v_BxT - q_BxT, weights_BxT)
     num_targets = jnp.maximum(jnp.sum(weights_BxT.astype(jnp.float32)), 1.0)
     td2 = jnp.sum(td_mask_BxT * jnp.square(delta_BxT)) / num_targets
@@ -150,9 +166,13 @@ def iqlearn_online_loss(
 
     p_weights_BxT = policy["weights"]
     _, p_v_BxT, p_next_v_BxT, p_delta_BxT, p_mask_BxT = td_residuals(
-        policy["logits"], policy["targets"], p_weights_BxT, gamma=gamma, eos_id=eos_id,
+        policy["logits"],
+        policy["targets"],
+        p_weights_BxT,
+        gamma=gamma,
+        eos_id=eos_id,
         terminal_at_end=True,
-    )  # fmt: skip
+    )
     policy_diff = token_mean(p_v_BxT - gamma * p_next_v_BxT, p_mask_BxT)
     if chi2_on_mixture:
         p_td2 = token_mean(jnp.square(p_delta_BxT), p_mask_BxT)
