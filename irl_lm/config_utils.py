@@ -77,11 +77,16 @@ def loss_config(args: dict[str, str]) -> ml_collections.ConfigDict:
     the other `LOSS_ARGS` override their defaults (`irl_lm.losses.LOSSES`)."""
     from irl_lm.losses import loss_fields
 
-    values = {
-        k: v if k == "reward" else float(v)
-        for k, v in args.items()
-        if k != "loss" and k in LOSS_ARGS and v
-    }
+    values = {}
+    for key, value in args.items():
+        if key == "loss" or key not in LOSS_ARGS or not value:
+            continue
+        try:
+            values[key] = value if key == "reward" else float(value)
+        except ValueError:
+            raise ValueError(
+                f"config arg {key}={value!r} is not a number; give one, e.g. {key}=0.1"
+            ) from None
     return ml_collections.ConfigDict(loss_fields(args["loss"], **values))
 
 

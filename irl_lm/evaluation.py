@@ -7,6 +7,7 @@ An evaluator is built once with an `EvalContext` and its own config fields, and 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 from collections.abc import Callable, Mapping
 
@@ -155,6 +156,15 @@ def make_reward_fn(model, *, gamma: float, eos_id: int):
     return rewards
 
 
+def _check_method(name: str, method: str) -> None:
+    """Fails before an evaluator does any work when its decoding method does not exist."""
+    if method not in decoding.METHODS:
+        raise ValueError(
+            f"config.evals.{name}.method={method!r} is not a decoding method; "
+            f"allowed: {list(decoding.METHODS)}"
+        )
+
+
 class ExpertEvaluator:
     """Policy vs the synthetic expert, from samples and exact expert log-probabilities.
 
@@ -182,7 +192,7 @@ class ExpertEvaluator:
         split="validation",
         seed=0,
     ):
-        del name
+        _check_method(name, method)
         self.ctx, self.num_samples = ctx, num_samples
         self.outputs_per_input = num_samples if method == "temperature" else 1
         self.expert = expert_from_config(ctx.config.task)
@@ -362,8 +372,9 @@ class DecodeEvaluator:
         calculator=False,
         seed=0,
     ):
+        _check_method(name, method)
         if calculator and method != "greedy":
-            raise ValueError("calculator=True needs method='greedy'")
+            raise ValueError(f"config.evals.{name}: calculator=True needs method='greedy'")
         self.ctx, self.name, self.method = ctx, name, method
         self.metrics = text_tasks.TEXT_TASKS[ctx.config.task.name].metrics
         examples = _text_examples(ctx, split, max_examples)
@@ -688,6 +699,13 @@ def make_evaluators(ctx: EvalContext) -> dict[str, tuple[int, object]]:
             raise ValueError(
                 f"config.evals.{name}.kind={kind!r} is not an evaluator; "
                 f"allowed: {sorted(EVALUATORS)}"
+            )
+        allowed = set(inspect.signature(EVALUATORS[kind]).parameters) - {"ctx", "name"}
+        unknown = sorted(set(fields) - allowed)
+        if unknown:
+            raise ValueError(
+                f"config.evals.{name}: unknown fields {unknown} for kind {kind!r}; "
+                f"allowed: {sorted(allowed | {'kind', 'every'})}"
             )
         try:
             evaluators[name] = (every, EVALUATORS[kind](ctx, name, **fields))

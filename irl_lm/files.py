@@ -79,17 +79,28 @@ def finished_results(workdir: str | os.PathLike, total_steps: int) -> dict | Non
 
 
 def read_jsonl_records(file: str | os.PathLike):
-    """Yields (`FILE:LINE`, record) for each line of a JSON Lines file; an empty line or one
-    that is not a JSON object fails naming its file and line."""
-    with path(file).open() as f:
-        for line_no, line in enumerate(f, 1):
+    """Yields (`FILE:LINE`, record) for each line of a JSON Lines file (UTF-8); a line that
+    is empty, not UTF-8 or not a JSON object fails naming its file and line and the fix."""
+    with path(file).open("rb") as f:
+        for line_no, raw in enumerate(f, 1):
             where = f"{file}:{line_no}"
+            # Only the last line can lack its newline, and a file cut at a byte offset does.
+            fix = "; fix or remove the line (each line must be one JSON object)"
+            if not raw.endswith(b"\n"):
+                fix = "; it is the last line and has no newline: the file looks truncated"
+                fix += " (copy it again), or fix the line"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{where}: not UTF-8 text ({e}){fix}") from None
             if not line.strip():
-                raise ValueError(f"{where}: empty line; every line must be a JSON object")
+                raise ValueError(
+                    f"{where}: empty line; remove it (each line must be one JSON object)"
+                )
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not a JSON object ({e})") from None
+                raise ValueError(f"{where}: not a JSON object ({e}){fix}") from None
             if not isinstance(record, dict):
-                raise ValueError(f"{where}: not a JSON object (a {type(record).__name__})")
+                raise ValueError(f"{where}: not a JSON object (a {type(record).__name__}){fix}")
             yield where, record

@@ -18,15 +18,27 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs
 _DISTRIBUTED = flags.DEFINE_bool(
     "jax_distributed",
     False,
-    "Call jax.distributed.initialize() first (multi-host runs: TPU pods, SkyPilot GPU nodes).",
+    "Call jax.distributed.initialize() first (multi-host runs). The cluster comes from "
+    "--coordinator_address/--num_processes/--process_id, else JAX_COORDINATOR_ADDRESS/"
+    "JAX_NUM_PROCESSES/JAX_PROCESS_ID, else SkyPilot's variables, else JAX's own detection "
+    "(TPU pods, Slurm, Open MPI, Kubernetes).",
 )
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (with --jax_distributed)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id, 0 first.")
 
 
 def main(argv):
     del argv
     train.quiet_library_logs()
     if _DISTRIBUTED.value:
-        distributed.initialize()
+        distributed.initialize(
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

@@ -130,6 +130,16 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def shard_global_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict:
+    """Places a global batch (the same on every host) on the mesh: each device takes its
+    rows, so which host holds which rows is the mesh's business, not the data's."""
+    sharding = batch_sharding(mesh)
+    return {
+        name: jax.make_array_from_callback(value.shape, sharding, lambda index, v=value: v[index])
+        for name, value in batch.items()
+    }
+
+
 def shard_host_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict:
     """Turns this host's slice of the global batch into globally sharded arrays."""
     sharding = batch_sharding(mesh)

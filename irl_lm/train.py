@@ -12,8 +12,6 @@ from __future__ import annotations
 import functools
 import logging as pylogging
 import math
-import signal
-import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -24,7 +22,16 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from irl_lm import checkpointing, evaluation, files, gail, online, sharding, train_step
+from irl_lm import (
+    checkpointing,
+    distributed,
+    evaluation,
+    files,
+    gail,
+    online,
+    sharding,
+    train_step,
+)
 from irl_lm.data import pipeline, tasks
 from irl_lm.losses import LOSSES, make_loss
 from irl_lm.models import build_model, is_decoder_only, resolve_preset
@@ -163,15 +170,6 @@ def quiet_library_logs() -> None:
     logging.get_absl_handler().python_handler.addFilter(keep)
 
 
-# Set by SIGTERM: the loop saves a checkpoint and returns.
-_STOP_REQUESTED = threading.Event()
-
-
-def _on_sigterm(signum, frame):
-    del signum, frame
-    _STOP_REQUESTED.set()
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -215,7 +213,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpointer = checkpointing.Checkpointer(workdir, keep=config.checkpoint.keep)
     rng = jax.random.PRNGKey(config.seed)
 
-    with sharding.use_mesh(mesh):
+    with sharding.use_mesh(mesh), distributed.Preemption() as preemption:
         example = dummy_batch(config, model, 1)
         if is_gail:  # policy, discriminator and reference policy in one state
             disc_model = build_model(model_config | dict(config.discriminator.model))
@@ -229,10 +227,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             )  # fmt: skip
         else:
             abstract_state, shardings = train_step.state_shardings(model, tx, example, mesh)
-        latest = checkpointer.latest_step()
-        if latest is not None:
-            target = checkpointing.abstract_like(abstract_state, shardings)
-            state, metadata = checkpointer.restore(latest, target)
+        latest, saved_data = None, None
+        restored = checkpointer.restore_latest(
+            checkpointing.abstract_like(abstract_state, shardings)
+        )
+        if restored is not None:
+            latest, state, metadata = restored
+            saved_data = checkpointer.step_dir(latest) / checkpointing.DATA_ITEM
             logging.info("Resumed from step %d in %s", latest, checkpointer.directory)
             if source is not None:
                 logging.info("config.init_from ignored: resuming takes precedence")
@@ -286,22 +287,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         ctx = evaluation.EvalContext(config, model, mesh, loss_fn, eos_id, workdir)
         evaluators = evaluation.make_evaluators(ctx)
         train_iter = pipeline.TrainIterator(
-            config, metadata["data_position"], decoder_only=is_decoder_only(model)
+            config, metadata["data_position"], decoder_only=is_decoder_only(model), saved=saved_data
         )
         step = int(jax.device_get(state.step))
         results: dict[str, Any] = {"eval": {}, "eval_reference": {}}
         for name, (_, evaluator) in evaluators.items():
             if hasattr(evaluator, "reference"):  # a ground-truth row, e.g. the expert's own
                 results["eval_reference"][name] = evaluator.reference()
-        previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
-        _STOP_REQUESTED.clear()
         last_saved = latest
         timer = _Throughput()
 
         def save(step):
             nonlocal last_saved
             if step != last_saved:
-                checkpointer.save(step, state, {"data_position": train_iter.position})
+                metadata = {"data_position": train_iter.position}
+                checkpointer.save(step, state, metadata, data_iterator=train_iter)
                 last_saved = step
 
         final_evals_done = False
@@ -323,8 +323,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         pending = None  # (step, device metrics) of the last step, fetched one step late
         sample_rng, update_started = jax.random.fold_in(rng, 1), None
         try:
-            while step < config.total_steps and not _STOP_REQUESTED.is_set():
-                batch = sharding.shard_host_batch(next(train_iter), mesh)
+            while step < config.total_steps and not preemption.reached(step):
+                batch = sharding.shard_global_batch(next(train_iter), mesh)
                 if sampler is None:
                     state, metrics = step_fn(state, batch, rng)
                 else:  # times sampling and the previous update apart (both block)
@@ -354,10 +354,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 _report(pending, writer, timer, config, last_saved, checkpointer)
             if config.total_steps:  # (0: evaluation only, nothing trained to save)
                 save(step)
+            if step < config.total_steps:
+                logging.info("Preempted: saved step %d; the same command resumes it", step)
             if step >= config.total_steps and not final_evals_done:  # resumed at the end
                 run_evals(step, final=True)
         finally:
-            signal.signal(signal.SIGTERM, previous_handler)
             checkpointer.close()
             writer.flush()
 

@@ -1,17 +1,26 @@
-"""Batches from seqio for the trainer and evaluators, sharded per host.
+"""Batches from seqio for the trainer and evaluators.
 
-The training stream is a pure function of (task, seed, position): a resumed run rebuilds
-it and skips the batches it already consumed, so no example is replayed or lost.
+The training stream is a pure function of (task, seed, position), the same on every host
+and for any host count: each host reads the global batches and keeps the rows its devices
+hold (`sharding.shard_global_batch`). A resumed run restores the iterator's state saved
+with its checkpoint (`TrainIterator.save`), so restarting costs the same at any position;
+when that state cannot be used it rebuilds the stream and skips the batches consumed.
+Either way no example is replayed or lost. Evaluation batches are split across hosts.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
 from collections.abc import Iterator, Mapping
 
 import jax
 import numpy as np
 import seqio
 import tensorflow as tf
+from absl import logging
+from etils import epath
 
 from irl_lm.data.tasks import feature_lengths, get_task
 from irl_lm.models import is_decoder_only
@@ -61,7 +70,7 @@ def model_feature_lengths(config, *, decoder_only: bool) -> dict[str, int]:
     return dict(converter.get_model_feature_lengths(feature_lengths(config.task)))
 
 
-def _dataset(config, split: str, *, shuffle, num_epochs, pack: bool, decoder_only: bool):
+def _dataset(config, split, *, shuffle, num_epochs, pack, decoder_only, shard_info):
     task = get_task(config.task)
     return seqio.get_dataset(
         task.name,
@@ -70,7 +79,7 @@ def _dataset(config, split: str, *, shuffle, num_epochs, pack: bool, decoder_onl
         dataset_split=split,
         shuffle=shuffle,
         num_epochs=num_epochs,
-        shard_info=seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count()),
+        shard_info=shard_info,
         seed=config.seed,
         use_cached=False,
         verbose=False,
@@ -78,20 +87,89 @@ def _dataset(config, split: str, *, shuffle, num_epochs, pack: bool, decoder_onl
 
 
 class TrainIterator(Iterator):
-    """Endless host-local training batches; `position` counts the batches handed out."""
+    """Endless global training batches; `position` counts the batches handed out.
 
-    def __init__(self, config, position: int = 0, *, decoder_only: bool = False):
-        per_host = config.batch_size // jax.process_count()
-        ds = _dataset(config, "train", shuffle=True, num_epochs=None, pack=config.data.pack,
-                      decoder_only=decoder_only)  # fmt: skip
-        ds = ds.batch(per_host, drop_remainder=True).skip(position)
-        self._iterator = ds.prefetch(2).as_numpy_iterator()
+    `saved`: a folder written by `save` at `position` (a checkpoint's `data/`). Its state is
+    restored when it matches (same position, same data settings), else the stream is
+    rebuilt and `position` batches are skipped, saying why.
+    """
+
+    def __init__(self, config, position: int = 0, *, decoder_only=False, saved=None):
+        self.fingerprint = data_fingerprint(config, decoder_only)
         self.position = position
+        started = time.perf_counter()
+        # A fresh dataset each time: a second iterator over one dataset reshuffles.
+        self._iterator = self._stream(config, decoder_only)
+        if position and not (saved is not None and self._restore(epath.Path(saved))):
+            logging.info("Data: skipping %d batches to reach the saved position", position)
+            self._iterator = self._stream(config, decoder_only, skip=position)
+        if position:
+            seconds = time.perf_counter() - started
+            logging.info("Data resumed at batch %d in %.2f s", position, seconds)
+
+    @staticmethod
+    def _stream(config, decoder_only: bool, skip: int = 0):
+        ds = _dataset(
+            config,
+            "train",
+            shuffle=True,
+            num_epochs=None,
+            pack=config.data.pack,
+            decoder_only=decoder_only,
+            shard_info=seqio.ShardInfo(0, 1),  # every host reads the whole stream
+        )
+        ds = ds.batch(config.batch_size, drop_remainder=True).skip(skip)
+        return ds.prefetch(2).as_numpy_iterator()
 
     def __next__(self) -> dict[str, np.ndarray]:
         batch = next(self._iterator)
         self.position += 1
         return batch
+
+    def save(self, folder) -> None:
+        """Writes this host's iterator state (`process_<i>-of-<n>`: TF's iterator checkpoint,
+        shuffle buffer and prefetched batches included) and its position, into `folder`."""
+        folder = epath.Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"process_{jax.process_index()}-of-{jax.process_count()}"
+        tf.train.Checkpoint(iterator=self._iterator).write(str(folder / name))
+        info = {"position": self.position, "fingerprint": self.fingerprint}
+        (folder / f"{name}.json").write_text(json.dumps(info))
+
+    def _restore(self, folder: epath.Path) -> bool:
+        """Restores the state in `folder`; False (with a warning naming why) when unusable."""
+        own = folder / f"process_{jax.process_index()}-of-{jax.process_count()}"
+        # The stream is the same on every host, so another host count's state serves too.
+        candidates = [own] + sorted(p.with_suffix("") for p in folder.glob("process_0-of-*.json"))
+        found = next((p for p in candidates if p.with_suffix(".json").exists()), None)
+        if found is None:
+            why = f"{folder} holds no iterator state"
+        else:
+            info = json.loads(found.with_suffix(".json").read_text())
+            if info["position"] != self.position:
+                why = f"{found} is at batch {info['position']}, the checkpoint at {self.position}"
+            elif info["fingerprint"] != self.fingerprint:
+                why = f"{found} was saved with other data settings (task, data, seed or batch)"
+            else:
+                try:
+                    tf.train.Checkpoint(iterator=self._iterator).read(str(found)).assert_consumed()
+                    return True
+                except (tf.errors.OpError, ValueError, AssertionError) as e:
+                    why = f"{found} does not restore ({type(e).__name__}: {e})"
+        logging.warning("Data: the saved iterator state cannot be used: %s", why)
+        return False
+
+
+def data_fingerprint(config, decoder_only: bool) -> str:
+    """A digest of the settings that define the training stream."""
+    settings = {
+        "task": config.task.to_dict(),
+        "data": config.data.to_dict(),
+        "seed": config.seed,
+        "batch_size": config.batch_size,
+        "decoder_only": decoder_only,
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def eval_batches(config, split: str, max_examples: int | None = None, *, decoder_only=False):
@@ -100,8 +178,15 @@ def eval_batches(config, split: str, max_examples: int | None = None, *, decoder
     Yields (batch, number of real rows).
     """
     per_host = config.eval_batch_size // jax.process_count()
-    ds = _dataset(config, split, shuffle=False, num_epochs=1, pack=False,
-                  decoder_only=decoder_only)  # fmt: skip
+    ds = _dataset(
+        config,
+        split,
+        shuffle=False,
+        num_epochs=1,
+        pack=False,
+        decoder_only=decoder_only,
+        shard_info=seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count()),
+    )
     if max_examples:
         ds = ds.take(max_examples)
     for batch in ds.batch(per_host).as_numpy_iterator():

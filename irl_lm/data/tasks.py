@@ -90,6 +90,27 @@ def task_vocabulary(task_config: Mapping) -> seqio.Vocabulary | None:
     return load_vocabulary(value) if value else None
 
 
+# Text on which two vocabularies must give the same ids to be one (letters, digits, a
+# non-Latin script, punctuation, spaces); extra sentinel ids at the top may differ.
+PROBE_TEXT = "The 3 quick foxes jumped: Übermaß, naïve, 中文, x+y=12!  Done."
+
+
+def check_vocabulary_matches(task_config: Mapping, folder: str, where: str) -> None:
+    """Fails when `config.task.vocabulary` tokenizes text other than the tokenizer in
+    `folder` (the checkpoint `where` names): the model's ids would mean other tokens."""
+    ours = task_vocabulary(task_config)
+    theirs = load_vocabulary(folder)
+    if ours is None or ours == theirs:
+        return
+    if (ours.encode(PROBE_TEXT), ours.eos_id) != (theirs.encode(PROBE_TEXT), theirs.eos_id):
+        raise ValueError(
+            f"config.task.vocabulary={task_config['vocabulary']!r} ({ours.vocab_size} tokens) "
+            f"is not the tokenizer of {where} ({theirs.vocab_size} tokens), so the model's "
+            "token ids would mean other tokens; set config.task.vocabulary='' to take the "
+            "checkpoint's tokenizer"
+        )
+
+
 def _text_task(name: str, task_config: Mapping) -> dict:
     vocabulary = task_vocabulary(task_config)
     if vocabulary is None:
@@ -146,5 +167,5 @@ def feature_lengths(task_config: Mapping) -> dict[str, int]:
     """Batch lengths: `config.task.max_input_len` / `max_target_len` when set (> 0, e.g. longer
     rows for packing), else the task's own maxima."""
     lengths = FEATURE_LENGTHS[task_config["name"]](task_config)
-    overrides = {"inputs": "max_input_len", "targets": "max_target_len"}
-    return {k: int(task_config.get(overrides[k]) or v) for k, v in lengths.items()}
+    fields = text_tasks.LENGTH_FIELDS
+    return {k: int(task_config.get(fields[k]) or v) for k, v in lengths.items()}

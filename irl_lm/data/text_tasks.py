@@ -5,13 +5,14 @@ Each task is a preprocessing function from one raw example (the field layout of
 `targets` text. Examples come from JSON Lines files named per split in `config.task.files`
 (`source="jsonl"`), read completely and checked: a malformed line or a missing field fails
 naming the file, line and field. Token lengths over `max_input_len` / `max_target_len` are
-truncated by the feature converter and counted in the log when the split is read.
+truncated by the feature converter, counted and logged as a warning when the split is read.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from collections.abc import Callable, Mapping
 
 import seqio
@@ -21,6 +22,7 @@ from absl import logging
 from irl_lm import files
 
 SPLITS = ("train", "validation", "test")
+LENGTH_FIELDS = {"inputs": "max_input_len", "targets": "max_target_len"}  # of config.task
 LANGUAGES = {"en": "English", "de": "German", "cs": "Czech", "zh": "Chinese"}
 # The WMT22 pairs with a shared test file (task wmt22_<source>_<target>).
 WMT22_PAIRS = (("en", "de"), ("de", "en"), ("en", "cs"), ("cs", "en"), ("en", "zh"), ("zh", "en"))
@@ -62,16 +64,47 @@ TEXT_TASKS: dict[str, TextTask] = {
 }
 
 
+# What a JSON value that is not a string is, in JSON's words (for error messages).
+JSON_KINDS = {
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    list: "an array",
+    dict: "an object",
+    type(None): "null",
+}
+
+
 def read_jsonl(path: str, fields: tuple[str, ...]) -> list[dict]:
-    """Every line of `path` as a dict; errors name the file, line and field."""
+    """Every line of `path` as a dict; errors name the file, line and field, and the fix."""
     if not files.path(path).exists():
         raise FileNotFoundError(f"config.task.files: {path} does not exist")
+    need = f"each line needs the non-empty text fields {list(fields)}"
     rows = []
     for where, row in files.read_jsonl_records(path):
         for field in fields:
-            if not isinstance(row.get(field), str):
-                raise ValueError(f"{where}: field {field!r} is missing or not a string")
+            value = row.get(field)
+            if field not in row:
+                raise ValueError(
+                    f"{where}: field {field!r} is missing (the line has {sorted(row)}); {need}"
+                )
+            if not isinstance(value, str):
+                kind = JSON_KINDS.get(type(value), type(value).__name__)
+                raise ValueError(
+                    f"{where}: field {field!r} is {kind} ({json.dumps(value)[:40]}), not text; "
+                    f"{need}"
+                )
+            if not value.strip():
+                # An empty target teaches the model to stop at once; an empty input has
+                # nothing to condition on: both are data errors, not examples.
+                raise ValueError(
+                    f"{where}: field {field!r} is empty; fill it in or remove the line"
+                )
         rows.append(row)
+    if not rows:
+        raise ValueError(
+            f"{path}: the file is empty; config.task.files must name files of examples"
+        )
     return rows
 
 
@@ -96,7 +129,6 @@ def build(
     else:
         splits = SPLITS
     limit = int(task_config.get("num_train_examples") or 0)
-    max_in, max_out = lengths["inputs"], lengths["targets"]
 
     @functools.cache
     def examples(split: str) -> dict[str, list[str]]:
@@ -104,18 +136,29 @@ def build(
             rows, origin = read_jsonl(files[split], task.fields), files[split]
         else:
             rows, origin = SOURCES[source](name, split, task_config), f"{source} source"
+        total = len(rows)
         if split == "train" and limit:
             rows = rows[:limit]
+        logging.info("%s/%s: %d of the %d examples in %s", name, split, len(rows), total, origin)
         pairs = [task.preprocess(row) for row in rows]
         inputs, targets = [p[0] for p in pairs], [p[1] for p in pairs]
-        # EOS takes one position of each feature.
-        long_in = sum(len(vocabulary.encode(x)) + 1 > max_in for x in inputs)
-        long_out = sum(len(vocabulary.encode(y)) + 1 > max_out for y in targets)
-        logging.info(
-            "%s/%s: %d examples from %s; %d inputs longer than %d and %d targets longer than "
-            "%d tokens are truncated",
-            name, split, len(rows), origin, long_in, max_in, long_out, max_out,
-        )  # fmt: skip
+        for feature, texts in (("inputs", inputs), ("targets", targets)):
+            sizes = [len(vocabulary.encode(text)) + 1 for text in texts]  # + EOS
+            max_len = lengths[feature]
+            truncated = sum(size > max_len for size in sizes)
+            if truncated:  # the feature converter cuts them: say how many, and the fix
+                logging.warning(
+                    "%s/%s: %d of %d %s are longer than %d tokens (the longest: %d) and are "
+                    "truncated; raise config.task.%s to keep them whole",
+                    name,
+                    split,
+                    truncated,
+                    len(sizes),
+                    feature,
+                    max_len,
+                    max(sizes),
+                    LENGTH_FIELDS[feature],
+                )
         return {"inputs": inputs, "targets": targets}
 
     def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Mapping
 
 from irl_lm.losses.gail import REWARDS as GAIL_REWARDS
@@ -91,6 +92,8 @@ def make_loss(loss_config: Mapping) -> Callable:
         try:
             valid = check(value) and isinstance(value, type(default) | int | float)
         except TypeError:  # e.g. a string where a number is expected
+            valid = False
+        if isinstance(value, float) and not math.isfinite(value):  # inf passes `>= 0`
             valid = False
         if not valid:
             raise ValueError(f"config.loss.{field}={value!r} is invalid; allowed: {allowed}")

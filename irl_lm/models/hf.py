@@ -136,14 +136,17 @@ def place_tensors(model, tensors: Mapping[str, np.ndarray], mesh, *, source: str
         hf_name, split = names[key]
         if hf_name not in tensors:
             raise ValueError(
-                f"{source}: tensor {hf_name!r} is missing (for parameter {'/'.join(key)})"
+                f"{source}: tensor {hf_name!r} is missing (for parameter {'/'.join(key)}); "
+                f"check {layout.config_hint} in config.json, or save the checkpoint again "
+                "(its safetensors files lack the tensor)"
             )
         view = _to_ours(tensors[hf_name], leaf.shape, split)
         if view is None:
             raise ValueError(
                 f"{source}: tensor {hf_name!r} has shape {tuple(tensors[hf_name].shape)}, "
                 f"expected {_hf_shape(leaf.shape, split)} from config.json "
-                f"(our parameter {'/'.join(key)} is {tuple(leaf.shape)})"
+                f"(our parameter {'/'.join(key)} is {tuple(leaf.shape)}); config.json's "
+                "sizes and the tensors disagree: fix config.json or save the checkpoint again"
             )
         return jax.make_array_from_callback(
             leaf.shape, leaf_sharding, lambda index: np.asarray(view[index], dtype=leaf.dtype)
