@@ -107,6 +107,10 @@ def resolve_config(config) -> tuple[ml_collections.ConfigDict, checkpointing.Ini
                 "config.init_from: %s has no tokenizer; the task keeps its own vocabulary",
                 source.folder,
             )
+    elif source is not None and source.vocabulary_folder() is not None:
+        # A vocabulary set by hand must tokenize as the checkpoint's own does.
+        where = f"config.init_from={config.init_from!r}"
+        tasks.check_vocabulary_matches(config.task, source.vocabulary_folder(), where)
     return config, source
 
 
@@ -132,6 +136,13 @@ def resolve_model_config(config, source: checkpointing.InitSource | None = None)
         model_config = architecture | runtime
     if not model_config.get("vocab_size"):
         model_config["vocab_size"] = task_vocab.vocab_size
+    if model_config["vocab_size"] < task_vocab.vocab_size and source is not None:
+        raise ValueError(
+            f"config.init_from={config.get('init_from')!r}: the checkpoint's vocab_size "
+            f"{model_config['vocab_size']} is smaller than the task's vocabulary "
+            f"({task_vocab.vocab_size} tokens); start from a checkpoint made with the task's "
+            "vocabulary, or set config.task.vocabulary='' to take the checkpoint's tokenizer"
+        )
     if model_config["vocab_size"] < task_vocab.vocab_size:
         raise ValueError(
             f"config.model.vocab_size={model_config['vocab_size']} is smaller than the task's "

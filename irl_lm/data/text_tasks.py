@@ -3,9 +3,10 @@
 Each task is a preprocessing function from one raw example (the field layout of
 `../shared/data/`, which is also that of the TFDS / Hugging Face copies) to `inputs` /
 `targets` text. Examples come from JSON Lines files named per split in `config.task.files`
-(`source="jsonl"`), read completely and checked: a malformed line or a missing field fails
-naming the file, line and field. Token lengths over `max_input_len` / `max_target_len` are
-truncated by the feature converter, counted and logged as a warning when the split is read.
+(`source="jsonl"`), read completely and checked: a malformed line or a missing, non-text or
+empty field fails naming the file, line and field, and the fix. Inputs and targets longer
+than `max_input_len` / `max_target_len` tokens are truncated by the feature converter, and
+counted in a warning when the split is read.
 """
 
 from __future__ import annotations
