@@ -14,6 +14,7 @@ before it is tried.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from typing import Any
@@ -82,7 +83,24 @@ class Checkpointer:
         items = dict(state=ocp.args.StandardSave(state), metadata=ocp.args.JsonSave(metadata))
         if data_iterator is not None:
             items[DATA_ITEM] = DataIteratorSave(data_iterator)
-        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+        with self._save_errors():
+            self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    @contextlib.contextmanager
+    def _save_errors(self):
+        """A failed write (a full disk, lost permissions) names the folder, the last complete
+        step and the fix; an asynchronous save's failure surfaces at the next save or wait."""
+        try:
+            yield
+        except OSError as e:
+            complete = sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
+            last = f"step {complete[-1]}" if complete else "none"
+            raise OSError(
+                e.errno,
+                f"Saving a checkpoint in {self.directory} failed ({e}). Nothing saved before "
+                f"is lost: the last complete checkpoint is {last}. Free space (or fix the "
+                "folder's permissions), then rerun the same command to resume from it.",
+            ) from e
 
     def restore(self, step: int, abstract_state):
         """Returns (state, metadata) of `step`, checked against the digests saved with it;
@@ -147,10 +165,12 @@ class Checkpointer:
         self.manager.reload()
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._save_errors():
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        with self._save_errors():
+            self.manager.wait_until_finished()
         self.manager.close()
 
 

@@ -1,0 +1,381 @@
+"""Preemption-proof training with real processes: SIGKILL at random moments (inside steps,
+evaluations and asynchronous saves) resumes bit-identically; damaged checkpoints fall back
+to the step before; a finished run does no work again."""
+
+import glob
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from irl_lm import checkpointing, sharding, train, train_step
+from irl_lm.data import pipeline
+from irl_lm.models import build_model, is_decoder_only
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The demo config shrunk: 40 steps of ~5 ms, a save every 4 steps (~0.1 s), evaluations
+# every 8 and 20. One file, read by the CLI runs and by the test's own restores.
+CONFIG_FILE = """
+import sys
+
+sys.path.insert(0, ROOT)
+
+from configs import demo
+
+
+def get_config(arg=None):
+    config = demo.get_config(arg or "loss=iqlearn")
+    config.total_steps, config.batch_size, config.eval_batch_size = 40, 8, 8
+    config.log_every, config.checkpoint.every, config.checkpoint.keep = 1, 4, 3
+    config.schedule.warmup_steps = 1
+    config.task.num_train_examples, config.task.num_eval_examples = 64, 16
+    config.task.expert.max_input_len = 5
+    config.model.update(
+        d_model=32, d_kv=8, d_ff=64, num_heads=4, num_layers=1, num_decoder_layers=1
+    )
+    config.evals = dict(
+        validation=dict(kind="loss", every=8, max_examples=16),
+        expert=dict(kind="synthetic_expert", every=20, num_examples=4, num_samples=2),
+    )
+    return config
+"""
+
+
+def write_config(folder) -> str:
+    path = os.path.join(str(folder), "preemption_config.py")
+    with open(path, "w") as f:
+        f.write(CONFIG_FILE.replace("ROOT)", f"{ROOT!r})"))
+    return path
+
+
+def load_config(path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("preemption_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+class Run:
+    """`python -m irl_lm.main` in a subprocess, its log read line by line as it comes."""
+
+    STEP = re.compile(r"\] step (\d+)/")
+
+    def __init__(self, *args, devices=1, env=None):
+        env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "irl_lm.main", *args],
+            cwd=ROOT,
+            env=env,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        self.lines, self.steps = [], []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            match = self.STEP.search(line)
+            if match:
+                self.steps.append(int(match.group(1)))
+
+    def wait_for(self, condition, timeout=240.0, poll=0.001):
+        """Polls `condition()` until true; fails if the process ends first."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.proc.poll() is not None:
+                self._reader.join(5)
+                raise AssertionError(f"the run ended before the kill point:\n{self.log()}")
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                raise AssertionError(f"timed out waiting for the kill point:\n{self.log()}")
+            time.sleep(poll)
+
+    def kill(self, sig=signal.SIGKILL):
+        self.proc.send_signal(sig)
+
+    def finish(self, timeout=300) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(10)
+        return code
+
+    def log(self) -> str:
+        return "".join(self.lines[-60:])
+
+
+def saved_steps(workdir) -> list[int]:
+    names = os.listdir(os.path.join(workdir, "checkpoints"))
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def tmp_dirs(workdir) -> list[str]:
+    return glob.glob(os.path.join(workdir, "checkpoints", "*orbax-checkpoint-tmp*"))
+
+
+def restore_target(config, mesh):
+    """The abstract train state of `config` on `mesh`: what a checkpoint restores into."""
+    model = build_model(train.resolve_model_config(config))
+    tx = train_step.make_optimizer(config)
+    abstract, shardings = train_step.state_shardings(
+        model, tx, train.dummy_batch(config, model, 1), mesh
+    )
+    return checkpointing.abstract_like(abstract, shardings)
+
+
+def restore_final(workdir, config, mesh=None):
+    """(state on the host, metadata, the next training batch) of the latest checkpoint."""
+    mesh = mesh or sharding.make_mesh(config.mesh)
+    with sharding.use_mesh(mesh):
+        ckpt = checkpointing.Checkpointer(workdir, keep=5)
+        step = ckpt.latest_step()
+        state, metadata = ckpt.restore(step, restore_target(config, mesh))
+        ckpt.close()
+    iterator = pipeline.TrainIterator(
+        config,
+        metadata["data_position"],
+        decoder_only=is_decoder_only(build_model(train.resolve_model_config(config))),
+        saved=os.path.join(workdir, "checkpoints", str(step), checkpointing.DATA_ITEM),
+    )
+    return jax.device_get(state), metadata, next(iterator)
+
+
+def assert_trees_equal(a, b):
+    for (path, x), y in zip(
+        jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b), strict=True
+    ):
+        np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+
+
+def test_sigkill_at_random_moments_resumes_bit_identically(tmp_path):
+    seed = int(os.environ.get("IRL_LM_KILL_SEED", time.time_ns() % 10**6))
+    rng = random.Random(seed)
+    config_file = write_config(tmp_path)
+    args = [f"--config={config_file}"]
+    straight_dir, killed_dir = str(tmp_path / "straight"), str(tmp_path / "killed")
+    straight = Run(*args, f"--workdir={straight_dir}")  # runs beside the killed ones
+    killed_dir_args = [*args, f"--workdir={killed_dir}"]
+    notes = []
+
+    # 1. Inside a step, at a random step and delay.
+    run = Run(*killed_dir_args)
+    target = rng.randint(5, 11)
+    run.wait_for(lambda: target in run.steps)
+    time.sleep(rng.uniform(0, 0.02))
+    run.kill()
+    run.finish()
+    notes.append(f"kill 1 after step {target} (saved: {saved_steps(killed_dir)})")
+
+    # 2. Inside an asynchronous save: as soon as a new step's temporary folder appears.
+    resumed_at = max(saved_steps(killed_dir), default=0)
+    run = Run(*killed_dir_args)
+    run.wait_for(lambda: any(run.steps) and max(run.steps) > resumed_at and tmp_dirs(killed_dir))
+    run.kill()
+    run.finish()
+    left_behind = tmp_dirs(killed_dir)
+    notes.append(f"kill 2 in a save, left {[os.path.basename(p) for p in left_behind]}")
+    assert left_behind, "the kill landed outside the save: " + "; ".join(notes)
+
+    # 3. Just after an evaluation boundary (steps 24 or 32): inside the save or evaluation.
+    resumed_at = max(saved_steps(killed_dir), default=0)
+    run = Run(*killed_dir_args)
+    target = rng.choice([s for s in (24, 32) if s > resumed_at + 4])
+    run.wait_for(lambda: target in run.steps)
+    time.sleep(rng.uniform(0, 0.3))
+    run.kill()
+    run.finish()
+    notes.append(f"kill 3 after step {target} (saved: {saved_steps(killed_dir)})")
+
+    final = Run(*killed_dir_args)
+    assert final.finish() == 0, final.log()
+    assert straight.finish() == 0, straight.log()
+    context = f"seed {seed}: " + "; ".join(notes)
+    assert "Resumed from step" in "".join(final.lines), context
+    assert "skipping" not in "".join(final.lines), "the data state was not restored: " + context
+    assert not tmp_dirs(killed_dir), "interrupted saves' folders were not cleaned up"
+
+    config = load_config(config_file)
+    state_a, meta_a, next_a = restore_final(straight_dir, config)
+    state_b, meta_b, next_b = restore_final(killed_dir, config)
+    assert meta_a["data_position"] == meta_b["data_position"] == 40, context
+    assert_trees_equal(state_a, state_b)  # params, optimizer state and step: bit for bit
+    assert_trees_equal(next_a, next_b)  # the data stream continues at the same batch
+
+
+# ----------------------------------------------------------------------------- damage
+
+
+def _data_files(step_dir) -> list[str]:
+    """The OCDBT data files of a step's state (the merged database's and each process's)."""
+    return glob.glob(os.path.join(step_dir, "state", "**", "d", "*"), recursive=True)
+
+
+def _truncate(path):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def _truncate_data_files(step_dir):
+    for path in _data_files(step_dir):
+        _truncate(path)
+
+
+def _zero_64_bytes_silently(step_dir, state, config):
+    """Zeroes 64 bytes inside a stored (compressed) chunk, at the first of a fixed series of
+    places where Orbax then restores other values without raising: only a digest sees it."""
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    mesh = sharding.make_mesh(config.mesh)
+    scratch = step_dir + "-scratch"
+    for path in sorted(_data_files(step_dir), key=os.path.getsize, reverse=True):
+        for tenth in range(1, 10):
+            shutil.rmtree(scratch, ignore_errors=True)
+            shutil.copytree(step_dir, scratch)
+            victim = os.path.join(scratch, os.path.relpath(path, step_dir))
+            with open(victim, "r+b") as f:
+                f.seek(os.path.getsize(victim) * tenth // 10)
+                f.write(bytes(64))
+            manager = ocp.CheckpointManager(os.path.dirname(step_dir))
+            with sharding.use_mesh(mesh):
+                target = ocp.args.StandardRestore(restore_target(config, mesh))
+                try:  # Orbax alone, without our digests
+                    restored = manager.restore(
+                        os.path.basename(scratch), args=ocp.args.Composite(state=target)
+                    ).state
+                except Exception:
+                    continue
+            leaves = zip(
+                jax.tree.leaves(jax.device_get(restored)), jax.tree.leaves(state), strict=True
+            )
+            if not all(np.array_equal(a, b) for a, b in leaves):
+                shutil.rmtree(step_dir)
+                os.rename(scratch, step_dir)
+                return
+    raise AssertionError("no zeroed 64 bytes restored silently wrong values")
+
+
+def _empty(step_dir):
+    import shutil
+
+    shutil.rmtree(step_dir)
+    os.mkdir(step_dir)
+
+
+DAMAGE = {  # kind -> (damage(step_dir, state, config), what the warning says)
+    "truncated data files": (lambda d, *_: _truncate_data_files(d), "does not restore"),
+    "deleted manifest": (lambda d, *_: os.remove(os.path.join(d, "state", "manifest.ocdbt")), ""),
+    "zeroed bytes in a chunk": (_zero_64_bytes_silently, "fail their digest"),
+    "empty step directory": (lambda d, *_: _empty(d), ""),
+    "damaged metadata JSON": (lambda d, *_: _truncate(os.path.join(d, "metadata", "metadata")), ""),
+}
+
+
+@pytest.fixture(scope="module")
+def four_and_six_steps(tmp_path_factory):
+    """(config, a workdir trained 4 steps with checkpoints 2 and 4, its state at step 4,
+    the final state of a straight 6-step run), trained in this process (8 devices)."""
+    from conftest import tiny_config
+
+    folder = tmp_path_factory.mktemp("damage")
+    config = tiny_config("mle", evals={}, total_steps=6)
+    train.train_and_evaluate(config, str(folder / "six"))
+    config.total_steps = 4
+    train.train_and_evaluate(config, str(folder / "four"))
+    four_steps = restore_final(str(folder / "four"), config)[0]
+    config.total_steps = 6
+    return config, str(folder / "four"), four_steps, restore_final(str(folder / "six"), config)
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_damaged_latest_checkpoint_falls_back_to_the_step_before(
+    kind, four_and_six_steps, tmp_path, caplog
+):
+    import shutil
+
+    config, trained, four_steps, (straight_state, _, straight_next) = four_and_six_steps
+    workdir = str(tmp_path / "run")
+    shutil.copytree(trained, workdir)
+    damage, says = DAMAGE[kind]
+    damage(os.path.join(workdir, "checkpoints", "4"), four_steps, config)
+    caplog.set_level("INFO")
+
+    results = train.train_and_evaluate(config, workdir)  # 4 is damaged: resumes from 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    moved = [w for w in warnings if "Checkpoint step 4" in w and "corrupt-4" in w]
+    assert moved and says in moved[0], warnings
+    assert "Resumed from step 2" in caplog.text
+    assert results["step"] == 6
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", "corrupt-4"))  # kept, aside
+    assert saved_steps(workdir) == [2, 4, 6]  # step 4 saved again, normally
+    state, metadata, next_batch = restore_final(workdir, config)
+    assert metadata["data_position"] == 6
+    assert_trees_equal(state, straight_state)
+    assert_trees_equal(next_batch, straight_next)
+
+
+def test_no_restorable_checkpoint_fails_rather_than_start_again(four_and_six_steps, tmp_path):
+    import shutil
+
+    config, trained, _, _ = four_and_six_steps
+    workdir = str(tmp_path / "run")
+    shutil.copytree(trained, workdir)
+    for step in (2, 4):
+        _empty(os.path.join(workdir, "checkpoints", str(step)))
+    for _ in range(2):  # and again, once both are aside
+        with pytest.raises(checkpointing.CheckpointError, match=r"corrupt-2, corrupt-4 were moved"):
+            train.train_and_evaluate(config, workdir)
+    assert saved_steps(workdir) == []
+
+
+def test_changed_config_is_named_not_taken_for_damage(four_and_six_steps, tmp_path):
+    import shutil
+
+    config, trained, _, _ = four_and_six_steps
+    workdir = str(tmp_path / "run")
+    shutil.copytree(trained, workdir)
+    config = config.copy_and_resolve_references()
+    config.model.d_ff = 48
+    with pytest.raises(
+        checkpointing.CheckpointError, match=r"other shapes than this config.*d_ff|mlp"
+    ):
+        train.train_and_evaluate(config, workdir)
+    assert saved_steps(workdir) == [2, 4]  # nothing moved aside
+
+
+def test_full_disk_during_save_names_the_folder_and_keeps_the_last_checkpoint(
+    make_config, tmp_path, monkeypatch
+):
+    import errno
+
+    workdir = str(tmp_path)
+    config = make_config("mle", total_steps=6, evals={})
+    original = pipeline.TrainIterator.save
+
+    def disk_full_at_4(iterator, folder):
+        if iterator.position == 4:
+            raise OSError(errno.ENOSPC, "No space left on device", str(folder))
+        original(iterator, folder)
+
+    monkeypatch.setattr(pipeline.TrainIterator, "save", disk_full_at_4)
+    with pytest.raises(OSError, match=r"checkpoints failed .*No space left.*last complete "
+                       r"checkpoint is step 2\. Free space"):  # fmt: skip
+        train.train_and_evaluate(config, workdir)
+    assert saved_steps(workdir) == [2]
+    monkeypatch.setattr(pipeline.TrainIterator, "save", original)
+    assert train.train_and_evaluate(config, workdir)["step"] == 6  # resumes from step 2
+    assert saved_steps(workdir) == [2, 4, 6] and not tmp_dirs(workdir)
