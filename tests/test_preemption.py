@@ -372,10 +372,104 @@ def test_full_disk_during_save_names_the_folder_and_keeps_the_last_checkpoint(
         original(iterator, folder)
 
     monkeypatch.setattr(pipeline.TrainIterator, "save", disk_full_at_4)
-    with pytest.raises(OSError, match=r"checkpoints failed .*No space left.*last complete "
-                       r"checkpoint is step 2\. Free space"):  # fmt: skip
+    full = r"checkpoints failed .*No space left.*last complete checkpoint is step 2\. Free space"
+    with pytest.raises(OSError, match=full):
         train.train_and_evaluate(config, workdir)
     assert saved_steps(workdir) == [2]
     monkeypatch.setattr(pipeline.TrainIterator, "save", original)
     assert train.train_and_evaluate(config, workdir)["step"] == 6  # resumes from step 2
     assert saved_steps(workdir) == [2, 4, 6] and not tmp_dirs(workdir)
+
+
+# ----------------------------------------------------------------------------- two processes
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_pair(*args) -> list[Run]:
+    """Two processes of one run, 4 CPU devices each, through `--jax_distributed`."""
+    port = free_port()
+    cluster = [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+    return [
+        Run(*args, "--jax_distributed", *cluster, f"--process_id={i}", devices=4) for i in range(2)
+    ]
+
+
+def finish_pair(pair) -> None:
+    for i, run in enumerate(pair):
+        assert run.finish() == 0, f"process {i}:\n{run.log()}"
+
+
+def test_two_processes_train_resume_and_obey_a_preemption_notice(tmp_path):
+    from test_trainer import read_events
+
+    config_file = write_config(tmp_path)
+    config = load_config(config_file)
+    args = [f"--config={config_file}"]
+    straight_dir, preempted_dir = str(tmp_path / "straight"), str(tmp_path / "preempted")
+    straight = launch_pair(*args, f"--workdir={straight_dir}")
+    one_process = train.train_and_evaluate(config, str(tmp_path / "one"))  # 8 devices here
+    finish_pair(straight)
+
+    # The same losses as one process with 8 devices; process 0 alone writes workdir files.
+    losses = dict(read_events(str(tmp_path / "one"))["train/loss"])
+    two = dict(read_events(straight_dir)["train/loss"])
+    assert sorted(two) == list(range(1, 41))
+    steps = sorted(two)
+    np.testing.assert_allclose([two[s] for s in steps], [losses[s] for s in steps], atol=1e-5)
+    assert len(glob.glob(os.path.join(straight_dir, "events.out.tfevents*"))) == 1
+    assert "explicit: process 1 of 2" in "".join(straight[1].lines)
+    last = os.path.join(straight_dir, "checkpoints", "40")
+    for i in range(2):  # each process wrote its arrays and its data iterator's state
+        assert os.path.isdir(os.path.join(last, "state", f"ocdbt.process_{i}"))
+        assert os.path.exists(os.path.join(last, "data", f"process_{i}-of-2.json"))
+    assert one_process["eval"]["expert"] == pytest.approx(
+        json_load(os.path.join(straight_dir, "results.json"))["eval"]["expert"],
+        abs=1e-5,
+        nan_ok=True,
+    )
+
+    # Killed (SIGKILL, both) after the checkpoint at step 8, then restarted.
+    pair = launch_pair(*args, f"--workdir={preempted_dir}")
+    pair[0].wait_for(lambda: 10 in pair[0].steps)
+    for run in pair:
+        run.kill()
+    for run in pair:
+        run.finish()
+    # A preemption notice (SIGTERM) to process 1 only: both save the same step and exit 0.
+    pair = launch_pair(*args, f"--workdir={preempted_dir}")
+    pair[0].wait_for(lambda: any(s > 16 for s in pair[0].steps))
+    pair[1].kill(signal.SIGTERM)
+    finish_pair(pair)
+    saved = [re.findall(r"Preempted: saved step (\d+)", "".join(run.lines)) for run in pair]
+    assert saved[0] == saved[1] and len(saved[0]) == 1, saved
+    step = int(saved[0][0])
+    assert step < 40 and step in saved_steps(preempted_dir)
+    assert not os.path.exists(os.path.join(preempted_dir, "results.json"))
+    pair = launch_pair(*args, f"--workdir={preempted_dir}")
+    finish_pair(pair)
+    assert f"Resumed from step {step}" in "".join(pair[1].lines)
+
+    state_a, meta_a, next_a = restore_final(straight_dir, config)
+    state_b, meta_b, next_b = restore_final(preempted_dir, config)
+    assert meta_a["data_position"] == meta_b["data_position"] == 40
+    assert_trees_equal(state_a, state_b)
+    assert_trees_equal(next_a, next_b)
+    # The two processes' checkpoint, restored in one process onto 4 devices.
+    state_4, _, _ = restore_final(
+        straight_dir, config, sharding.make_mesh(config.mesh, jax.devices()[:4])
+    )
+    assert_trees_equal(state_a, state_4)
+
+
+def json_load(path):
+    import json
+
+    with open(path) as f:
+        return json.load(f)
