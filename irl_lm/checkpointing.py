@@ -76,6 +76,10 @@ class Checkpointer:
     def step_dir(self, step: int):
         return self.directory / str(step)
 
+    def data_dir(self, step: int):
+        """Where `step` keeps the data iterator's state (`pipeline.TrainIterator.save`)."""
+        return self.step_dir(step) / DATA_ITEM
+
     def save(self, step: int, state, metadata: dict, data_iterator=None) -> None:
         """Starts an (asynchronous) save of `state`, `metadata` (plus each array's shape and
         digest) and the data iterator's state at `step`."""

@@ -34,6 +34,7 @@ import optax
 from irl_lm import sharding, train_step
 from irl_lm.losses.common import negative_log_likelihood
 from irl_lm.losses.gail import REWARDS, discriminator_loss, policy_loss
+from irl_lm.models import build_model
 
 
 @flax.struct.dataclass
@@ -210,4 +211,43 @@ def jit_gail_step(model, disc_model, tx, disc_tx, mesh, shardings, *, loss_confi
         in_shardings=(shardings, batch_sharding, sharding.replicated(mesh), batch_sharding),
         out_shardings=(shardings, sharding.replicated(mesh)),
         donate_argnums=(0,),
+    )
+
+
+def gail_learner(config, model, model_config: dict, tx, example, mesh, rng, *, sampler):
+    """Policy, discriminator and reference policy in one `GAILState`; each step samples the
+    whole batch's inputs (`sampler`)."""
+    disc_model = build_model(model_config | dict(config.discriminator.model))
+    disc_tx = discriminator_optimizer(config)
+    abstract, shardings = state_shardings(model, disc_model, tx, disc_tx, example, mesh)
+    init = functools.partial(
+        initial_state,
+        model,
+        disc_model,
+        tx,
+        disc_tx,
+        example,
+        shardings,
+        rng,
+        disc_from_policy=config.discriminator.init == "policy",
+    )
+    step = jit_gail_step(
+        model,
+        disc_model,
+        tx,
+        disc_tx,
+        mesh,
+        shardings,
+        loss_config=config.loss,
+        updates_per_step=config.discriminator.updates_per_step,
+        warmup_steps=config.discriminator.warmup_steps,
+        head=config.discriminator.head,
+    )
+    return train_step.Learner(
+        abstract_state=abstract,
+        shardings=shardings,
+        init=init,
+        from_params=lambda params: init(policy_params=params),
+        step=step,
+        sampler=sampler,
     )

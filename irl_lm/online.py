@@ -9,12 +9,13 @@ flows through the sampling; the loss's teacher-forced pass over the samples carr
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 
-from irl_lm import decoding
+from irl_lm import decoding, sharding
 from irl_lm.models import is_decoder_only
 
 
@@ -22,6 +23,12 @@ def num_sampled_rows(batch_size: int, alpha: float, shards: int) -> int:
     """ceil(α · batch), rounded up to a multiple of the batch shards (at most the batch)."""
     rows = math.ceil(alpha * batch_size)
     return min(batch_size, -(-rows // shards) * shards)
+
+
+def make_sampler(model, mesh, *, rows: int, max_len: int, eos_id: int):
+    """`policy_batch` for the first `rows` rows of a batch, jitted, batch-sharded."""
+    sample = functools.partial(policy_batch, model, rows=rows, max_len=max_len, eos_id=eos_id)
+    return jax.jit(sample, out_shardings=sharding.batch_sharding(mesh))
 
 
 def _first_targets(batch, rows: int) -> jax.Array:

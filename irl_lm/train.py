@@ -1,15 +1,16 @@
 """The trainer: one loop for every loss, readable top to bottom.
 
-Sections: config checks -> workdir files -> the loop (sharded init or resume, data,
-one-step-late metrics, checkpoints, evaluation, TensorBoard). The optimizer, state and the
-jitted update live in `irl_lm/train_step.py`.
-Later objectives plug in here: a discriminator is a second state with its own jitted step,
-and policy samples come from `irl_lm.decoding.sample`, which is jittable inside a step.
+Sections: config checks -> workdir files -> the learner (its state, step and sampler) ->
+its first state (the latest checkpoint that restores, `config.init_from`, or fresh) -> the
+loop (data, one-step-late metrics, checkpoints, evaluation, TensorBoard, preemption).
+A learner (`train_step.Learner`) is what differs between objectives: `train_step.py` builds
+the policy learner of MLE and IQLearn (optimizer, state, jitted update), `gail.py` GAIL's
+policy + discriminator. Checkpoint fallback lives in `checkpointing.py`, the data stream
+and its saved state in `data/pipeline.py`, the preemption signal in `distributed.py`.
 """
 
 from __future__ import annotations
 
-import functools
 import logging as pylogging
 import math
 import time
@@ -73,8 +74,9 @@ def validate_config(config) -> None:
                 "differ from the policy's: use config.discriminator.init='scratch'"
             )
         if int(disc.updates_per_step) < 1:
-            raise ValueError(f"config.discriminator.updates_per_step={disc.updates_per_step} "
-                             "must be >= 1")  # fmt: skip
+            raise ValueError(
+                f"config.discriminator.updates_per_step={disc.updates_per_step} must be >= 1"
+            )
     positive = ("batch_size", "eval_batch_size", "total_steps", "grad_accum_steps")
     for field in positive:
         if field == "total_steps" and config.total_steps == 0:
@@ -130,8 +132,11 @@ def resolve_model_config(config, source: checkpointing.InitSource | None = None)
             if k not in RUNTIME_FIELDS and v and v != architecture.get(k)
         }
         if replaced:
-            logging.info("config.model fields taken from %s instead: %s", source.describe(),
-                         {k: f"{a!r} -> {b!r}" for k, (a, b) in replaced.items()})  # fmt: skip
+            logging.info(
+                "config.model fields taken from %s instead: %s",
+                source.describe(),
+                {k: f"{a!r} -> {b!r}" for k, (a, b) in replaced.items()},
+            )
         runtime = {k: model_config[k] for k in RUNTIME_FIELDS if k in model_config}
         model_config = architecture | runtime
     if not model_config.get("vocab_size"):
@@ -149,6 +154,59 @@ def resolve_model_config(config, source: checkpointing.InitSource | None = None)
             f"vocabulary ({task_vocab.vocab_size} tokens); set it to 0 to take the task's size"
         )
     return model_config
+
+
+def make_learner(config, model, model_config, loss_fn, mesh, eos_id, rng):
+    """GAIL's learner (policy, discriminator and reference) or a policy learner, with the
+    sampler of online losses: online IQLearn samples for a fraction alpha of the batch's
+    inputs, GAIL for all of them."""
+    tx = train_step.make_optimizer(config)
+    example = dummy_batch(config, model, 1)
+    rows = config.batch_size if config.loss.name == "gail" else 0
+    if LOSSES[config.loss.name].online and config.loss.get("alpha", 0) > 0:
+        shards = mesh.shape["data"] * mesh.shape["fsdp"]
+        rows = online.num_sampled_rows(config.batch_size, config.loss.alpha, shards)
+    sampler = None
+    if rows:
+        max_len = tasks.feature_lengths(config.task)["targets"]
+        sampler = online.make_sampler(model, mesh, rows=rows, max_len=max_len, eos_id=eos_id)
+        logging.info(
+            "Online loss: %d of %d rows per step sampled from the policy", rows, config.batch_size
+        )
+    init_rng = jax.random.fold_in(rng, 0)
+    if config.loss.name == "gail":
+        return gail.gail_learner(
+            config, model, model_config, tx, example, mesh, init_rng, sampler=sampler
+        )
+    return train_step.policy_learner(
+        model,
+        loss_fn,
+        tx,
+        example,
+        mesh,
+        init_rng,
+        sampler=sampler,
+        grad_accum_steps=config.grad_accum_steps,
+        eos_id=eos_id,
+    )
+
+
+def initial_state(learner, checkpointer, source, model):
+    """(state, metadata, step restored or None): the latest checkpoint that restores, else
+    `config.init_from`'s parameters (`source`), else a fresh state."""
+    target = checkpointing.abstract_like(learner.abstract_state, learner.shardings)
+    restored = checkpointer.restore_latest(target)
+    if restored is not None:
+        step, state, metadata = restored
+        logging.info("Resumed from step %d in %s", step, checkpointer.directory)
+        if source is not None:
+            logging.info("config.init_from ignored: resuming takes precedence")
+        return state, metadata, step
+    if source is not None:
+        params = source.load_params(model, learner.abstract_state.params, learner.shardings.params)
+        logging.info("Initialised parameters from %s", source.describe())
+        return learner.from_params(params), {"data_position": 0}, None
+    return learner.init(), {"data_position": 0}, None
 
 
 def dummy_batch(config, model, batch_size: int) -> dict[str, np.ndarray]:
@@ -216,89 +274,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     mesh = sharding.make_mesh(config.mesh)
     model = build_model(model_config)
-    is_gail = config.loss.name == "gail"
     loss_fn = make_loss(config.loss)
-    tx = train_step.make_optimizer(config)
     eos_id = tasks.get_task(config.task).output_features["targets"].vocabulary.eos_id
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
     checkpointer = checkpointing.Checkpointer(workdir, keep=config.checkpoint.keep)
     rng = jax.random.PRNGKey(config.seed)
 
     with sharding.use_mesh(mesh), distributed.Preemption() as preemption:
-        example = dummy_batch(config, model, 1)
-        if is_gail:  # policy, discriminator and reference policy in one state
-            disc_model = build_model(model_config | dict(config.discriminator.model))
-            disc_tx = gail.discriminator_optimizer(config)
-            abstract_state, shardings = gail.state_shardings(
-                model, disc_model, tx, disc_tx, example, mesh
-            )
-            init_gail = functools.partial(
-                gail.initial_state, model, disc_model, tx, disc_tx, example, shardings,
-                jax.random.fold_in(rng, 0), disc_from_policy=config.discriminator.init == "policy",
-            )  # fmt: skip
-        else:
-            abstract_state, shardings = train_step.state_shardings(model, tx, example, mesh)
-        latest, saved_data = None, None
-        restored = checkpointer.restore_latest(
-            checkpointing.abstract_like(abstract_state, shardings)
-        )
-        if restored is not None:
-            latest, state, metadata = restored
-            saved_data = checkpointer.step_dir(latest) / checkpointing.DATA_ITEM
-            logging.info("Resumed from step %d in %s", latest, checkpointer.directory)
-            if source is not None:
-                logging.info("config.init_from ignored: resuming takes precedence")
-        elif source is not None:
-            params = source.load_params(model, abstract_state.params, shardings.params)
-            if is_gail:
-                state = init_gail(policy_params=params)
-            else:
-                state = train_step.state_from_params(tx, params, shardings)
-            metadata = {"data_position": 0}
-            logging.info("Initialised parameters from %s", source.describe())
-        else:
-            if is_gail:
-                state = init_gail()
-            else:
-                state = train_step.init_state(
-                    model, tx, example, shardings, jax.random.fold_in(rng, 0)
-                )
-            metadata = {"data_position": 0}
+        learner = make_learner(config, model, model_config, loss_fn, mesh, eos_id, rng)
+        state, metadata, latest = initial_state(learner, checkpointer, source, model)
         if is_main:
-            write_model_info(files.path(workdir, "model-info.txt"), state.params, shardings.params)
-
-        # Online losses sample from the policy each step: online IQLearn for a fraction
-        # alpha of the batch's inputs, GAIL for all of them.
-        rows = config.batch_size if is_gail else 0
-        if LOSSES[config.loss.name].online and config.loss.get("alpha", 0) > 0:
-            shards = mesh.shape["data"] * mesh.shape["fsdp"]
-            rows = online.num_sampled_rows(config.batch_size, config.loss.alpha, shards)
-        sampler = None
-        if rows:
-            max_len = tasks.feature_lengths(config.task)["targets"]
-            sampler = jax.jit(
-                functools.partial(online.policy_batch, model, rows=rows, max_len=max_len,
-                                  eos_id=eos_id),
-                out_shardings=sharding.batch_sharding(mesh),
-            )  # fmt: skip
-            logging.info("Online loss: %d of %d rows per step sampled from the policy", rows,
-                         config.batch_size)  # fmt: skip
-        if is_gail:
-            step_fn = gail.jit_gail_step(
-                model, disc_model, tx, disc_tx, mesh, shardings, loss_config=config.loss,
-                updates_per_step=config.discriminator.updates_per_step,
-                warmup_steps=config.discriminator.warmup_steps,
-                head=config.discriminator.head,
-            )  # fmt: skip
-        else:
-            step_fn = train_step.jit_train_step(
-                model, loss_fn, tx, mesh, shardings, grad_accum_steps=config.grad_accum_steps,
-                eos_id=eos_id, online=sampler is not None,
-            )  # fmt: skip
+            write_model_info(
+                files.path(workdir, "model-info.txt"), state.params, learner.shardings.params
+            )
         ctx = evaluation.EvalContext(config, model, mesh, loss_fn, eos_id, workdir)
         evaluators = evaluation.make_evaluators(ctx)
         train_iter = pipeline.TrainIterator(
-            config, metadata["data_position"], decoder_only=is_decoder_only(model), saved=saved_data
+            config,
+            metadata["data_position"],
+            decoder_only=is_decoder_only(model),
+            saved=None if latest is None else checkpointer.data_dir(latest),
         )
         step = int(jax.device_get(state.step))
         results: dict[str, Any] = {"eval": {}, "eval_reference": {}}
@@ -336,17 +331,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         try:
             while step < config.total_steps and not preemption.reached(step):
                 batch = sharding.shard_global_batch(next(train_iter), mesh)
-                if sampler is None:
-                    state, metrics = step_fn(state, batch, rng)
+                if learner.sampler is None:
+                    state, metrics = learner.step(state, batch, rng)
                 else:  # times sampling and the previous update apart (both block)
                     jax.block_until_ready(state)
                     now = time.perf_counter()
                     timing = {"time/update_s": now - update_started} if update_started else {}
-                    policy = sampler(state.params, batch, jax.random.fold_in(sample_rng, step))
+                    policy_rng = jax.random.fold_in(sample_rng, step)
+                    policy = learner.sampler(state.params, batch, policy_rng)
                     jax.block_until_ready(policy)
                     timing["time/sample_s"] = time.perf_counter() - now
                     update_started = time.perf_counter()
-                    state, metrics = step_fn(state, batch, rng, policy)
+                    state, metrics = learner.step(state, batch, rng, policy)
                     metrics = metrics | timing
                 step += 1
                 if pending is not None:

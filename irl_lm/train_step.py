@@ -7,7 +7,9 @@ The step imports no input pipeline, so benchmarks run it on machines without Ten
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -198,4 +200,44 @@ def jit_train_step(
         + ((sharding.batch_sharding(mesh),) if online else ()),
         out_shardings=(shardings, sharding.replicated(mesh)),
         donate_argnums=(0,),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Learner:
+    """What the train loop needs of one kind of learner: its state's shape and shardings,
+    a fresh state, a state from given policy parameters (`config.init_from`), the jitted
+    step, and the policy sampler its step takes (None: it learns from data only).
+
+    `step(state, batch, rng)`, or `step(state, batch, rng, policy)` with a sampler.
+    """
+
+    abstract_state: Any
+    shardings: Any
+    init: Callable[[], Any]
+    from_params: Callable[[Any], Any]
+    step: Callable
+    sampler: Callable | None = None
+
+
+def policy_learner(model, loss_fn, tx, example, mesh, rng, *, sampler, grad_accum_steps, eos_id):
+    """MLE, MLE + entropy, offline and online IQLearn: one model and its optimizer."""
+    abstract, shardings = state_shardings(model, tx, example, mesh)
+    step = jit_train_step(
+        model,
+        loss_fn,
+        tx,
+        mesh,
+        shardings,
+        grad_accum_steps=grad_accum_steps,
+        eos_id=eos_id,
+        online=sampler is not None,
+    )
+    return Learner(
+        abstract_state=abstract,
+        shardings=shardings,
+        init=lambda: init_state(model, tx, example, shardings, rng),
+        from_params=lambda params: state_from_params(tx, params, shardings),
+        step=step,
+        sampler=sampler,
     )

@@ -42,6 +42,51 @@ def test_train_iterator_resumes_at_its_position(make_config):
     assert resumed.position == 5
 
 
+def assert_same_batch(got, want):
+    assert sorted(got) == sorted(want)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def test_iterator_state_restores_the_stream_or_says_why_it_cannot(make_config, tmp_path, caplog):
+    import os
+    import shutil
+
+    config = make_config()
+    straight = pipeline.TrainIterator(config)
+    want = [next(straight) for _ in range(6)]
+    skipped = pipeline.TrainIterator(config, position=2)  # no state: skips 2 batches
+    assert_same_batch(next(skipped), want[2])
+    skipped.save(tmp_path / "at3")  # a state saved after a skip restores like any other
+
+    caplog.set_level("INFO")
+    restored = pipeline.TrainIterator(config, position=3, saved=tmp_path / "at3")
+    assert "cannot be used" not in caplog.text and "skipping" not in caplog.text
+    for batch in want[3:]:
+        assert_same_batch(next(restored), batch)
+
+    # Another host count's state serves (the stream is the same on every host).
+    os.mkdir(tmp_path / "two")
+    for name in os.listdir(tmp_path / "at3"):
+        shutil.copy(tmp_path / "at3" / name, tmp_path / "two" / name.replace("-of-1", "-of-2"))
+    restored = pipeline.TrainIterator(config, position=3, saved=tmp_path / "two")
+    assert "cannot be used" not in caplog.text
+    assert_same_batch(next(restored), want[3])
+
+    # Unusable states are named, and the stream is rebuilt by skipping.
+    cases = {
+        "is at batch 3, the checkpoint at 4": (config, 4, want[4]),
+        "other data settings": (make_config(seed=1), 3, None),
+    }
+    for why, (other, position, expected) in cases.items():
+        caplog.clear()
+        resumed = pipeline.TrainIterator(other, position=position, saved=tmp_path / "at3")
+        assert why in caplog.text and "skipping" in caplog.text
+        batch = next(resumed)
+        if expected is not None:
+            assert_same_batch(batch, expected)
+
+
 def test_packed_batches_keep_every_target_token(make_config):
     config = make_config(**{"data.pack": True, "task.max_target_len": 24, "task.max_input_len": 24})
     batch = next(pipeline.TrainIterator(config))

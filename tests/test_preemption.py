@@ -143,12 +143,13 @@ def restore_final(workdir, config, mesh=None):
         ckpt = checkpointing.Checkpointer(workdir, keep=5)
         step = ckpt.latest_step()
         state, metadata = ckpt.restore(step, restore_target(config, mesh))
+        saved_data = ckpt.data_dir(step)
         ckpt.close()
     iterator = pipeline.TrainIterator(
         config,
         metadata["data_position"],
         decoder_only=is_decoder_only(build_model(train.resolve_model_config(config))),
-        saved=os.path.join(workdir, "checkpoints", str(step), checkpointing.DATA_ITEM),
+        saved=saved_data,
     )
     return jax.device_get(state), metadata, next(iterator)
 
@@ -473,3 +474,30 @@ def json_load(path):
 
     with open(path) as f:
         return json.load(f)
+
+
+def test_jax_distributed_takes_an_explicit_cluster_from_flags_or_environment():
+    from irl_lm import distributed
+
+    skypilot = {
+        "SKYPILOT_NODE_IPS": "10.0.0.7\n10.0.0.9",
+        "SKYPILOT_NUM_NODES": "2",
+        "SKYPILOT_NODE_RANK": "1",
+    }
+    explicit = {
+        "JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234",
+        "JAX_NUM_PROCESSES": "4",
+        "JAX_PROCESS_ID": "3",
+    }
+    env = skypilot | explicit
+    args, found = distributed.distributed_init_args(env, tpu_vm=True)
+    assert args == dict(coordinator_address="10.0.0.1:1234", num_processes=4, process_id=3)
+    assert found == "explicit: process 3 of 4, coordinator 10.0.0.1:1234"
+    flags = dict(coordinator_address="127.0.0.1:99", num_processes=2, process_id=0)
+    assert distributed.distributed_init_args(env, tpu_vm=False, **flags)[0] == flags
+    partial = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}
+    with pytest.raises(ValueError, match=r"not --num_processes \(or JAX_NUM_PROCESSES\), "):
+        distributed.distributed_init_args(partial, tpu_vm=False)
+    # Without explicit settings: SkyPilot's variables, else JAX's own detection.
+    assert distributed.distributed_init_args(skypilot, tpu_vm=False)[0]["process_id"] == 1
+    assert distributed.distributed_init_args({}, tpu_vm=False)[0] == {}

@@ -118,8 +118,12 @@ class TrainIterator(Iterator):
             decoder_only=decoder_only,
             shard_info=seqio.ShardInfo(0, 1),  # every host reads the whole stream
         )
-        ds = ds.batch(config.batch_size, drop_remainder=True).skip(skip)
-        return ds.prefetch(2).as_numpy_iterator()
+        ds = ds.batch(config.batch_size, drop_remainder=True).skip(skip).prefetch(2)
+        # One structure whatever `skip` is (tf.data would drop a skip(0)), so a state saved
+        # after skipping restores into the stream of a later start.
+        options = tf.data.Options()
+        options.experimental_optimization.noop_elimination = False
+        return ds.with_options(options).as_numpy_iterator()
 
     def __next__(self) -> dict[str, np.ndarray]:
         batch = next(self._iterator)
