@@ -29,6 +29,7 @@ sys.path.insert(0, ROOT)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
 from irl_lm import checkpointing, files, sharding, train, train_step  # noqa: E402
@@ -76,24 +77,13 @@ def state_size(folder) -> int:
 
 
 def shuffle_share(config) -> tuple[int, int]:
-    """(bytes of the iterator state, bytes of the same state from an unshuffled stream)."""
+    """(bytes of the iterator state after one batch, the same from an unshuffled stream)."""
     sizes = []
     for shuffle in (True, False):
-        ds = pipeline._dataset(
-            config,
-            "train",
-            shuffle=shuffle,
-            num_epochs=None,
-            pack=config.data.pack,
-            decoder_only=False,
-            shard_info=None,
-        )
-        iterator = pipeline.TrainIterator.__new__(pipeline.TrainIterator)
-        iterator.position, iterator.fingerprint = 0, ""
-        iterator._iterator = ds.batch(config.batch_size).prefetch(2).as_numpy_iterator()
-        next(iterator._iterator)
+        stream = pipeline.TrainIterator._stream(config, decoder_only=False, shuffle=shuffle)
+        next(stream)
         with tempfile.TemporaryDirectory() as folder:
-            iterator.save(folder)
+            tf.train.Checkpoint(iterator=stream).write(os.path.join(folder, "process_0"))
             sizes.append(state_size(folder))
     return sizes[0], sizes[1]
 

@@ -108,11 +108,11 @@ class TrainIterator(Iterator):
             logging.info("Data resumed at batch %d in %.2f s", position, seconds)
 
     @staticmethod
-    def _stream(config, decoder_only: bool, skip: int = 0):
+    def _stream(config, decoder_only: bool, skip: int = 0, shuffle: bool = True):
         ds = _dataset(
             config,
             "train",
-            shuffle=True,
+            shuffle=shuffle,
             num_epochs=None,
             pack=config.data.pack,
             decoder_only=decoder_only,
