@@ -162,6 +162,8 @@ def assert_trees_equal(a, b):
 
 
 def test_sigkill_at_random_moments_resumes_bit_identically(tmp_path):
+    """SIGKILL in a step, SIGKILL in an asynchronous save, SIGTERM, SIGKILL after an
+    evaluation boundary, each followed by the same command: the end is bit-identical."""
     seed = int(os.environ.get("IRL_LM_KILL_SEED", time.time_ns() % 10**6))
     rng = random.Random(seed)
     config_file = write_config(tmp_path)
@@ -190,7 +192,17 @@ def test_sigkill_at_random_moments_resumes_bit_identically(tmp_path):
     notes.append(f"kill 2 in a save, left {[os.path.basename(p) for p in left_behind]}")
     assert left_behind, "the kill landed outside the save: " + "; ".join(notes)
 
-    # 3. Just after an evaluation boundary (steps 24 or 32): inside the save or evaluation.
+    # 3. A preemption notice (SIGTERM): saves the step it reached and exits 0.
+    resumed_at = max(saved_steps(killed_dir), default=0)
+    run = Run(*killed_dir_args)
+    run.wait_for(lambda: any(s > resumed_at + 1 for s in run.steps))
+    run.kill(signal.SIGTERM)
+    assert run.finish() == 0, run.log()
+    preempted = re.findall(r"Preempted: saved step (\d+)", "".join(run.lines))
+    assert len(preempted) == 1 and int(preempted[0]) in saved_steps(killed_dir), run.log()
+    notes.append(f"SIGTERM saved step {preempted[0]}")
+
+    # 4. Just after an evaluation boundary (steps 24 or 32): inside the save or evaluation.
     resumed_at = max(saved_steps(killed_dir), default=0)
     run = Run(*killed_dir_args)
     target = rng.choice([s for s in (24, 32) if s > resumed_at + 4])
@@ -198,7 +210,7 @@ def test_sigkill_at_random_moments_resumes_bit_identically(tmp_path):
     time.sleep(rng.uniform(0, 0.3))
     run.kill()
     run.finish()
-    notes.append(f"kill 3 after step {target} (saved: {saved_steps(killed_dir)})")
+    notes.append(f"kill 4 after step {target} (saved: {saved_steps(killed_dir)})")
 
     final = Run(*killed_dir_args)
     assert final.finish() == 0, final.log()
