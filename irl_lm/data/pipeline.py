@@ -99,9 +99,13 @@ class TrainIterator(Iterator):
         self.position = position
         started = time.perf_counter()
         # A fresh dataset each time: a second iterator over one dataset reshuffles.
-        self._iterator = self._stream(config, decoder_only)
-        if position and not (saved is not None and self._restore(epath.Path(saved))):
-            logging.info("Data: skipping %d batches to reach the saved position", position)
+        restored = False
+        if position and saved is not None:
+            self._iterator = self._stream(config, decoder_only)
+            restored = self._restore(epath.Path(saved))
+        if not restored:
+            if position:
+                logging.info("Data: skipping %d batches to reach the saved position", position)
             self._iterator = self._stream(config, decoder_only, skip=position)
         if position:
             seconds = time.perf_counter() - started
