@@ -31,7 +31,7 @@ lint: install-test
 	$(PY) -m ruff format --check .
 
 test: lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 # Regenerates constraints.txt from a fresh resolution of both requirements files.
 lock:

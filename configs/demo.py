@@ -40,7 +40,7 @@ def get_config(arg=None):
     config.checkpoint.every = 1000
 
     config.task = dict(
-        name="synthetic_expert",
+        name="irl_lm.synthetic_expert",
         num_train_examples=20_000,
         num_eval_examples=512,
         max_input_len=0,  # 0: the expert's longest input (+EOS); set longer rows for packing

@@ -7,7 +7,7 @@
 
 mode=tiny: about 20 s on 2 CPU cores on the shared generaltest2022 en-de file (BLEU near 0:
 a smoke run). For reference, the best constrained WMT22 en-de system scores BLEU 37.79 and chrF
-64.32 on it (tests/test_text_metrics.py). For de->en, set --config.task.name=wmt22_de_en and
+64.32 on it (tests/test_text_metrics.py). For de->en, set --config.task.name=irl_lm.wmt22_de_en and
 the files to wmt22/de-en.jsonl.
 
 The paper's λ grid × 3 seeds (mode=full; `--sweep_arg=tiny`: the same on mode=tiny); the

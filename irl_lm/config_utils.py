@@ -102,7 +102,12 @@ TINY_MODELS = {
 
 
 def text_task_config(
-    task: str, arg: str | None, *, files: dict[str, str], lengths: tuple[int, int]
+    task: str,
+    arg: str | None,
+    *,
+    files: dict[str, str] | None = None,
+    lengths: tuple[int, int],
+    task_fields: dict | None = None,
 ):
     """The config of a paper task (`configs/xsum.py` ...). `arg` keys:
 
@@ -116,7 +121,9 @@ def text_task_config(
     beta, alpha, mle_weight, kl_coef, entropy_coef, reward), model, data (the folder of the
     shared JSONL files), evals (the evaluators to keep, "+"-separated; default all).
     `files` maps splits to paths under `data`; point `--config.task.files.<split>` at the
-    full corpora for real runs.
+    full corpora for real runs. Without `files`, `task` is any registered seqio task or
+    mixture, or "jsonl", with `task_fields` (`modules`; jsonl's `files`, `inputs`, ...) in
+    `config.task` (configs/seqio_task.py).
     """
     args = parse_arg(arg, **LOSS_ARGS, mode="tiny", model="", data="../shared/data", evals="")
     if args["mode"] not in ("tiny", "full"):
@@ -128,15 +135,24 @@ def text_task_config(
             f"allowed: {sorted(k for k in TINY_MODELS if k)} (presets need mode=full)"
         )
     config = trainer_defaults()
-    config.task = dict(
-        name=task,
-        source="jsonl",
-        files={split: f"{args['data']}/{path}" for split, path in files.items()},
-        vocabulary="byte" if tiny else "",  # "": taken from config.init_from's checkpoint
-        max_input_len=128 if tiny else lengths[0],
-        max_target_len=48 if tiny else lengths[1],
-        num_train_examples=256 if tiny else 0,
-    )
+    if files is not None:  # one of ours
+        config.task = dict(
+            name=f"irl_lm.{task}",
+            source="jsonl",
+            files={split: f"{args['data']}/{path}" for split, path in files.items()},
+            vocabulary="byte" if tiny else "",  # "": taken from config.init_from's checkpoint
+            max_input_len=128 if tiny else lengths[0],
+            max_target_len=48 if tiny else lengths[1],
+            num_train_examples=256 if tiny else 0,
+        )
+    else:  # a seqio task of the user's, or the config-only jsonl task
+        max_input_len, max_target_len = lengths
+        config.task = dict(
+            name=task,
+            max_input_len=max_input_len,
+            max_target_len=max_target_len,
+            **(task_fields or {}),
+        )
     config.loss = loss_config(args)
     if tiny:
         config.model = dict(TINY_MODELS[args["model"]], vocab_size=0)

@@ -37,7 +37,7 @@ def evaluate(workdir: str, step: int | None = None, names=()) -> dict:
     source = checkpointing.parse_init_from(path)
     model = build_model(source.model_config())
     mesh = sharding.make_mesh(config.mesh)
-    eos_id = tasks.get_task(config.task).output_features["targets"].vocabulary.eos_id
+    eos_id = tasks.vocabulary(config.task).eos_id
     with sharding.use_mesh(mesh):
         abstract, shardings = sharding.abstract_params(
             model, mesh, train.dummy_batch(config, model, 1)

@@ -15,10 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.stats
+import seqio
+from absl import logging
 from jax.sharding import Mesh
 
 from irl_lm import decoding, files, sharding
-from irl_lm.data import pipeline, text_tasks
+from irl_lm.data import pipeline, tasks, text_tasks
 from irl_lm.data.synthetic import EOS_ID
 from irl_lm.data.tasks import expert_from_config, feature_lengths, get_task
 from irl_lm.losses import DEFAULT_GAMMA
@@ -85,8 +87,8 @@ def _round_up(n: int, multiple: int) -> int:
 def _expert_prompts(ctx: EvalContext, expert, split: str, num_examples: int):
     """Held-out expert inputs, and their prompts as training reads them: x + EOS (T5's
     encoder), BOS + x + EOS (decoder-only)."""
-    vocab = get_task(ctx.config.task).output_features["targets"].vocabulary
-    prefix = pipeline.prompt_prefix(ctx.model, vocab)
+    vocab = tasks.vocabulary(ctx.config.task)
+    prefix = pipeline.prompt_prefix(is_decoder_only(ctx.model), vocab)
     inputs = [expert.example(split, i)["inputs"] for i in range(num_examples)]
     prompts = [[*prefix, *x, EOS_ID] for x in inputs]
     return inputs, prompts, len(prefix) + expert.spec.max_input_len_with_eos
@@ -154,6 +156,18 @@ def make_reward_fn(model, *, gamma: float, eos_id: int):
         return rewards_BxT
 
     return rewards
+
+
+def token_log_probs_fn(model):
+    """`(params, batch) -> log π(target_t)` per position of a teacher-forced batch."""
+
+    def token_log_probs(params, batch):
+        logits = model.apply({"params": params}, batch, deterministic=True)
+        log_p = jax.nn.log_softmax(logits.astype(jnp.float32))
+        targets = batch["decoder_target_tokens"]
+        return jnp.take_along_axis(log_p, targets[..., None], axis=-1)[..., 0]
+
+    return token_log_probs
 
 
 def _check_method(name: str, method: str) -> None:
@@ -240,14 +254,8 @@ class ExpertEvaluator:
             return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), out)
 
         self._decode = jax.jit(flat, out_shardings=replicated)
-        self._token_log_probs = jax.jit(self._teacher_forced_log_probs, out_shardings=replicated)
+        self._token_log_probs = jax.jit(token_log_probs_fn(ctx.model), out_shardings=replicated)
         self._rng = jax.random.PRNGKey(seed)
-
-    def _teacher_forced_log_probs(self, params, batch):
-        logits = self.ctx.model.apply({"params": params}, batch, deterministic=True)
-        log_p = jax.nn.log_softmax(logits.astype(jnp.float32))
-        targets = batch["decoder_target_tokens"]
-        return jnp.take_along_axis(log_p, targets[..., None], axis=-1)[..., 0]
 
     def reference(self) -> dict[str, float]:
         """The expert's own row: exact KLs of 0, validity 1."""
@@ -317,41 +325,101 @@ class ExpertEvaluator:
 
 @dataclasses.dataclass(frozen=True)
 class _TextExamples:
+    task: seqio.Task
     vocab: object
     inputs: list[str]
-    targets: list[str]
+    targets: list[str]  # as the data holds them (`targets_pretokenized`)
+    examples: list[dict]  # the task's examples, for its postprocess_fn
+    target_ids: list[list[int]]  # the tokenized targets, EOS included
     prompts: list[list[int]]  # as training saw them: inputs (T5), BOS + inputs (decoder-only)
     width: int  # the longest prompt the task allows
 
+    def postprocess(self, texts: list[str], *, is_target: bool) -> list:
+        """seqio's convention: `task.postprocess_fn(text, example=..., is_target=...)`."""
+        return [
+            self.task.postprocess_fn(text, example=example, is_target=is_target)
+            for text, example in zip(texts, self.examples, strict=True)
+        ]
 
-def _text_examples(ctx: EvalContext, split: str, max_examples: int) -> _TextExamples:
-    task = get_task(ctx.config.task)
+
+def _text_examples(ctx: EvalContext, split: str, max_examples: int, task) -> _TextExamples:
     lengths = feature_lengths(ctx.config.task)
-    examples = list(
-        task.get_dataset(lengths, split=split, shuffle=False, use_cached=False)
-        .take(max_examples or -1)
-        .as_numpy_iterator()
-    )
-    vocab = task.output_features["targets"].vocabulary
-    prefix = pipeline.prompt_prefix(ctx.model, vocab)
+    ds = task.get_dataset(lengths, split=split, shuffle=False, use_cached=False)
+    examples = list(text_tasks.read(ds.take(max_examples or -1)))
+    vocab = tasks.vocabulary(ctx.config.task)
+    prefix = pipeline.prompt_prefix(is_decoder_only(ctx.model), vocab)
+
+    def text(ex, feature):  # a task that tokenizes without keeping the text: decode it
+        if f"{feature}_pretokenized" in ex:
+            return ex[f"{feature}_pretokenized"].decode()
+        return vocab.decode(ex[feature].tolist())
+
     return _TextExamples(
+        task,
         vocab,
-        inputs=[ex["inputs_pretokenized"].decode() for ex in examples],
-        targets=[ex["targets_pretokenized"].decode() for ex in examples],
+        inputs=[text(ex, "inputs") for ex in examples],
+        targets=[text(ex, "targets") for ex in examples],
+        examples=examples,
+        target_ids=[ex["targets"].tolist() for ex in examples],
         prompts=[[*prefix, *ex["inputs"].tolist()] for ex in examples],
         width=len(prefix) + lengths["inputs"],
     )
 
 
+def _scalars(values: Mapping, where: str) -> dict[str, float]:
+    """A metric function's result as floats (numbers, or seqio.metrics values with a
+    `.value`); other values (text, histograms) are left out, saying so."""
+    out = {}
+    for key, value in values.items():
+        value = getattr(value, "value", value)
+        try:
+            out[key] = float(value)
+        except (TypeError, ValueError):
+            logging.warning(
+                "%s: metric %r is not a number (%s); not reported", where, key, type(value).__name__
+            )
+    return out
+
+
+def task_metrics(task, targets, predictions, scores=None) -> dict[str, float]:
+    """The task's `metric_fns`: `fn(targets, predictions)` and, given `scores` (each
+    target's log-likelihood under the model), `fn(targets, scores)`."""
+    results = {}
+    for fn in task.predict_metric_fns:
+        results |= _scalars(fn(targets, predictions), f"task {task.name}")
+    for fn in task.score_metric_fns if scores is not None else ():
+        results |= _scalars(fn(targets, scores), f"task {task.name}")
+    return results
+
+
+def per_example_metrics(task, targets, predictions) -> dict[str, list[float]]:
+    """The task's prediction metrics per example, to rank samples: ours through
+    `metrics.text.PER_EXAMPLE`, any other by calling it on one example at a time."""
+    ours = {fn: name for name, fn in text_metrics.METRICS.items()}
+    scores: dict[str, list[float]] = {}
+    for fn in task.predict_metric_fns:
+        if fn in ours:
+            scores |= text_metrics.PER_EXAMPLE[ours[fn]](targets, predictions)
+            continue
+        rows = [
+            _scalars(fn([t], [p]), f"task {task.name}")
+            for t, p in zip(targets, predictions, strict=True)
+        ]
+        scores |= {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
+    return scores
+
+
 # config.evals.<name>.kind -> evaluator class
 class DecodeEvaluator:
-    """Decodes held-out inputs and scores them with the task's metrics (`TextTask.metrics`).
+    """Decodes held-out inputs and scores them with the task's own `metric_fns` after its
+    `postprocess_fn` (seqio's conventions; for a mixture, each sub-task's on its own
+    examples, named `<task>/<metric>`), beside Self-BLEU, length and entropy.
 
     `method`: "greedy", "temperature" (with `temperature`, `top_k`, `top_p`, `num_decodes`
     samples per input: Self-BLEU when several) or "beam" (`num_beams`, `alpha`; the best beam
     is scored). `calculator=True` (greedy only) inserts the GSM8k calculator's results.
-    Writes `workdir/predictions/<name>/<step>.jsonl` (input, target, predictions, scores)
-    and a few examples as text.
+    Writes `workdir/predictions/<name>/<step>.jsonl` (input, target, predictions, scores;
+    `task` for a mixture) and a few examples as text.
     """
 
     def __init__(
@@ -376,14 +444,15 @@ class DecodeEvaluator:
         if calculator and method != "greedy":
             raise ValueError(f"config.evals.{name}: calculator=True needs method='greedy'")
         self.ctx, self.name, self.method = ctx, name, method
-        self.metrics = text_tasks.TEXT_TASKS[ctx.config.task.name].metrics
-        examples = _text_examples(ctx, split, max_examples)
-        self.vocab, self.inputs, self.targets = examples.vocab, examples.inputs, examples.targets
+        self.parts = _task_examples(ctx, name, split, max_examples)
+        self.vocab = self.parts[0].vocab
+        prompts = [p for part in self.parts for p in part.prompts]
+        self.num_examples = len(prompts)
         shards = ctx.mesh.shape["data"] * ctx.mesh.shape["fsdp"]
-        rows = _round_up(max(ctx.config.eval_batch_size, 1), shards)
+        self.rows = rows = _round_up(max(ctx.config.eval_batch_size, 1), shards)
         self.prompt_feature = type(ctx.model).input_features[0]
-        padded_rows = _round_up(len(examples.prompts), rows)
-        tokens = _prompt_array(examples.prompts, examples.width, padded_rows)
+        self.width = self.parts[0].width
+        tokens = _prompt_array(prompts, self.width, _round_up(len(prompts), rows))
         self.batches = [tokens[i : i + rows] for i in range(0, len(tokens), rows)]
         max_len = max_decode_len or feature_lengths(ctx.config.task)["targets"]
         if calculator:
@@ -397,9 +466,15 @@ class DecodeEvaluator:
                 alpha=alpha,
             )  # fmt: skip
             self._decode = jax.jit(decode, out_shardings=_replicated(ctx))
+        self._token_log_probs = None
+        if any(part.task.score_metric_fns for part in self.parts):
+            self._token_log_probs = jax.jit(
+                token_log_probs_fn(ctx.model), out_shardings=_replicated(ctx)
+            )
+        self.target_width = feature_lengths(ctx.config.task)["targets"]
         self.rng = jax.random.PRNGKey(seed)
 
-    def __call__(self, params, step):
+    def _decode_all(self, params):
         predictions, scores, entropies = [], [], []
         for i, tokens in enumerate(self.batches):
             batch = {self.prompt_feature: _global_array(tokens, self.ctx.mesh)}
@@ -420,30 +495,107 @@ class DecodeEvaluator:
                     scores.append([int(out["calls"][row])])
                 if "entropies" in out:
                     entropies.append(out["entropies"][row].sum() / max(lengths.sum(), 1))
-        predictions, scores = predictions[: len(self.targets)], scores[: len(self.targets)]
-        first = [p[0] for p in predictions]
-        results = {}
-        for metric in self.metrics:
-            results |= getattr(text_metrics, metric)(self.targets, first)
+        n = self.num_examples
+        return predictions[:n], scores[:n], entropies[:n]
+
+    def target_scores(self, params, part: _TextExamples) -> list[float]:
+        """Each target's log-likelihood under the model, teacher-forced (for the task's
+        `fn(targets, scores)` metrics)."""
+        out = []
+        for start in range(0, len(part.prompts), self.rows):
+            ys = part.target_ids[start : start + self.rows]
+            batch, offsets = teacher_forced_rows(
+                self.ctx.model,
+                part.prompts[start : start + self.rows],
+                ys,
+                prompt_width=self.width,
+                target_width=self.target_width,
+                rows=self.rows,
+            )
+            batch = {k: _global_array(v, self.ctx.mesh) for k, v in batch.items()}
+            log_p = jax.device_get(self._token_log_probs(params, batch))
+            out += [
+                float(log_p[r, o : o + len(y)].sum())
+                for r, (o, y) in enumerate(zip(offsets, ys, strict=True))
+            ]
+        return out
+
+    def __call__(self, params, step):
+        predictions, scores, entropies = self._decode_all(params)
+        results, start, records = {}, 0, []
+        for part in self.parts:
+            end = start + len(part.prompts)
+            first = [p[0] for p in predictions[start:end]]
+            target_scores = None
+            if part.task.score_metric_fns:
+                target_scores = self.target_scores(params, part)
+            metrics = task_metrics(
+                part.task,
+                part.postprocess(part.targets, is_target=True),
+                part.postprocess(first, is_target=False),
+                target_scores,
+            )
+            prefix = f"{part.task.name}/" if len(self.parts) > 1 else ""
+            results |= {prefix + k: v for k, v in metrics.items()}
+            for i in range(start, end):
+                x, y = part.inputs[i - start], part.targets[i - start]
+                record = {
+                    "input": x,
+                    "target": y,
+                    "predictions": predictions[i],
+                    "scores": scores[i],
+                }
+                records.append(record | ({"task": part.task.name} if prefix else {}))
+            start = end
         if len(predictions[0]) > 1 and self.method != "beam":
             results |= self_bleu(predictions)
-        results["length"] = float(np.mean([len(p) for p in first]))
+        results["length"] = float(np.mean([len(p[0]) for p in predictions]))
         if entropies:
-            results["entropy"] = float(np.mean(entropies[: len(self.targets)]))
-        rows = zip(self.inputs, self.targets, predictions, scores, strict=True)
-        _write_predictions(
-            self.ctx,
-            self.name,
-            step,
-            ({"input": x, "target": y, "predictions": p, "scores": s} for x, y, p, s in rows),
-        )
+            results["entropy"] = float(np.mean(entropies))
+        _write_predictions(self.ctx, self.name, step, records)
         texts = {
             "samples": "\n\n".join(
-                f"input: {x[:300]}  \ntarget: {y}  \nprediction: {p[0]}"
-                for x, y, p in list(zip(self.inputs, self.targets, predictions, strict=True))[:3]
+                f"input: {r['input'][:300]}  \ntarget: {r['target']}  \n"
+                f"prediction: {r['predictions'][0]}"
+                for r in records[:3]
             )
         }
         return results, texts
+
+
+def _task_examples(ctx: EvalContext, name: str, split: str, max_examples: int):
+    """The examples of each (sub-)task of the config's task that has `split`."""
+    task = get_task(ctx.config.task)
+    parts = [
+        _text_examples(ctx, split, max_examples, sub)
+        for sub in tasks.subtasks(task)
+        if split in sub.splits
+    ]
+    skipped = [sub.name for sub in tasks.subtasks(task) if split not in sub.splits]
+    if skipped:
+        logging.warning(
+            "config.evals.%s: %d sub-tasks have no %r split: %s", name, len(skipped), split, skipped
+        )
+    for part in parts:  # what seqio tasks may define that needs a t5x model's outputs
+        if part.task.predict_with_aux_metric_fns:
+            logging.warning(
+                "task %s: its fn(targets, predictions, aux_values) metrics are not "
+                "computed (they need a t5x model's aux values)",
+                part.task.name,
+            )
+        if part.task.metric_objs and not (
+            part.task.predict_metric_fns or part.task.score_metric_fns
+        ):
+            logging.warning(
+                "task %s: only metric_objs, which irl-lm does not run; give the task metric_fns",
+                part.task.name,
+            )
+    if not parts:
+        raise ValueError(
+            f"config.evals.{name}: task {task.name!r} has no {split!r} split "
+            f"(it has {sorted(task.splits)}); set config.evals.{name}.split"
+        )
+    return parts
 
 
 def rank_correlations(rewards, scores, groups, *, num_bootstrap=1000, seed=0) -> dict:
@@ -536,7 +688,7 @@ class RewardEvaluator:
         self.ctx, self.name, self.num_samples = ctx, name, num_samples
         self.num_bootstrap, self.seed = num_bootstrap, seed
         self.gamma = gamma or ctx.config.loss.get("gamma", DEFAULT_GAMMA)
-        if ctx.config.task.name == "synthetic_expert":
+        if tasks.is_synthetic_expert(ctx.config.task):
             self.expert = expert_from_config(ctx.config.task)
             self.inputs, prompts, self.width = _expert_prompts(
                 ctx, self.expert, split, num_examples
@@ -545,12 +697,18 @@ class RewardEvaluator:
             self.decode_text = ids_to_text
         else:
             self.expert = None
-            examples = _text_examples(ctx, split, num_examples)
+            parts = _task_examples(ctx, name, split, num_examples)
+            if len(parts) > 1:
+                raise ValueError(
+                    f"config.evals.{name}: the reward evaluator scores one task's samples; "
+                    f"{ctx.config.task.name!r} is a mixture of {[p.task.name for p in parts]}: "
+                    "evaluate with config.task.name set to one of them"
+                )
+            self.examples = examples = parts[0]
             self.inputs, self.targets = examples.inputs, examples.targets
             prompts, self.width = examples.prompts, examples.width
             self.max_len = max_decode_len or feature_lengths(ctx.config.task)["targets"]
             self.decode_text = lambda ids: examples.vocab.decode([int(t) for t in ids])
-            self.metrics = text_tasks.TEXT_TASKS[ctx.config.task.name].metrics
         self.prompts = prompts
         shards = ctx.mesh.shape["data"] * ctx.mesh.shape["fsdp"]
         # Inputs per call: eval_batch_size rows of samples (a multiple of the mesh's shards).
@@ -618,12 +776,19 @@ class RewardEvaluator:
                 "validity": [float(np.isfinite(lp)) for lp in log_p],
                 "expert_log_prob": [lp if np.isfinite(lp) else np.nan for lp in log_p],
             }
-        targets = [s["target"] for s in samples]
-        predictions = [s["prediction"] for s in samples]
-        scores = {}
-        for metric in self.metrics:
-            scores |= text_metrics.PER_EXAMPLE[metric](targets, predictions)
-        return scores
+        task, examples = self.examples.task, self.examples.examples
+        pairs = [
+            (
+                task.postprocess_fn(
+                    s["target"], example=examples[s["input_index"]], is_target=True
+                ),
+                task.postprocess_fn(
+                    s["prediction"], example=examples[s["input_index"]], is_target=False
+                ),
+            )
+            for s in samples
+        ]
+        return per_example_metrics(task, [t for t, _ in pairs], [p for _, p in pairs])
 
     def __call__(self, params, step):
         samples = self.samples(params)

@@ -84,23 +84,57 @@ def read_jsonl_records(file: str | os.PathLike):
     with path(file).open("rb") as f:
         for line_no, raw in enumerate(f, 1):
             where = f"{file}:{line_no}"
-            # Only the last line can lack its newline, and a file cut at a byte offset does.
-            fix = "; fix or remove the line (each line must be one JSON object)"
-            if not raw.endswith(b"\n"):
-                fix = "; it is the last line and has no newline: the file looks truncated"
-                fix += " (copy it again), or fix the line"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{where}: not UTF-8 text ({e}){fix}") from None
-            if not line.strip():
-                raise ValueError(
-                    f"{where}: empty line; remove it (each line must be one JSON object)"
-                )
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not a JSON object ({e}){fix}") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: not a JSON object (a {type(record).__name__}){fix}")
-            yield where, record
+            yield where, parse_jsonl_line(where, raw, cut=lambda raw=raw: not raw.endswith(b"\n"))
+
+
+def parse_jsonl_line(where: str, raw: bytes, cut=lambda: False) -> dict:
+    """The JSON object on one line (`where` is its `FILE:LINE`); fails naming it and the fix.
+    `cut()` says whether it is a last line without its newline, as a file cut at a byte
+    offset ends (asked only when the line is bad)."""
+
+    def fix() -> str:
+        if cut():
+            return (
+                "; it is the last line and has no newline: the file looks truncated"
+                " (copy it again), or fix the line"
+            )
+        return "; fix or remove the line (each line must be one JSON object)"
+
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{where}: not UTF-8 text ({e}){fix()}") from None
+    if not line.strip():
+        raise ValueError(f"{where}: empty line; remove it (each line must be one JSON object)")
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not a JSON object ({e}){fix()}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: not a JSON object (a {type(record).__name__}){fix()}")
+    return record
+
+
+def last_line_is_cut(file: str | os.PathLike, line_no: int) -> bool:
+    """Whether line `line_no` is the last of `file` and the file does not end in a newline."""
+    with path(file).open("rb") as f:
+        lines, last = 0, b""
+        for line in f:
+            lines, last = lines + 1, line
+    return lines == line_no and not last.endswith(b"\n")
+
+
+def write_lines(p: str | os.PathLike, lines) -> None:
+    """Writes the text `lines` (an iterable, each ending in a newline) to `p` atomically,
+    one at a time (nothing is held in memory)."""
+    p = path(p)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.parent / f".{p.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        with tmp.open("w") as f:
+            for line in lines:
+                f.write(line)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(p)

@@ -30,8 +30,8 @@ import numpy as np
 from tqdm import tqdm
 
 from irl_lm import checkpointing, decoding, files, sharding
+from irl_lm.data.vocabularies import load_vocabulary
 from irl_lm.models import build_model
-from irl_lm.models.hf import load_vocabulary
 
 
 def parse_args(argv):
@@ -105,7 +105,7 @@ def load(args) -> Loaded:
             prompt_format = "continue" if args.hf else "prefix_lm"
         bos = pipeline.vocabulary_bos_id(vocab)
         if prompt_format == "prefix_lm":
-            text_format = (pipeline.prompt_prefix(model, vocab), [eos_id])
+            text_format = (pipeline.prompt_prefix(not encoder, vocab), [eos_id])
         elif bos is not None:
             text_format = ([bos], ())
     return Loaded(source, model, mesh, vocab, eos_id, encoder, text_format)

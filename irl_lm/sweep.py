@@ -219,10 +219,21 @@ def build_points(
                     f"{where}: {key}={value!r} reads back from the command line "
                     f"as {got!r}; use a value of the field's type"
                 )
+        _check_task(resolved, where)
         point_dir = os.path.join(workdir, name)  # as given: relative, absolute or gs://
         args = [f"--config={spec}", f"--workdir={point_dir}", *common.values(), *point_args]
         points.append(Point(name, definition, arg, args, point_dir, int(resolved.total_steps)))
     return points
+
+
+def _check_task(config, where: str) -> None:
+    """Imports `config.task.modules` and resolves the task's name, before anything runs."""
+    from irl_lm.data import tasks  # brings seqio and TensorFlow: only when points exist
+
+    try:
+        tasks.task_name(config.task)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
 
 
 # ----------------------------------------------------------------------------- running

@@ -47,7 +47,8 @@ SCHEDULES = ("constant", "cosine", "linear", "rsqrt")
 
 def validate_config(config) -> None:
     """Fails at start, naming the field and the allowed values, before anything is built."""
-    tasks.get_task(config.task)  # checks task name and fields
+    tasks.get_task(config.task)  # checks task name, modules and fields
+    tasks.feature_lengths(config.task)  # and that the lengths are known
     make_loss(config.loss)
     build_model(config.model)  # checks model name and fields
     choices = {"optimizer.name": OPTIMIZERS, "schedule.name": SCHEDULES}
@@ -100,7 +101,8 @@ def resolve_config(config) -> tuple[ml_collections.ConfigDict, checkpointing.Ini
     (when it has one and `config.task.vocabulary` is unset), and that checkpoint."""
     config = ml_collections.ConfigDict(config.to_dict())
     source = checkpointing.parse_init_from(config.get("init_from", ""))
-    if source is not None and not config.task.get("vocabulary"):
+    takes_vocabulary = tasks.takes_vocabulary(config.task)
+    if source is not None and takes_vocabulary and not config.task.get("vocabulary"):
         folder = source.vocabulary_folder()
         if folder is not None:
             config.task.vocabulary = folder
@@ -121,7 +123,7 @@ def resolve_model_config(config, source: checkpointing.InitSource | None = None)
     set; `config.model` keeps only the runtime fields), and `vocab_size` taken from the
     task's vocabulary when unset; checks the model's vocabulary covers the task's."""
     model_config = resolve_preset(config.model)
-    task_vocab = tasks.get_task(config.task).output_features["targets"].vocabulary
+    task_vocab = tasks.vocabulary(config.task)
     if source is None:
         source = checkpointing.parse_init_from(config.get("init_from", ""))
     if source is not None:
@@ -266,6 +268,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     files.path(workdir).mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
     model_config = resolve_model_config(config, source)
+    if is_main and config.total_steps and not tasks.is_synthetic_expert(config.task):
+        tasks.report_truncation(config.task, "train")  # warns with counts and the fix
     if is_main:
         files.write_text(files.path(workdir, "config.json"), config.to_json_best_effort(indent=2))
         checkpointing.write_model_config(workdir, model_config)
@@ -275,7 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mesh = sharding.make_mesh(config.mesh)
     model = build_model(model_config)
     loss_fn = make_loss(config.loss)
-    eos_id = tasks.get_task(config.task).output_features["targets"].vocabulary.eos_id
+    eos_id = tasks.vocabulary(config.task).eos_id
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
     checkpointer = checkpointing.Checkpointer(workdir, keep=config.checkpoint.keep)
     rng = jax.random.PRNGKey(config.seed)

@@ -21,7 +21,7 @@ from ml_collections import config_flags
 
 from configs import demo
 from irl_lm import config_utils, evaluation, sharding, sweep, train
-from irl_lm.data import tasks
+from irl_lm.data import tasks, text_tasks
 from irl_lm.losses import loss_fields, make_loss
 from irl_lm.models import build_model, export_hf
 from irl_lm.models.safetensors_io import read_file, write_file
@@ -39,7 +39,7 @@ def write_lines(path, lines) -> str:
 
 def gsm8k_config(path: str, **overrides) -> dict:
     files = {"validation": path}
-    return dict(name="gsm8k", source="jsonl", files=files, vocabulary="byte", **overrides)
+    return dict(name="irl_lm.gsm8k", source="jsonl", files=files, vocabulary="byte") | overrides
 
 
 def read_split(task_config: dict) -> list[dict]:
@@ -48,7 +48,7 @@ def read_split(task_config: dict) -> list[dict]:
     dataset = task.get_dataset(
         tasks.feature_lengths(task_config), split="validation", shuffle=False, use_cached=False
     )
-    return list(dataset.as_numpy_iterator())
+    return list(text_tasks.read(dataset))
 
 
 def assert_rejected(path: str, match: str) -> None:
@@ -122,12 +122,14 @@ def test_over_long_examples_are_counted_and_reported(tmp_path, caplog):
     over max_target_len=8: they are kept, truncated, and the warning counts them."""
     answers = ["#### 1", "a" * 20, "#### 3", "b" * 30, "#### 5"]
     path = write_lines(tmp_path / "long.jsonl", [GOOD | {"answer": a} for a in answers])
+    config = gsm8k_config(path, max_target_len=8, max_input_len=64)
     with caplog.at_level(logging.WARNING, logger="absl"):
-        examples = read_split(gsm8k_config(path, max_target_len=8, max_input_len=64))
+        assert tasks.report_truncation(config, "validation") == {"inputs": 0, "targets": 2}
+    examples = read_split(config)
     warnings = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
     assert warnings == [
-        "gsm8k/validation: 2 of 5 targets are longer than 8 tokens (the longest: 31) and are "
-        "truncated; raise config.task.max_target_len to keep them whole"
+        "irl_lm.gsm8k/validation: 2 of 5 targets are longer than 8 tokens (the longest: 31) and "
+        "are truncated; raise config.task.max_target_len to keep them whole"
     ]
     # Nothing is dropped, and the count is the number the feature converter cuts.
     vocab = seqio.ByteVocabulary()
@@ -215,17 +217,18 @@ def test_checkpoint_tokenizer_differs_from_the_task_vocabulary(spm_checkpoint, t
     where = f"config.init_from='hf:{spm_checkpoint}'"
     with pytest.raises(
         ValueError,
-        match=r"config.task.vocabulary='byte' \(259 tokens\) is not the tokenizer of "
-        r"config.init_from='hf:.*' \(44 tokens\), so the model's token ids would mean other "
-        r"tokens; set config.task.vocabulary='' to take the checkpoint's tokenizer",
+        match=r"config.task.vocabulary='byte' \(259 tokens, EOS id 1\) is not the tokenizer of "
+        r"config.init_from='hf:.*' \(44 tokens, EOS id 1\), so the model's token ids would mean "
+        r"other tokens; set config.task.vocabulary='' to take the checkpoint's tokenizer",
     ):
-        tasks.check_vocabulary_matches({"vocabulary": "byte"}, spm_checkpoint, where)
+        tasks.check_vocabulary_matches(gsm8k_config("unused.jsonl"), spm_checkpoint, where)
     # The same tokenizer passes, and so does ByT5's (the same bytes, 125 more sentinels).
-    tasks.check_vocabulary_matches({"vocabulary": spm_checkpoint}, spm_checkpoint, where)
+    config = gsm8k_config("unused.jsonl", vocabulary=spm_checkpoint)
+    tasks.check_vocabulary_matches(config, spm_checkpoint, where)
     byt5 = tmp_path / "byt5"
     byt5.mkdir()
     (byt5 / "tokenizer_config.json").write_text('{"tokenizer_class": "ByT5Tokenizer"}')
-    tasks.check_vocabulary_matches({"vocabulary": "byte"}, str(byt5), where)
+    tasks.check_vocabulary_matches(gsm8k_config("unused.jsonl"), str(byt5), where)
 
 
 def test_trainer_checks_the_checkpoint_tokenizer(make_config, spm_checkpoint):
@@ -313,7 +316,28 @@ def test_bad_number_in_the_config_arg():
 @pytest.mark.parametrize(
     "field,value,match",
     [
-        ("task.name", "gsm8", r"config.task.name='gsm8' is not a task; allowed: \[.*'gsm8k'"),
+        (
+            "task.name",
+            "gsm8",
+            r"config.task.name='gsm8' is not a registered seqio task or mixture; "
+            r"close matches: \['irl_lm.gsm8k'\]",
+        ),
+        (
+            "task.name",
+            "my_task",
+            r"'my_task' is not a registered.*needs that module in config.task.modules",
+        ),
+        (
+            "task.modules",
+            ["no_such_module"],
+            r"config.task.modules: module 'no_such_module' is not importable",
+        ),
+        (
+            "task.num_eval_exampels",
+            4,
+            r"config.task: unknown fields \['num_eval_exampels'\] for task "
+            r"'irl_lm.synthetic_expert'",
+        ),
         ("model.name", "t55", r"config.model.name='t55' is not a model; allowed: \['decoder_only'"),
         ("loss.name", "iqlern", r"config.loss.name='iqlern' is not a loss; allowed: \[.*'iqlearn'"),
         ("optimizer.name", "adam", r"config.optimizer.name='adam' is not allowed; allowed: \("),

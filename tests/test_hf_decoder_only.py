@@ -192,8 +192,8 @@ def test_decoder_only_folders_give_their_tokenizer_as_a_seqio_vocabulary(tmp_pat
     pytest.importorskip("seqio")  # not on the GPU image
     from hf_fixtures import XSUM
 
+    from irl_lm.data.tokenizer_json import TokenizerJsonVocabulary
     from irl_lm.models import load_vocabulary
-    from irl_lm.models.tokenizer_json import TokenizerJsonVocabulary
 
     if not os.path.exists(XSUM):
         pytest.skip(f"shared data not found at {XSUM} (see shared/data/README.md)")

@@ -164,7 +164,7 @@ def test_byt5_folder_gives_a_byte_vocabulary(tmp_path):
     sentinels = [f"<extra_id_{i}>" for i in range(7)]
     json.dump({"extra_special_tokens": sentinels}, open(tmp_path / "tokenizer_config.json", "w"))
     open(tmp_path / "spiece.model", "wb").close()  # only its presence matters here
-    from irl_lm.models.hf import _extra_ids
+    from irl_lm.data.vocabularies import _extra_ids
 
     assert _extra_ids(str(tmp_path), default=100) == 7
 

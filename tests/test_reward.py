@@ -14,7 +14,7 @@ from irl_lm.data import pipeline, tasks
 from irl_lm.data.synthetic import EOS_ID
 from irl_lm.losses import make_loss
 from irl_lm.losses.iqlearn import data_terms, sequence_rewards
-from irl_lm.models import build_model
+from irl_lm.models import build_model, is_decoder_only
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 TINY_DECODER_ONLY = dict(
@@ -128,7 +128,7 @@ def test_reward_evaluator_matches_numpy_on_its_own_samples(family, make_config, 
         rows = [json.loads(line) for line in f]
     assert len(rows) == 9 and [r["input_index"] for r in rows] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     vocab = tasks.get_task(config.task).output_features["targets"].vocabulary
-    prefix = pipeline.prompt_prefix(model, vocab)
+    prefix = pipeline.prompt_prefix(is_decoder_only(model), vocab)
     expert = evaluator.expert
     for row in rows:
         x = evaluator.inputs[row["input_index"]]

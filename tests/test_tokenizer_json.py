@@ -66,7 +66,7 @@ def texts(xsum):
 
 @pytest.fixture(scope="module")
 def vocab(bpe_folder):
-    from irl_lm.models.tokenizer_json import TokenizerJsonVocabulary
+    from irl_lm.data.tokenizer_json import TokenizerJsonVocabulary
 
     return TokenizerJsonVocabulary(bpe_folder / "tokenizer.json", eos_id=1)
 
@@ -157,7 +157,7 @@ def _copy_tokenizer(bpe_folder, folder, **json_files):
 
 
 def test_eos_resolution(bpe_folder, tmp_path):
-    from irl_lm.models.tokenizer_json import TokenizerJsonVocabulary
+    from irl_lm.data.tokenizer_json import TokenizerJsonVocabulary
 
     generation = _copy_tokenizer(
         bpe_folder,
@@ -191,7 +191,7 @@ def test_eos_resolution(bpe_folder, tmp_path):
 
 
 def test_equality(bpe_folder, tmp_path):
-    from irl_lm.models.tokenizer_json import TokenizerJsonVocabulary
+    from irl_lm.data.tokenizer_json import TokenizerJsonVocabulary
 
     copy = _copy_tokenizer(bpe_folder, tmp_path / "copy")
     a = TokenizerJsonVocabulary(str(bpe_folder), eos_id=1)
@@ -208,7 +208,7 @@ def test_zero_is_ordinary_token(tmp_path, vocab, caplog):
     import tensorflow as tf
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from irl_lm.models.tokenizer_json import TokenizerJsonVocabulary
+    from irl_lm.data.tokenizer_json import TokenizerJsonVocabulary
 
     # As in Llama 3: id 0 is "!", the special tokens come last.
     words = {"!": 0, "hello": 1, "world": 2, "<unk>": 3}

@@ -133,7 +133,11 @@ def test_nonfinite_loss_names_the_step_and_keeps_last_good_checkpoint(
 @pytest.mark.parametrize(
     "field,value,match",
     [
-        ("task.name", "synthetic_exper", r"config.task.name='synthetic_exper'.*allowed"),
+        (
+            "task.name",
+            "synthetic_exper",
+            r"config.task.name='synthetic_exper'.*close matches: \['irl_lm.synthetic_expert'\]",
+        ),
         (
             "model.name",
             "t55",

@@ -22,11 +22,11 @@ import tensorflow as tf
 from absl import logging
 from etils import epath
 
+from irl_lm import tf_setup
+from irl_lm.data import tasks, text_tasks
 from irl_lm.data.tasks import feature_lengths, get_task
-from irl_lm.models import is_decoder_only
 
-# seqio and TF must not grab accelerator memory that JAX owns.
-tf.config.set_visible_devices([], "GPU")
+tf_setup.keep_off_accelerators(tf)  # seqio and TF must not take accelerator memory from JAX
 
 
 def vocabulary_bos_id(vocabulary: seqio.Vocabulary) -> int | None:
@@ -45,10 +45,10 @@ def bos_id(vocabulary: seqio.Vocabulary) -> int:
     return vocabulary.eos_id if bos is None else bos
 
 
-def prompt_prefix(model, vocabulary: seqio.Vocabulary) -> list[int]:
+def prompt_prefix(decoder_only: bool, vocabulary: seqio.Vocabulary) -> list[int]:
     """What training puts before an example's input tokens: nothing for an encoder (T5),
     `bos_id` for a decoder-only model's prefix-LM rows. Decoding prompts start the same."""
-    return [bos_id(vocabulary)] if is_decoder_only(model) else []
+    return [bos_id(vocabulary)] if decoder_only else []
 
 
 def feature_converter(config, *, decoder_only: bool, pack: bool) -> seqio.FeatureConverter:
@@ -58,7 +58,7 @@ def feature_converter(config, *, decoder_only: bool, pack: bool) -> seqio.Featur
     over the prompt too (as Llama, Gemma and PaLM are)."""
     if not decoder_only:
         return seqio.EncDecFeatureConverter(pack=pack)
-    vocabulary = get_task(config.task).output_features["targets"].vocabulary
+    vocabulary = tasks.vocabulary(config.task)
     return seqio.DecoderFeatureConverter(
         loss_on_targets_only=True, pack=pack, bos_id=bos_id(vocabulary)
     )
@@ -127,10 +127,15 @@ class TrainIterator(Iterator):
         # after skipping restores into the stream of a later start.
         options = tf.data.Options()
         options.experimental_optimization.noop_elimination = False
+        # A JSON Lines task parses in a py_function, which tf.data takes for external state
+        # and would refuse to save: it is a pure function of its line, so it has none.
+        policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+        options.experimental_external_state_policy = policy
         return ds.with_options(options).as_numpy_iterator()
 
     def __next__(self) -> dict[str, np.ndarray]:
-        batch = next(self._iterator)
+        with text_tasks.data_errors():
+            batch = next(self._iterator)
         self.position += 1
         return batch
 
@@ -197,7 +202,7 @@ def eval_batches(config, split: str, max_examples: int | None = None, *, decoder
     )
     if max_examples:
         ds = ds.take(max_examples)
-    for batch in ds.batch(per_host).as_numpy_iterator():
+    for batch in text_tasks.read(ds.batch(per_host)):
         real = len(batch["decoder_target_tokens"])
         yield pad_rows(batch, per_host), real
 

@@ -1,68 +1,153 @@
-"""The paper's text tasks (XSUM, GSM8k, TL;DR, WMT22) as seqio task builders.
+"""Text tasks as seqio tasks over streaming sources: the paper's (XSUM, GSM8k, TL;DR, WMT22)
+and the config-only `jsonl` task.
 
-Each task is a preprocessing function from one raw example (the field layout of
-`../shared/data/`, which is also that of the TFDS / Hugging Face copies) to `inputs` /
-`targets` text. Examples come from JSON Lines files named per split in `config.task.files`
-(`source="jsonl"`), read completely and checked: a malformed line or a missing, non-text or
-empty field fails naming the file, line and field, and the fix. Inputs and targets longer
-than `max_input_len` / `max_target_len` tokens are truncated by the feature converter, and
-counted in a warning when the split is read.
+A text task formats each raw example, a dict of text fields (the layout of `../shared/data`,
+which is also that of the TFDS and Hugging Face copies), into `inputs` and `targets` with two
+format templates over its fields (`"summarize: {document}"`), then tokenizes them. Its
+sources (`config.task.source`), none of which loads a split into memory:
+
+- `jsonl`: JSON Lines files per split (`config.task.files.<split>`: a path, a glob or a
+  list), read line by line by `JsonlDataSource` (a `seqio.FileDataSource`: files are split
+  across hosts when there are enough) and parsed by `parse_jsonl`. A malformed line or a
+  missing, non-text or empty field fails naming the file, the line and the field, and the fix.
+- `tfds`: `seqio.TfdsDataSource` (`config.task.tfds_name`, `data_dir`), sharded by file.
+- `hf`: a Hugging Face dataset, streamed once into a JSON Lines file under
+  `config.task.data_dir` (default `~/.cache/irl_lm/data`), then read as `jsonl`.
+- `sacrebleu`: the WMT22 test sets through sacreBLEU's loader, converted once likewise.
+
+Inputs and targets longer than `max_input_len` / `max_target_len` tokens are truncated by the
+feature converter; `irl_lm.data.tasks.report_truncation` counts them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import functools
 import json
-from collections.abc import Callable, Mapping
+import os
+import re
+import string
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import seqio
 import tensorflow as tf
-from absl import logging
 
 from irl_lm import files
+from irl_lm.metrics import text as text_metrics
 
 SPLITS = ("train", "validation", "test")
 LENGTH_FIELDS = {"inputs": "max_input_len", "targets": "max_target_len"}  # of config.task
 LANGUAGES = {"en": "English", "de": "German", "cs": "Czech", "zh": "Chinese"}
 # The WMT22 pairs with a shared test file (task wmt22_<source>_<target>).
 WMT22_PAIRS = (("en", "de"), ("de", "en"), ("en", "cs"), ("cs", "en"), ("en", "zh"), ("zh", "en"))
+DEFAULT_DATA_DIR = os.path.join("~", ".cache", "irl_lm", "data")  # converted sources
 
 
 @dataclasses.dataclass(frozen=True)
 class TextTask:
-    fields: tuple[str, ...]  # the raw fields `preprocess` reads
-    preprocess: Callable[[Mapping], tuple[str, str]]  # raw example -> (inputs, targets)
-    max_lengths: tuple[int, int]  # default (inputs, targets) token lengths
-    metrics: tuple[str, ...]  # functions of irl_lm.metrics.text scoring decoded outputs
+    inputs: str  # format template over the raw fields, e.g. "summarize: {document}"
+    targets: str
+    max_lengths: tuple[int, int]  # default (inputs, targets) token lengths; (0, 0): none
+    metrics: tuple[str, ...]  # names in irl_lm.metrics.text.METRICS
+    source: str = "tfds"  # the source of the registered task (`irl_lm.<name>`)
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The raw fields the templates read, in order."""
+        names = template_fields(self.inputs, "inputs") + template_fields(self.targets, "targets")
+        return tuple(dict.fromkeys(names))
+
+    def format(self, row: Mapping[str, str]) -> tuple[str, str]:
+        """(inputs, targets) of one raw example, in Python (what `formatter` does in TF)."""
+        return self.inputs.format_map(row), self.targets.format_map(row)
 
 
-def _xsum(ex):
-    return "summarize: " + ex["document"], ex["summary"]
-
-
-def _gsm8k(ex):
-    return ex["question"], ex["answer"]  # the worked answer, ending in "#### <number>"
-
-
-def _tldr(ex):
-    return ex["prompt"], ex["label"]  # "SUBREDDIT: r/...\nTITLE: ...\nPOST: ...\nTL;DR:"
-
-
-def _translation(source: str, target: str):
-    def preprocess(ex):
-        prefix = f"translate {LANGUAGES[source]} to {LANGUAGES[target]}: "
-        return prefix + ex[source], ex[target]
-
-    return TextTask((source, target), preprocess, (256, 256), ("bleu", "chrf"))
+def _translation(source: str, target: str) -> TextTask:
+    prefix = f"translate {LANGUAGES[source]} to {LANGUAGES[target]}: "
+    return TextTask(prefix + f"{{{source}}}", f"{{{target}}}", (256, 256), ("bleu", "chrf"))
 
 
 TEXT_TASKS: dict[str, TextTask] = {
-    "xsum": TextTask(("document", "summary"), _xsum, (512, 64), ("rouge",)),
-    "gsm8k": TextTask(("question", "answer"), _gsm8k, (256, 256), ("gsm8k_accuracy",)),
-    "tldr": TextTask(("prompt", "label"), _tldr, (512, 64), ("rouge",)),
+    "xsum": TextTask("summarize: {document}", "{summary}", (512, 64), ("rouge",)),
+    # the worked answer, ending in "#### <number>"
+    "gsm8k": TextTask("{question}", "{answer}", (256, 256), ("gsm8k_accuracy",)),
+    # "SUBREDDIT: r/...\nTITLE: ...\nPOST: ...\nTL;DR:"
+    "tldr": TextTask("{prompt}", "{label}", (512, 64), ("rouge",), source="hf"),
     **{f"wmt22_{s}_{t}": _translation(s, t) for s, t in WMT22_PAIRS},
 }
+
+# TFDS xsum needs its manual download; WMT22 trains on a WMT19 corpus by default
+# (`config.task.tfds_name` picks another, e.g. "wmt19_translate/de-en:1.0.0").
+# seqio wants versioned names.
+TFDS_NAMES = {"gsm8k": "gsm8k:1.0.0", "xsum": "xsum:1.1.0"}
+for _s, _t in WMT22_PAIRS:
+    _pair = "-".join(sorted((_s, _t), key=lambda x: x == "en"))  # de-en, cs-en, zh-en
+    TFDS_NAMES[f"wmt22_{_s}_{_t}"] = f"wmt19_translate/{_pair}:1.0.0"
+HF_NAMES = {"xsum": "EdinburghNLP/xsum", "tldr": "CarperAI/openai_summarize_tldr"}
+HF_SPLITS = {"validation": "valid"}  # CarperAI's TL;DR names its validation split "valid"
+
+
+# ----------------------------------------------------------------------------- templates
+
+
+def as_template(value: str) -> str:
+    """A field name (`"question"`) as the template that copies it; templates stay as they are."""
+    return value if "{" in value or "}" in value else f"{{{value}}}"
+
+
+def template_fields(template: str, where: str) -> tuple[str, ...]:
+    """The fields `template` reads; fails naming `where` (the config field) on a bad one."""
+    fix = "write fields as {name} and literal braces as {{ and }}"
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise ValueError(
+            f"config.task.{where}={template!r} is not a template ({e}); {fix}"
+        ) from None
+    fields = []
+    for _, field, spec, conversion in parts:
+        if field is None:
+            continue
+        if not field.isidentifier() or spec or conversion:
+            raise ValueError(
+                f"config.task.{where}={template!r}: {{{field}}} is not a field name; {fix}"
+            )
+        fields.append(field)
+    if not fields:
+        raise ValueError(
+            f"config.task.{where}={template!r} reads no field; name one, e.g. 'question' or "
+            "'question: {question}'"
+        )
+    return tuple(fields)
+
+
+def _format_tf(template: str, row: Mapping[str, tf.Tensor]) -> tf.Tensor:
+    parts = []
+    for literal, field, _, _ in string.Formatter().parse(template):
+        if literal:
+            parts.append(literal)
+        if field is not None:
+            parts.append(row[field])
+    return parts[0] if len(parts) == 1 else tf.strings.join(parts)
+
+
+def formatter(task: TextTask) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
+    """A seqio preprocessor: raw rows -> {"inputs", "targets"} text by the task's templates."""
+
+    @seqio.map_over_dataset
+    def format_row(row):
+        return {"inputs": _format_tf(task.inputs, row), "targets": _format_tf(task.targets, row)}
+
+    return format_row
+
+
+def strip(text: str, example=None, is_target: bool = False) -> str:
+    """The text tasks' `postprocess_fn`: decoded text without surrounding whitespace."""
+    del example, is_target
+    return text.strip()
+
+
+# ----------------------------------------------------------------------------- JSON Lines
 
 
 # What a JSON value that is not a string is, in JSON's words (for error messages).
@@ -76,126 +161,192 @@ JSON_KINDS = {
 }
 
 
-def read_jsonl(path: str, fields: tuple[str, ...]) -> list[dict]:
-    """Every line of `path` as a dict; errors name the file, line and field, and the fix."""
-    if not files.path(path).exists():
-        raise FileNotFoundError(f"config.task.files: {path} does not exist")
+def check_fields(where: str, row: Mapping, fields: Sequence[str]) -> None:
+    """Fails naming `where` (`FILE:LINE`) and the field when one is missing, not text or empty."""
     need = f"each line needs the non-empty text fields {list(fields)}"
-    rows = []
-    for where, row in files.read_jsonl_records(path):
-        for field in fields:
-            value = row.get(field)
-            if field not in row:
-                raise ValueError(
-                    f"{where}: field {field!r} is missing (the line has {sorted(row)}); {need}"
-                )
-            if not isinstance(value, str):
-                kind = JSON_KINDS.get(type(value), type(value).__name__)
-                raise ValueError(
-                    f"{where}: field {field!r} is {kind} ({json.dumps(value)[:40]}), not text; "
-                    f"{need}"
-                )
-            if not value.strip():
-                # An empty target teaches the model to stop at once; an empty input has
-                # nothing to condition on: both are data errors, not examples.
-                raise ValueError(
-                    f"{where}: field {field!r} is empty; fill it in or remove the line"
-                )
-        rows.append(row)
-    if not rows:
-        raise ValueError(
-            f"{path}: the file is empty; config.task.files must name files of examples"
-        )
-    return rows
-
-
-def build(
-    name: str, task_config: Mapping, vocabulary: seqio.Vocabulary, lengths: Mapping[str, int]
-) -> dict:
-    """seqio.TaskRegistry.add arguments for text task `name` from `config.task`, whose
-    batches have `lengths` tokens (inputs, targets)."""
-    task = TEXT_TASKS[name]
-    source = task_config.get("source", "jsonl")
-    if source not in SOURCES:
-        raise ValueError(f"config.task.source={source!r}; allowed: {sorted(SOURCES)}")
-    files = dict(task_config.get("files") or {})
-    if source == "jsonl":
-        unknown = sorted(set(files) - set(SPLITS))
-        if unknown or not files:
+    for field in fields:
+        value = row.get(field)
+        if field not in row:
             raise ValueError(
-                f"config.task.files for {name} must name JSON Lines files for splits in "
-                f"{SPLITS}; got {sorted(files) or 'none'}"
+                f"{where}: field {field!r} is missing (the line has {sorted(row)}); {need}"
             )
-        splits = tuple(files)
-    else:
-        splits = SPLITS
-    limit = int(task_config.get("num_train_examples") or 0)
+        if not isinstance(value, str):
+            kind = JSON_KINDS.get(type(value), type(value).__name__)
+            raise ValueError(
+                f"{where}: field {field!r} is {kind} ({json.dumps(value)[:40]}), not text; {need}"
+            )
+        if not value.strip():
+            # An empty target teaches the model to stop at once; an empty input has nothing
+            # to condition on: both are data errors, not examples.
+            raise ValueError(f"{where}: field {field!r} is empty; fill it in or remove the line")
 
-    @functools.cache
-    def examples(split: str) -> dict[str, list[str]]:
-        if source == "jsonl":
-            rows, origin = read_jsonl(files[split], task.fields), files[split]
-        else:
-            rows, origin = SOURCES[source](name, split, task_config), f"{source} source"
-        total = len(rows)
-        if split == "train" and limit:
-            rows = rows[:limit]
-        logging.info("%s/%s: %d of the %d examples in %s", name, split, len(rows), total, origin)
-        pairs = [task.preprocess(row) for row in rows]
-        inputs, targets = [p[0] for p in pairs], [p[1] for p in pairs]
-        for feature, texts in (("inputs", inputs), ("targets", targets)):
-            sizes = [len(vocabulary.encode(text)) + 1 for text in texts]  # + EOS
-            max_len = lengths[feature]
-            truncated = sum(size > max_len for size in sizes)
-            if truncated:  # the feature converter cuts them: say how many, and the fix
-                logging.warning(
-                    "%s/%s: %d of %d %s are longer than %d tokens (the longest: %d) and are "
-                    "truncated; raise config.task.%s to keep them whole",
-                    name,
-                    split,
-                    truncated,
-                    len(sizes),
-                    feature,
-                    max_len,
-                    max(sizes),
-                    LENGTH_FIELDS[feature],
+
+def _read_lines(file: tf.Tensor) -> tf.data.Dataset:
+    lines = tf.data.TextLineDataset(file).enumerate(start=1)
+    return lines.map(lambda n, text: {"file": file, "line": n, "text": text})
+
+
+class JsonlDataSource(seqio.FileDataSource):
+    """JSON Lines files per split, streamed as rows {"file", "line", "text"} (one per line,
+    unparsed: `parse_jsonl` reads them). `limits`: split -> the first n rows only;
+    `prepare(split)`: makes the split's file first (a converted source; idempotent)."""
+
+    def __init__(
+        self,
+        split_to_filepattern: Mapping[str, str | Sequence[str]],
+        *,
+        limits: Mapping[str, int] | None = None,
+        prepare: Callable[[str], None] | None = None,
+    ):
+        super().__init__(read_file_fn=_read_lines, split_to_filepattern=split_to_filepattern)
+        self._limits, self._prepare = dict(limits or {}), prepare
+
+    def list_shards(self, split: str) -> Sequence[str]:
+        if self._prepare is not None:
+            self._prepare(split)
+        pattern = self._split_to_filepattern[split]
+        found = super().list_shards(split)
+        if not found:
+            raise FileNotFoundError(f"config.task.files.{split}: {pattern} does not exist")
+        for file in found:
+            if tf.io.gfile.stat(file).length == 0:
+                raise ValueError(
+                    f"{file}: the file is empty; config.task.files must name files of examples"
                 )
-        return {"inputs": inputs, "targets": targets}
+        return found
 
-    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
-        del shuffle_files, seed
-        return tf.data.Dataset.from_tensor_slices(examples(split))
+    def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, **kwargs):
+        ds = super().get_dataset(split, shuffle, seed, shard_info, **kwargs)
+        return ds.take(self._limits[split]) if self._limits.get(split) else ds
 
+
+def parse_jsonl(fields: Sequence[str]) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
+    """A seqio preprocessor: `JsonlDataSource` rows -> {field: text} for `fields`, checked
+    (`files.parse_jsonl_line`, `check_fields`). Errors surface as TensorFlow errors while a
+    dataset is read; `data_errors` turns them back into the ValueError with our message."""
+    fields = tuple(fields)
+
+    def parse(file, line_no, text):
+        file, line_no = file.numpy().decode(), int(line_no.numpy())
+        where = f"{file}:{line_no}"
+        cut = lambda: files.last_line_is_cut(file, line_no)  # noqa: E731
+        row = files.parse_jsonl_line(where, text.numpy(), cut=cut)
+        check_fields(where, row, fields)
+        return [row[field].encode() for field in fields]
+
+    @seqio.map_over_dataset
+    def parse_row(row):
+        values = tf.py_function(
+            parse, [row["file"], row["line"], row["text"]], [tf.string] * len(fields)
+        )
+        return {field: tf.ensure_shape(v, []) for field, v in zip(fields, values, strict=True)}
+
+    return parse_row
+
+
+_PY_ERROR = re.compile(r"ValueError: (.*?)\nTraceback", re.S)
+
+
+@contextlib.contextmanager
+def data_errors():
+    """Re-raises a bad line's ValueError (raised inside tf.data by `parse_jsonl`) as itself."""
+    try:
+        yield
+    except tf.errors.OpError as e:
+        found = _PY_ERROR.search(e.message)
+        if found is None:
+            raise
+        raise ValueError(found.group(1)) from None
+
+
+def read(ds: tf.data.Dataset) -> Iterator:
+    """`ds.as_numpy_iterator()`, with bad lines failing as ValueError (`data_errors`)."""
+    iterator = ds.as_numpy_iterator()
+    while True:
+        with data_errors():
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+        yield item
+
+
+# ----------------------------------------------------------------------------- the task
+
+
+def build(task: TextTask, settings: Mapping, vocabulary: seqio.Vocabulary) -> dict:
+    """seqio.TaskRegistry.add arguments for `task` with `settings` (config.task's source,
+    files, num_train_examples, tfds_name, hf_name, data_dir) and `vocabulary`."""
+    source_name = settings.get("source") or task.source
+    name = settings["name"]
+    if source_name not in SOURCES:
+        raise ValueError(f"config.task.source={source_name!r}; allowed: {sorted(SOURCES)}")
+    limit = int(settings.get("num_train_examples") or 0)
+    preprocessors = [formatter(task), seqio.preprocessors.tokenize]
+    if source_name == "tfds":
+        source = _tfds_source(name, settings, limit)
+    else:
+        split_files, prepare = _source_files(source_name, name, settings)
+        limits = {"train": limit} if limit else None
+        source = JsonlDataSource(split_files, limits=limits, prepare=prepare)
+        preprocessors.insert(0, parse_jsonl(task.fields))
     features = {
         key: seqio.Feature(vocabulary, add_eos=True, dtype=tf.int32)
         for key in ("inputs", "targets")
     }
     return dict(
-        source=seqio.FunctionDataSource(dataset_fn, splits=splits),
+        source=source,
         output_features=features,
-        preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+        preprocessors=[*preprocessors, seqio.preprocessors.append_eos_after_trim],
+        postprocess_fn=strip,
+        metric_fns=[text_metrics.METRICS[metric] for metric in task.metrics],
     )
 
 
-def default_lengths(name: str) -> dict[str, int]:
-    max_in, max_out = TEXT_TASKS[name].max_lengths
-    return {"inputs": max_in, "targets": max_out}
+def _source_files(source: str, name: str, settings: Mapping):
+    """(split -> file pattern, prepare) of a file-based source."""
+    if source == "jsonl":
+        split_files = {k: v for k, v in (settings.get("files") or {}).items() if v}
+        unknown = sorted(set(split_files) - set(SPLITS))
+        if unknown or not split_files:
+            raise ValueError(
+                f"config.task.files for {name} must name JSON Lines files for splits in "
+                f"{SPLITS}; got {sorted(split_files) or 'none'}"
+            )
+        return split_files, None
+    fetch = {"hf": _hf_rows, "sacrebleu": _sacrebleu_rows}[source]
+    splits = ("test",) if source == "sacrebleu" else SPLITS
+    remote = settings.get("hf_name") or HF_NAMES.get(name.removeprefix("irl_lm."), "")
+    folder = files.path(
+        os.path.expanduser(settings.get("data_dir") or DEFAULT_DATA_DIR),
+        source,
+        (remote if source == "hf" else name).replace("/", "__"),
+    )
+    split_files = {split: os.fspath(folder / f"{split}.jsonl") for split in splits}
+
+    def prepare(split: str) -> None:
+        path = files.path(split_files[split])
+        if not path.exists():
+            rows = fetch(name.removeprefix("irl_lm."), split, settings)
+            files.write_lines(path, (json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+    return split_files, prepare
+
+
+def _tfds_source(name: str, settings: Mapping, limit: int) -> seqio.TfdsDataSource:
+    tfds_name = settings.get("tfds_name") or TFDS_NAMES.get(name.removeprefix("irl_lm."))
+    if tfds_name is None:
+        raise ValueError(f"no TFDS source for {name}; set config.task.tfds_name")
+    splits = {split: split for split in SPLITS}
+    if limit:
+        splits["train"] = f"train[:{limit}]"
+    data_dir = settings.get("data_dir") or None
+    return seqio.TfdsDataSource(tfds_name=tfds_name, tfds_data_dir=data_dir, splits=splits)
 
 
 # ----------------------------------------------------------------------------- remote sources
-# Each returns the rows of one split in the field layout of shared/data; nothing is fetched
-# before a split is first read. Unreachable sources fail saying so and naming the jsonl option.
-
-# TFDS xsum needs its manual download; WMT22 trains on a WMT19 corpus by default
-# (`config.task.tfds_name` picks another, e.g. "wmt19_translate/de-en:1.0.0").
-TFDS_NAMES = {
-    "gsm8k": "gsm8k",
-    "xsum": "xsum",
-    **{f"wmt22_{s}_{t}": f"wmt19_translate/{'-'.join(sorted((s, t), key=lambda x: x == 'en'))}"
-       for s, t in WMT22_PAIRS},
-}  # fmt: skip
-HF_NAMES = {"xsum": "EdinburghNLP/xsum", "tldr": "CarperAI/openai_summarize_tldr"}
-HF_SPLITS = {"validation": "valid"}  # CarperAI's TL;DR names its validation split "valid"
+# Each yields the rows of one split in the field layout of shared/data, once, into the file
+# `prepare` writes. Unreachable sources fail saying so and naming the jsonl option.
 
 
 def _unreachable(source: str, what: str, split: str, error: Exception) -> RuntimeError:
@@ -206,36 +357,26 @@ def _unreachable(source: str, what: str, split: str, error: Exception) -> Runtim
     )
 
 
-def _tfds_rows(name: str, split: str, task_config: Mapping) -> list[dict]:
-    import tensorflow_datasets as tfds
-
-    tfds_name = task_config.get("tfds_name") or TFDS_NAMES.get(name)
-    if tfds_name is None:
-        raise ValueError(f"no TFDS source for {name}; set config.task.tfds_name")
-    try:
-        dataset = tfds.load(tfds_name, split=split, data_dir=task_config.get("data_dir"))
-    except Exception as e:  # network, missing manual download, unknown split
-        raise _unreachable("tfds", f"TFDS {tfds_name!r} split {split!r}", split, e) from e
-    return [{k: v.decode() for k, v in ex.items() if isinstance(v, bytes)}
-            for ex in tfds.as_numpy(dataset)]  # fmt: skip
-
-
-def _hf_rows(name: str, split: str, task_config: Mapping) -> list[dict]:
-    if name not in HF_NAMES:
-        raise ValueError(f"no Hugging Face source for {name}; it has {sorted(HF_NAMES)}")
-    hf_name = task_config.get("hf_name") or HF_NAMES[name]
+def _hf_rows(name: str, split: str, settings: Mapping) -> Iterator[dict]:
+    if name not in HF_NAMES and not settings.get("hf_name"):
+        raise ValueError(f"no Hugging Face source for {name}; set config.task.hf_name")
+    hf_name = settings.get("hf_name") or HF_NAMES[name]
     try:
         import datasets
 
-        rows = datasets.load_dataset(hf_name, split=HF_SPLITS.get(split, split))
+        rows = datasets.load_dataset(hf_name, split=HF_SPLITS.get(split, split), streaming=True)
+        rows = iter(rows)
+        first = next(rows)  # reaching the first row is what fails offline
     except Exception as e:  # not installed, network, unknown split
         raise _unreachable("hf", f"Hugging Face {hf_name!r} split {split!r}", split, e) from e
-    return [dict(row) for row in rows]
+    yield dict(first)
+    yield from (dict(row) for row in rows)
 
 
-def _sacrebleu_rows(name: str, split: str, task_config: Mapping) -> list[dict]:
+def _sacrebleu_rows(name: str, split: str, settings: Mapping) -> list[dict]:
     """WMT22 generaltest2022 through sacreBLEU's test-set loader (the test split only)."""
-    if not name.startswith("wmt22_") or split == "train":
+    del settings
+    if not name.startswith("wmt22_") or split != "test":
         raise ValueError(
             f"the sacrebleu source holds WMT22 test sets only; for {name}/{split} use jsonl"
         )
@@ -252,4 +393,4 @@ def _sacrebleu_rows(name: str, split: str, task_config: Mapping) -> list[dict]:
     return [{source: s, target: t} for s, t in zip(sources, references, strict=True)]
 
 
-SOURCES = {"jsonl": None, "tfds": _tfds_rows, "hf": _hf_rows, "sacrebleu": _sacrebleu_rows}
+SOURCES = ("jsonl", "tfds", "hf", "sacrebleu")

@@ -6,6 +6,8 @@
   a target is one reference string or a list of references for that example.
 - `gsm8k_accuracy`: the final number (after `####`, else the last number in the text),
   with commas, `$` and a trailing `.` removed, compared numerically.
+- `METRICS[name]`: these by name (what `config.task.metrics` of the config-only `jsonl` task
+  and the built-in tasks' `metric_fns` pick).
 - `PER_EXAMPLE[metric]`: the same metrics per example (`fn(targets, predictions) ->
   {name: [value per example]}`), to rank samples.
 """
@@ -106,6 +108,9 @@ PER_EXAMPLE = {
     "chrf": _sentence_scores(sacrebleu.sentence_chrf, "chrf"),
     "gsm8k_accuracy": gsm8k_per_example,
 }
+
+
+METRICS = {"rouge": rouge, "bleu": bleu, "chrf": chrf, "gsm8k_accuracy": gsm8k_accuracy}
 
 
 def _check_lengths(targets, predictions) -> None:
