@@ -35,7 +35,10 @@ def trainer_defaults() -> ml_collections.ConfigDict:
     config.grad_accum_steps = 1
     config.log_every = 50
     config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
-    config.data = ml_collections.ConfigDict({"pack": False})
+    # shard_by_host: each host reads only its shard of the training source (by file when
+    # there are enough files) and makes its rows of each batch; the stream then depends on
+    # the host count. False: every host reads the whole stream, the same for any count.
+    config.data = ml_collections.ConfigDict({"pack": False, "shard_by_host": False})
     config.optimizer = ml_collections.ConfigDict(
         {
             "name": "adamw",  # or "adafactor"

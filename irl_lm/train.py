@@ -334,7 +334,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         sample_rng, update_started = jax.random.fold_in(rng, 1), None
         try:
             while step < config.total_steps and not preemption.reached(step):
-                batch = sharding.shard_global_batch(next(train_iter), mesh)
+                place = (
+                    sharding.shard_host_batch
+                    if train_iter.per_host
+                    else sharding.shard_global_batch
+                )
+                batch = place(next(train_iter), mesh)
                 if learner.sampler is None:
                     state, metrics = learner.step(state, batch, rng)
                 else:  # times sampling and the previous update apart (both block)

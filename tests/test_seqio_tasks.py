@@ -337,3 +337,34 @@ def test_hf_source_is_streamed_once_into_a_jsonl_file(tmp_path, monkeypatch):
     assert calls == [("CarperAI/openai_summarize_tldr", "valid", True)]  # once
     (converted,) = (tmp_path / "hf").glob("*/validation.jsonl")
     assert [json.loads(line) for line in open(converted)] == rows
+
+
+def test_shard_by_host_splits_the_files_between_hosts(tmp_path, monkeypatch):
+    """config.data.shard_by_host with two hosts (process index and count stood in for):
+    each host reads two of the four training files and yields half of each batch, so the
+    hosts see disjoint halves of the data that together make all of it."""
+    rows = [{"question": f"q{i}", "answer": f"#### {i}"} for i in range(32)]
+    paths = [write_jsonl(tmp_path / f"train-{k}.jsonl", rows[k::4]) for k in range(4)]
+    config = seqio_task.get_config("task=irl_lm.gsm8k")
+    config.task = dict(
+        name="irl_lm.gsm8k",
+        source="jsonl",
+        vocabulary="byte",
+        files={"train": paths},
+        max_input_len=8,
+        max_target_len=8,
+    )
+    config.batch_size, config.data.shard_by_host = 8, True
+    vocab = seqio.ByteVocabulary()
+    seen = []
+    monkeypatch.setattr("jax.process_count", lambda: 2)
+    for host in range(2):
+        monkeypatch.setattr("jax.process_index", lambda host=host: host)
+        iterator = pipeline.TrainIterator(config)
+        assert iterator.per_host
+        # seqio shuffles after repeating, so epochs mix: 240 rows show each host's 16.
+        batches = [next(iterator)["encoder_input_tokens"] for _ in range(60)]
+        assert all(len(b) == 4 for b in batches)
+        seen.append({vocab.decode(r.tolist()) for b in batches for r in b})
+    assert len(seen[0]) == len(seen[1]) == 16 and not seen[0] & seen[1]
+    assert seen[0] | seen[1] == {r["question"] for r in rows}

@@ -2,9 +2,13 @@
 
 The training stream is a pure function of (task, seed, position), the same on every host
 and for any host count: each host reads the global batches and keeps the rows its devices
-hold (`sharding.shard_global_batch`). A resumed run restores the iterator's state saved
-with its checkpoint (`TrainIterator.save`), so restarting costs the same at any position;
-when that state cannot be used it rebuilds the stream and skips the batches consumed.
+hold (`sharding.shard_global_batch`). With `config.data.shard_by_host`, each host reads only
+its shard of the source instead (files split across hosts, as seqio shards) and yields its
+rows of each batch (`per_host`, for `sharding.shard_host_batch`): less reading per host at
+pre-training scale, and a stream that depends on the host count. A resumed run restores
+the iterator's state saved with its checkpoint (`TrainIterator.save`), so restarting costs
+the same at any position; when that state cannot be used it rebuilds the stream and skips
+the batches consumed.
 Either way no example is replayed or lost. Evaluation batches are split across hosts.
 """
 
@@ -95,6 +99,12 @@ class TrainIterator(Iterator):
     """
 
     def __init__(self, config, position: int = 0, *, decoder_only=False, saved=None):
+        self.per_host = bool(config.data.get("shard_by_host"))
+        if self.per_host and config.batch_size % jax.process_count():
+            raise ValueError(
+                f"config.data.shard_by_host: config.batch_size={config.batch_size} must be "
+                f"divisible by the {jax.process_count()} hosts"
+            )
         self.fingerprint = data_fingerprint(config, decoder_only)
         self.position = position
         started = time.perf_counter()
@@ -113,6 +123,9 @@ class TrainIterator(Iterator):
 
     @staticmethod
     def _stream(config, decoder_only: bool, skip: int = 0, shuffle: bool = True):
+        per_host = bool(config.data.get("shard_by_host"))
+        hosts = jax.process_count() if per_host else 1
+        index = jax.process_index() if per_host else 0
         ds = _dataset(
             config,
             "train",
@@ -120,9 +133,9 @@ class TrainIterator(Iterator):
             num_epochs=None,
             pack=config.data.pack,
             decoder_only=decoder_only,
-            shard_info=seqio.ShardInfo(0, 1),  # every host reads the whole stream
+            shard_info=seqio.ShardInfo(index, hosts),  # hosts=1: every host reads it all
         )
-        ds = ds.batch(config.batch_size, drop_remainder=True).skip(skip).prefetch(2)
+        ds = ds.batch(config.batch_size // hosts, drop_remainder=True).skip(skip).prefetch(2)
         # One structure whatever `skip` is (tf.data would drop a skip(0)), so a state saved
         # after skipping restores into the stream of a later start.
         options = tf.data.Options()
@@ -152,8 +165,11 @@ class TrainIterator(Iterator):
     def _restore(self, folder: epath.Path) -> bool:
         """Restores the state in `folder`; False (with a warning naming why) when unusable."""
         own = folder / f"process_{jax.process_index()}-of-{jax.process_count()}"
-        # The stream is the same on every host, so another host count's state serves too.
-        candidates = [own] + sorted(p.with_suffix("") for p in folder.glob("process_0-of-*.json"))
+        # The stream is the same on every host, so another host count's state serves too;
+        # not when each host reads its own shard.
+        candidates = [own]
+        if not self.per_host:
+            candidates += sorted(p.with_suffix("") for p in folder.glob("process_0-of-*.json"))
         found = next((p for p in candidates if p.with_suffix(".json").exists()), None)
         if found is None:
             why = f"{folder} holds no iterator state"
@@ -177,11 +193,13 @@ def data_fingerprint(config, decoder_only: bool) -> str:
     """A digest of the settings that define the training stream."""
     settings = {
         "task": config.task.to_dict(),
-        "data": config.data.to_dict(),
+        "data": {k: v for k, v in config.data.items() if k != "shard_by_host"},
         "seed": config.seed,
         "batch_size": config.batch_size,
         "decoder_only": decoder_only,
     }
+    if config.data.get("shard_by_host"):  # then each host's stream depends on the host count
+        settings["hosts"] = jax.process_count()
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
