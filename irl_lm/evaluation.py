@@ -571,6 +571,10 @@ def _task_examples(ctx: EvalContext, name: str, split: str, max_examples: int):
         for sub in tasks.subtasks(task)
         if split in sub.splits
     ]
+    empty = [part.task.name for part in parts if not part.prompts]
+    if empty:
+        logging.warning("config.evals.%s: sub-tasks with no %r examples: %s", name, split, empty)
+    parts = [part for part in parts if part.prompts]
     skipped = [sub.name for sub in tasks.subtasks(task) if split not in sub.splits]
     if skipped:
         logging.warning(
@@ -592,8 +596,8 @@ def _task_examples(ctx: EvalContext, name: str, split: str, max_examples: int):
             )
     if not parts:
         raise ValueError(
-            f"config.evals.{name}: task {task.name!r} has no {split!r} split "
-            f"(it has {sorted(task.splits)}); set config.evals.{name}.split"
+            f"config.evals.{name}: task {task.name!r} has no {split!r} examples (its "
+            f"splits: {sorted(task.splits)}); set config.evals.{name}.split"
         )
     return parts
 

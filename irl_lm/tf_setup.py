@@ -32,8 +32,15 @@ NOISE = re.compile(
 def quiet_start():
     """Captures what is written to the stderr file descriptor (C++ logging included) and
     passes on every line but `NOISE`, once the block ends (also when it raises)."""
+    if sys.stderr is None or sys.stderr.closed:
+        yield
+        return
     sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+        saved = os.dup(2)
+    except OSError:  # no file descriptor 2
+        yield
+        return
     with tempfile.TemporaryFile() as capture:
         os.dup2(capture.fileno(), 2)
         try:
@@ -49,35 +56,56 @@ def quiet_start():
 
 
 def keep_off_accelerators(tf) -> None:
-    """Hides every GPU from TensorFlow (idempotent; after its first op it cannot change, and
-    then it is what it was set to)."""
-    with quiet_start(), contextlib.suppress(RuntimeError):  # already initialized
-        tf.config.set_visible_devices([], "GPU")
+    """Hides every GPU from TensorFlow (idempotent). Once TensorFlow has run an op it cannot
+    change: then it warns if GPUs are visible to TensorFlow."""
+    try:
+        with quiet_start():
+            tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # already initialized
+        if tf.config.get_visible_devices("GPU"):
+            print(
+                "irl_lm: TensorFlow was started before irl_lm and sees GPUs; it may take "
+                "accelerator memory from JAX (import irl_lm first)",
+                file=sys.stderr,
+            )
 
 
 class _Loader(importlib.abc.Loader):
-    def __init__(self, loader):
-        self.loader = loader
+    def __init__(self, loader, finder):
+        self.loader, self.finder = loader, finder
+
+    def __getattr__(self, name):  # get_source, get_resource_reader, ...: the real loader's
+        return getattr(self.loader, name)
 
     def create_module(self, spec):
         return self.loader.create_module(spec)
 
     def exec_module(self, module):
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self.finder)  # once: TensorFlow is imported now
         with quiet_start():
             self.loader.exec_module(module)
         keep_off_accelerators(module)
 
 
 class _Finder(importlib.abc.MetaPathFinder):
-    """Finds `tensorflow` as usual, then imports it through `_Loader`."""
+    """Finds `tensorflow` as usual, then imports it through `_Loader`. Asking whether it is
+    installed (`importlib.util.find_spec`, as etils and flax do) imports nothing and keeps
+    the finder in place."""
+
+    def __init__(self):
+        self.busy = False
 
     def find_spec(self, name, path, target=None):
-        if name != "tensorflow":
+        if name != "tensorflow" or self.busy:
             return None
-        sys.meta_path.remove(self)  # once, and not for the lookup below
-        spec = importlib.util.find_spec(name)
+        self.busy = True  # the lookup below goes through sys.meta_path again
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            self.busy = False
         if spec is not None and spec.loader is not None:
-            spec.loader = _Loader(spec.loader)
+            spec.loader = _Loader(spec.loader, self)
         return spec
 
 

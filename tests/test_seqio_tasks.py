@@ -297,7 +297,7 @@ def test_registered_names_and_bad_names():
         )
     with pytest.raises(ValueError, match=r"config.task.max_input_len must be set \(> 0\)"):
         tasks.feature_lengths({"name": "test_user_task"})
-    with pytest.raises(ValueError, match=r"\['files'\] are settings of irl-lm's own tasks"):
+    with pytest.raises(ValueError, match=r"\['files'\] are not fields of 'test_user_task'"):
         tasks.get_task({"name": "test_user_task", "files": {"train": "a.jsonl"}})
 
 
@@ -368,3 +368,18 @@ def test_shard_by_host_splits_the_files_between_hosts(tmp_path, monkeypatch):
         seen.append({vocab.decode(r.tolist()) for b in batches for r in b})
     assert len(seen[0]) == len(seen[1]) == 16 and not seen[0] & seen[1]
     assert seen[0] | seen[1] == {r["question"] for r in rows}
+    # num_train_examples: the first n rows of the files in order, split between the hosts.
+    config.task.num_train_examples = 8
+    limited = []
+    for host in range(2):
+        monkeypatch.setattr("jax.process_index", lambda host=host: host)
+        iterator = pipeline.TrainIterator(config)
+        limited.append(
+            {
+                vocab.decode(r.tolist())
+                for _ in range(10)
+                for r in next(iterator)["encoder_input_tokens"]
+            }
+        )
+    assert not limited[0] & limited[1]
+    assert limited[0] | limited[1] == {r["question"] for r in rows[0::4]}  # train-0.jsonl

@@ -14,6 +14,7 @@ Either way no example is replayed or lost. Evaluation batches are split across h
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -25,6 +26,7 @@ import seqio
 import tensorflow as tf
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
 from irl_lm import tf_setup
 from irl_lm.data import tasks, text_tasks
@@ -74,8 +76,8 @@ def model_feature_lengths(config, *, decoder_only: bool) -> dict[str, int]:
     return dict(converter.get_model_feature_lengths(feature_lengths(config.task)))
 
 
-def _dataset(config, split, *, shuffle, num_epochs, pack, decoder_only, shard_info):
-    task = get_task(config.task)
+def _dataset(config, split, *, shuffle, num_epochs, pack, decoder_only, shard_info, task=None):
+    task = task or get_task(config.task)
     return seqio.get_dataset(
         task.name,
         task_feature_lengths=feature_lengths(config.task),
@@ -192,7 +194,8 @@ class TrainIterator(Iterator):
 def data_fingerprint(config, decoder_only: bool) -> str:
     """A digest of the settings that define the training stream."""
     settings = {
-        "task": config.task.to_dict(),
+        # The task by what it means (old workdirs name ours without "irl_lm.").
+        "task": config.task.to_dict() | {"name": tasks.task_name(config.task)},
         "data": {k: v for k, v in config.data.items() if k != "shard_by_host"},
         "seed": config.seed,
         "batch_size": config.batch_size,
@@ -204,23 +207,45 @@ def data_fingerprint(config, decoder_only: bool) -> str:
 
 
 def eval_batches(config, split: str, max_examples: int | None = None, *, decoder_only=False):
-    """Host-local eval batches padded to `config.eval_batch_size` rows (padding has weight 0).
+    """Host-local eval batches padded to `config.eval_batch_size` rows (padding has weight 0):
+    this host's share of the split's first `max_examples` examples (0: all), every example
+    of each sub-task of a mixture. Every host yields as many batches (hosts with fewer
+    examples, as sharding by file can leave them, add empty ones), so a collective per
+    batch never waits for a host that has stopped.
 
     Yields (batch, number of real rows).
     """
-    per_host = config.eval_batch_size // jax.process_count()
-    ds = _dataset(
-        config,
-        split,
-        shuffle=False,
-        num_epochs=1,
-        pack=False,
-        decoder_only=decoder_only,
-        shard_info=seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count()),
-    )
+    hosts = jax.process_count()
+    per_host = config.eval_batch_size // hosts
+    shard = seqio.ShardInfo(index=jax.process_index(), num_shards=hosts)
+    datasets = [
+        _dataset(
+            config,
+            split,
+            shuffle=False,
+            num_epochs=1,
+            pack=False,
+            decoder_only=decoder_only,
+            shard_info=shard,
+            task=task,
+        )
+        for task in tasks.subtasks(get_task(config.task))
+        if split in task.splits
+    ]
+    if not datasets:
+        raise ValueError(f"task {config.task.name!r} has no {split!r} split")
+    ds = functools.reduce(lambda a, b: a.concatenate(b), datasets)
     if max_examples:
-        ds = ds.take(max_examples)
-    for batch in text_tasks.read(ds.batch(per_host)):
+        ds = ds.take(-(-max_examples // hosts))
+    ds = ds.batch(per_host)
+    batches = list(text_tasks.read(ds))
+    count = len(batches)
+    if hosts > 1:
+        count = int(np.max(multihost_utils.process_allgather(np.int32(count))))
+    empty = {
+        k: np.zeros((0, *v.shape[1:]), v.dtype.as_numpy_dtype) for k, v in ds.element_spec.items()
+    }
+    for batch in batches + [empty] * (count - len(batches)):
         real = len(batch["decoder_target_tokens"])
         yield pad_rows(batch, per_host), real
 

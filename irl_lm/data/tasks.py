@@ -260,7 +260,8 @@ def task_name(task_config: Mapping) -> str:
     known |= {n.removeprefix("irl_lm."): n for n in known if n.startswith("irl_lm.")}
     matches = difflib.get_close_matches(name, sorted(known), n=5, cutoff=0.75)
     close = list(dict.fromkeys(known[m] for m in matches))
-    modules = list(task_config.get("modules") or [])
+    modules = task_config.get("modules") or []
+    modules = modules.split(",") if isinstance(modules, str) else list(modules)
     raise ValueError(
         f"config.task.name={name!r} is not a registered seqio task or mixture"
         + (f"; close matches: {close}" if close else "")
@@ -292,9 +293,10 @@ def _settings(task_config: Mapping, name: str) -> dict:
     unknown = sorted(set(given) - set(allowed))
     if unknown and builder is None:
         raise ValueError(
-            f"config.task: {unknown} are settings of irl-lm's own tasks; {name!r} is a seqio "
-            "task of its own, whose source, vocabulary and metrics are defined where it is "
-            f"registered: remove them (config.task may set {list(GENERAL_FIELDS)})"
+            f"config.task: {unknown} are not fields of {name!r}, a seqio task registered "
+            "elsewhere, whose source, vocabulary and metrics are its own (source, files, "
+            f"vocabulary, ... are settings of irl-lm's tasks); config.task may set "
+            f"{list(GENERAL_FIELDS)}"
         )
     if unknown:
         raise ValueError(
@@ -347,7 +349,10 @@ def vocabulary(task_config: Mapping) -> seqio.Vocabulary:
             f"({type(e).__name__}: {str(e)[:200]}); set config.task.vocabulary to a tokenizer "
             "folder or 'byte', or config.init_from=hf:DIR to take a checkpoint's"
         ) from e
-    if ours != theirs and ours.vocab_size != theirs.vocab_size:
+    if ours != theirs and (ours.vocab_size, ours.encode(PROBE_TEXT)) != (
+        theirs.vocab_size,
+        theirs.encode(PROBE_TEXT),
+    ):
         raise ValueError(
             f"task {task.name!r}: its inputs and targets have different vocabularies "
             f"({theirs.vocab_size} and {ours.vocab_size} tokens); the model has one embedding"
@@ -422,11 +427,23 @@ def report_truncation(task_config: Mapping, split: str, max_examples: int = 1000
     for task in subtasks(get_task(task_config)):
         if split not in task.splits:
             continue
-        ds = task.get_dataset(None, split=split, shuffle=False, use_cached=False)
         sizes = {feature: [] for feature in lengths}
-        for example in text_tasks.read(ds.take(max_examples)):
-            for feature, values in sizes.items():
-                values.append(len(example[feature]))
+        try:
+            ds = task.get_dataset(None, split=split, shuffle=False, use_cached=False)
+            for example in text_tasks.read(ds.take(max_examples)):
+                for feature, values in sizes.items():
+                    values.append(len(example[feature]))
+        except ValueError:
+            raise  # a bad line: the data must be fixed
+        except Exception as e:  # e.g. a preprocessor that needs the sequence lengths
+            logging.warning(
+                "%s/%s: over-long examples not counted (%s: %s)",
+                task.name,
+                split,
+                type(e).__name__,
+                str(e)[:200],
+            )
+            continue
         for feature, values in sizes.items():
             over = sum(size > lengths[feature] for size in values)
             cut[feature] = cut.get(feature, 0) + over

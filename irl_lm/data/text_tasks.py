@@ -50,6 +50,7 @@ class TextTask:
     max_lengths: tuple[int, int]  # default (inputs, targets) token lengths; (0, 0): none
     metrics: tuple[str, ...]  # names in irl_lm.metrics.text.METRICS
     source: str = "tfds"  # the source of the registered task (`irl_lm.<name>`)
+    tfds_splits: tuple[str, ...] = SPLITS  # the splits its TFDS dataset has
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -64,13 +65,21 @@ class TextTask:
 
 def _translation(source: str, target: str) -> TextTask:
     prefix = f"translate {LANGUAGES[source]} to {LANGUAGES[target]}: "
-    return TextTask(prefix + f"{{{source}}}", f"{{{target}}}", (256, 256), ("bleu", "chrf"))
+    return TextTask(
+        prefix + f"{{{source}}}",
+        f"{{{target}}}",
+        (256, 256),
+        ("bleu", "chrf"),
+        tfds_splits=("train", "validation"),
+    )  # WMT19's; WMT22's test: sacrebleu
 
 
 TEXT_TASKS: dict[str, TextTask] = {
     "xsum": TextTask("summarize: {document}", "{summary}", (512, 64), ("rouge",)),
     # the worked answer, ending in "#### <number>"
-    "gsm8k": TextTask("{question}", "{answer}", (256, 256), ("gsm8k_accuracy",)),
+    "gsm8k": TextTask(
+        "{question}", "{answer}", (256, 256), ("gsm8k_accuracy",), tfds_splits=("train", "test")
+    ),
     # "SUBREDDIT: r/...\nTITLE: ...\nPOST: ...\nTL;DR:"
     "tldr": TextTask("{prompt}", "{label}", (512, 64), ("rouge",), source="hf"),
     **{f"wmt22_{s}_{t}": _translation(s, t) for s, t in WMT22_PAIRS},
@@ -84,7 +93,8 @@ for _s, _t in WMT22_PAIRS:
     _pair = "-".join(sorted((_s, _t), key=lambda x: x == "en"))  # de-en, cs-en, zh-en
     TFDS_NAMES[f"wmt22_{_s}_{_t}"] = f"wmt19_translate/{_pair}:1.0.0"
 HF_NAMES = {"xsum": "EdinburghNLP/xsum", "tldr": "CarperAI/openai_summarize_tldr"}
-HF_SPLITS = {"validation": "valid"}  # CarperAI's TL;DR names its validation split "valid"
+# Split names of the Hugging Face datasets that differ from ours.
+HF_SPLITS = {"tldr": {"validation": "valid"}}  # CarperAI's TL;DR: "valid"
 
 
 # ----------------------------------------------------------------------------- templates
@@ -209,6 +219,8 @@ class JsonlDataSource(seqio.FileDataSource):
         if not found:
             raise FileNotFoundError(f"config.task.files.{split}: {pattern} does not exist")
         for file in found:
+            if not tf.io.gfile.exists(file):
+                raise FileNotFoundError(f"config.task.files.{split}: {file} does not exist")
             if tf.io.gfile.stat(file).length == 0:
                 raise ValueError(
                     f"{file}: the file is empty; config.task.files must name files of examples"
@@ -216,8 +228,16 @@ class JsonlDataSource(seqio.FileDataSource):
         return found
 
     def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, **kwargs):
-        ds = super().get_dataset(split, shuffle, seed, shard_info, **kwargs)
-        return ds.take(self._limits[split]) if self._limits.get(split) else ds
+        limit = self._limits.get(split)
+        if not limit:
+            return super().get_dataset(split, shuffle, seed, shard_info, **kwargs)
+        # The first n rows of the files in order, whatever the seed and the host count.
+        ds = super().get_dataset(split, False, seed, None, **kwargs).take(limit)
+        return ds.shard(shard_info.num_shards, shard_info.index) if shard_info else ds
+
+    @property
+    def supports_arbitrary_sharding(self) -> bool:
+        return bool(self._limits)  # a limited split shards by row (above), else by file
 
 
 def parse_jsonl(fields: Sequence[str]) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
@@ -284,7 +304,7 @@ def build(task: TextTask, settings: Mapping, vocabulary: seqio.Vocabulary) -> di
     limit = int(settings.get("num_train_examples") or 0)
     preprocessors = [formatter(task), seqio.preprocessors.tokenize]
     if source_name == "tfds":
-        source = _tfds_source(name, settings, limit)
+        source = _tfds_source(name, settings, limit, task.tfds_splits)
     else:
         split_files, prepare = _source_files(source_name, name, settings)
         limits = {"train": limit} if limit else None
@@ -333,11 +353,13 @@ def _source_files(source: str, name: str, settings: Mapping):
     return split_files, prepare
 
 
-def _tfds_source(name: str, settings: Mapping, limit: int) -> seqio.TfdsDataSource:
+def _tfds_source(name: str, settings: Mapping, limit: int, splits) -> seqio.TfdsDataSource:
     tfds_name = settings.get("tfds_name") or TFDS_NAMES.get(name.removeprefix("irl_lm."))
     if tfds_name is None:
         raise ValueError(f"no TFDS source for {name}; set config.task.tfds_name")
-    splits = {split: split for split in SPLITS}
+    if settings.get("tfds_name"):  # another dataset: its splits are not known here
+        splits = SPLITS
+    splits = {split: split for split in splits}
     if limit:
         splits["train"] = f"train[:{limit}]"
     data_dir = settings.get("data_dir") or None
@@ -364,7 +386,8 @@ def _hf_rows(name: str, split: str, settings: Mapping) -> Iterator[dict]:
     try:
         import datasets
 
-        rows = datasets.load_dataset(hf_name, split=HF_SPLITS.get(split, split), streaming=True)
+        hf_split = HF_SPLITS.get(name, {}).get(split, split)
+        rows = datasets.load_dataset(hf_name, split=hf_split, streaming=True)
         rows = iter(rows)
         first = next(rows)  # reaching the first row is what fails offline
     except Exception as e:  # not installed, network, unknown split
