@@ -454,7 +454,8 @@ class DecodeEvaluator:
         self.width = self.parts[0].width
         tokens = _prompt_array(prompts, self.width, _round_up(len(prompts), rows))
         self.batches = [tokens[i : i + rows] for i in range(0, len(tokens), rows)]
-        max_len = max_decode_len or feature_lengths(ctx.config.task)["targets"]
+        self.target_width = feature_lengths(ctx.config.task)["targets"]
+        max_len = max_decode_len or self.target_width
         if calculator:
             self._decode = lambda p, b, r: decoding.greedy_with_calculator(
                 ctx.model, p, b, self.vocab, max_len=max_len, eos_id=ctx.eos_id
@@ -471,7 +472,6 @@ class DecodeEvaluator:
             self._token_log_probs = jax.jit(
                 token_log_probs_fn(ctx.model), out_shardings=_replicated(ctx)
             )
-        self.target_width = feature_lengths(ctx.config.task)["targets"]
         self.rng = jax.random.PRNGKey(seed)
 
     def _decode_all(self, params):

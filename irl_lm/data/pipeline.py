@@ -28,11 +28,8 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from irl_lm import tf_setup
 from irl_lm.data import tasks, text_tasks
 from irl_lm.data.tasks import feature_lengths, get_task
-
-tf_setup.keep_off_accelerators(tf)  # seqio and TF must not take accelerator memory from JAX
 
 
 def vocabulary_bos_id(vocabulary: seqio.Vocabulary) -> int | None:

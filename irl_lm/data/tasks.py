@@ -227,12 +227,17 @@ for _name, _builder in BUILDERS.items():
 # ----------------------------------------------------------------------------- names
 
 
-def import_modules(task_config: Mapping) -> None:
-    """Imports `config.task.modules` (module names), whose import registers a user's tasks."""
+def _modules(task_config: Mapping) -> list[str]:
+    """`config.task.modules`: a list of module names, or one string "a,b"."""
     modules = task_config.get("modules") or ()
     modules = modules.split(",") if isinstance(modules, str) else list(modules)
-    for module in (m.strip() for m in modules):
-        if not module or module in sys.modules:
+    return [m.strip() for m in modules if m.strip()]
+
+
+def import_modules(task_config: Mapping) -> None:
+    """Imports `config.task.modules` (module names), whose import registers a user's tasks."""
+    for module in _modules(task_config):
+        if module in sys.modules:
             continue
         try:
             importlib.import_module(module)
@@ -260,13 +265,11 @@ def task_name(task_config: Mapping) -> str:
     known |= {n.removeprefix("irl_lm."): n for n in known if n.startswith("irl_lm.")}
     matches = difflib.get_close_matches(name, sorted(known), n=5, cutoff=0.75)
     close = list(dict.fromkeys(known[m] for m in matches))
-    modules = task_config.get("modules") or []
-    modules = modules.split(",") if isinstance(modules, str) else list(modules)
     raise ValueError(
         f"config.task.name={name!r} is not a registered seqio task or mixture"
         + (f"; close matches: {close}" if close else "")
         + f". Ours: {sorted(BUILDERS)}. A task registered in your own module needs that "
-        f"module in config.task.modules (now {modules})"
+        f"module in config.task.modules (now {_modules(task_config)})"
     )
 
 
