@@ -33,6 +33,9 @@ def trainer_defaults() -> ml_collections.ConfigDict:
     config.batch_size = 64  # global, in sequences
     config.eval_batch_size = 64
     config.grad_accum_steps = 1
+    # > 0: the head and the losses' per-token terms taken this many target positions at a
+    # time, so the [B, T, V] float32 logits never exist whole (large vocabularies).
+    config.logits_chunk_size = 0
     config.log_every = 50
     config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     # shard_by_host: each host reads only its shard of the training source (by file when

@@ -8,12 +8,12 @@ mesh axes; nothing else in the codebase names a mesh axis.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from collections.abc import Mapping
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -108,6 +108,14 @@ def unbox(tree):
     )
 
 
+def cast_params(model: nn.Module, tree):
+    """`tree`'s floating-point leaves in the model's `param_dtype` (float32 by default;
+    bfloat16 halves the parameters' and optimizer state's memory; compute runs in `dtype`)."""
+    dtype = jnp.dtype(getattr(model.config, "param_dtype", "float32"))
+    cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+    return jax.tree.map(cast, tree)
+
+
 def abstract_params(model: nn.Module, mesh: Mesh, example_batch=None):
     """(ShapeDtypeStructs of the parameters, their NamedShardings), without allocating.
 
@@ -115,7 +123,7 @@ def abstract_params(model: nn.Module, mesh: Mesh, example_batch=None):
     """
     if example_batch is None:
         example_batch = {k: np.ones((1, 1), np.int32) for k in type(model).input_features}
-    init = functools.partial(model.init, deterministic=True)
+    init = lambda rng, batch: cast_params(model, model.init(rng, batch, deterministic=True))
     boxed = jax.eval_shape(init, jax.random.PRNGKey(0), example_batch)["params"]
     abstract = unbox(boxed)
     return abstract, logical_to_sharding(nn.get_partition_spec(boxed), abstract, mesh)

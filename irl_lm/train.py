@@ -30,6 +30,7 @@ from irl_lm import (
     files,
     gail,
     online,
+    perf,
     sharding,
     train_step,
 )
@@ -89,6 +90,13 @@ def validate_config(config) -> None:
             )
         if int(config[field]) <= 0:
             raise ValueError(f"config.{field}={config[field]} must be a positive integer")
+    chunk = config.get("logits_chunk_size", 0)
+    if not isinstance(chunk, int) or chunk < 0:
+        raise ValueError(
+            f"config.logits_chunk_size={chunk!r} must be an integer >= 0 (0: whole logits)"
+        )
+    if chunk and config.loss.name == "gail":
+        raise ValueError("config.logits_chunk_size: GAIL's losses take whole logits; set it to 0")
     if config.batch_size % config.grad_accum_steps:
         raise ValueError(
             f"config.batch_size={config.batch_size} must be divisible by "
@@ -164,10 +172,7 @@ def make_learner(config, model, model_config, loss_fn, mesh, eos_id, rng):
     inputs, GAIL for all of them."""
     tx = train_step.make_optimizer(config)
     example = dummy_batch(config, model, 1)
-    rows = config.batch_size if config.loss.name == "gail" else 0
-    if LOSSES[config.loss.name].online and config.loss.get("alpha", 0) > 0:
-        shards = mesh.shape["data"] * mesh.shape["fsdp"]
-        rows = online.num_sampled_rows(config.batch_size, config.loss.alpha, shards)
+    rows = sampled_rows(config, mesh)
     sampler = None
     if rows:
         max_len = tasks.feature_lengths(config.task)["targets"]
@@ -190,7 +195,41 @@ def make_learner(config, model, model_config, loss_fn, mesh, eos_id, rng):
         sampler=sampler,
         grad_accum_steps=config.grad_accum_steps,
         eos_id=eos_id,
+        logits_chunk_size=config.get("logits_chunk_size", 0),
     )
+
+
+def sampled_rows(config, mesh) -> int:
+    """Rows sampled from the policy each step: all of the batch for GAIL, a fraction alpha
+    of it (rounded up to the batch shards) for online IQLearn, none otherwise."""
+    if config.loss.name == "gail":
+        return config.batch_size
+    if LOSSES[config.loss.name].online and config.loss.get("alpha", 0) > 0:
+        shards = mesh.shape["data"] * mesh.shape["fsdp"]
+        return online.num_sampled_rows(config.batch_size, config.loss.alpha, shards)
+    return 0
+
+
+def step_cost(config, model, sampled_rows: int) -> perf.StepCost:
+    """The model FLOPs of one step (`irl_lm.perf`): the update over the global batch (and
+    over the policy samples of online IQLearn; GAIL: its policy update on the samples, its
+    discriminator not counted), and the sampling."""
+    lengths = pipeline.model_feature_lengths(config, decoder_only=is_decoder_only(model))
+
+    def shapes(rows: int) -> dict[str, tuple[int, int]]:
+        features = ("encoder_input_tokens", "decoder_target_tokens")
+        return {k: (rows, lengths[k]) for k in features if k in lengths}
+
+    data = shapes(config.batch_size)
+    update = 0.0 if config.loss.name == "gail" else perf.train_flops_per_step(model, data)
+    sampling = 0.0
+    if sampled_rows:
+        update += perf.train_flops_per_step(model, shapes(sampled_rows))
+        task_lengths = tasks.feature_lengths(config.task)
+        sampling = perf.sampling_flops(
+            model, sampled_rows, task_lengths["inputs"], task_lengths["targets"]
+        )
+    return perf.StepCost(update, sampling, sum(math.prod(shape) for shape in data.values()))
 
 
 def initial_state(learner, checkpointer, source, model):
@@ -306,6 +345,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 results["eval_reference"][name] = evaluator.reference()
         last_saved = latest
         timer = _Throughput()
+        cost = step_cost(config, model, sampled_rows(config, mesh))
+        device_kind = jax.devices()[0].device_kind
+        step_perf = lambda rate: cost.perf(rate, jax.device_count(), device_kind)
+        peak = perf.peak_flops_per_device(device_kind)
+        logging.info(
+            "Model FLOPs per step: %.4g (update) + %.4g (sampling); %s peak: %s",
+            cost.update_flops,
+            cost.sampling_flops,
+            device_kind,
+            f"{peak:.4g} FLOP/s" if peak else "unknown (no MFU)",
+        )
 
         def save(step):
             nonlocal last_saved
@@ -355,19 +405,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     metrics = metrics | timing
                 step += 1
                 if pending is not None:
-                    _report(pending, writer, timer, config, last_saved, checkpointer)
+                    _report(pending, writer, timer, config, last_saved, checkpointer, step_perf)
                 pending = (step, metrics)
                 boundary = step % config.checkpoint.every == 0 or any(
                     every and step % every == 0 for every, _ in evaluators.values()
                 )
                 if boundary or step == config.total_steps:
-                    _report(pending, writer, timer, config, last_saved, checkpointer)
+                    _report(pending, writer, timer, config, last_saved, checkpointer, step_perf)
                     pending = None
                     if step % config.checkpoint.every == 0 or step == config.total_steps:
                         save(step)
                     run_evals(step, final=step == config.total_steps)
             if pending is not None:
-                _report(pending, writer, timer, config, last_saved, checkpointer)
+                _report(pending, writer, timer, config, last_saved, checkpointer, step_perf)
             if config.total_steps:  # (0: evaluation only, nothing trained to save)
                 save(step)
             if step < config.total_steps:
@@ -381,6 +431,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results |= {
         "step": step,
         "steps_per_sec": timer.steps_per_sec(),
+        "perf": step_perf(timer.steps_per_sec()),
         "loss": dict(config.loss),
     }
     if is_main and step >= config.total_steps:
@@ -413,8 +464,9 @@ class _Throughput:
         return (self.last[0] - self.first[0]) / (self.last[1] - self.first[1] - self.paused)
 
 
-def _report(pending, writer, timer, config, last_saved, checkpointer) -> None:
-    """Fetches one step's metrics, stops on a non-finite loss, logs progress."""
+def _report(pending, writer, timer, config, last_saved, checkpointer, step_perf) -> None:
+    """Fetches one step's metrics, stops on a non-finite loss, logs progress and throughput
+    (`perf/*`: tokens/s, TFLOP/s per device, MFU where the device's peak is known)."""
     step, device_metrics = pending
     metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
     if not np.isfinite(metrics["loss"]):
@@ -429,6 +481,11 @@ def _report(pending, writer, timer, config, last_saved, checkpointer) -> None:
     if step % config.log_every == 0 or step == config.total_steps:
         writer.write_scalars(step, {f"train/{k}": v for k, v in metrics.items()})
         rate = timer.steps_per_sec()
+        throughput = step_perf(rate)
+        writer.write_scalars(
+            step,
+            {f"perf/{k}": throughput[k] for k in PERF_SCALARS if throughput[k] is not None},
+        )
         eta = (config.total_steps - step) / rate if rate and np.isfinite(rate) else float("nan")
         logging.info(
             "step %d/%d  loss %.4f  %.2f steps/s  ETA %s",
@@ -438,6 +495,9 @@ def _report(pending, writer, timer, config, last_saved, checkpointer) -> None:
             rate,
             _fmt_seconds(eta),
         )
+
+
+PERF_SCALARS = ("tokens_per_s", "tflops_per_s_per_device", "mfu")
 
 
 def _fmt(scalars: Mapping[str, float]) -> str:

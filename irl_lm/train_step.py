@@ -19,6 +19,7 @@ import optax
 from jax.tree_util import DictKey
 
 from irl_lm import sharding
+from irl_lm.losses.common import ChunkedLogits
 
 # ----------------------------------------------------------------------------- optimizer
 
@@ -91,7 +92,7 @@ def state_shardings(model, tx, example_batch, mesh):
 def init_state(model, tx, example_batch, shardings, rng) -> TrainState:
     def init(rng):
         variables = model.init(rng, example_batch, deterministic=True)
-        params = sharding.unbox(variables["params"])
+        params = sharding.cast_params(model, sharding.unbox(variables["params"]))
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
     return jax.jit(init, out_shardings=shardings)(rng)
@@ -109,20 +110,41 @@ def state_from_params(tx, params, shardings) -> TrainState:
 # ----------------------------------------------------------------------------- train step
 
 
+def model_logits(model, params, features, dropout_rng, logits_chunk_size: int = 0):
+    """The training forward pass: logits `[B, T, V]`, or with `logits_chunk_size` > 0 the
+    final states and the head as `ChunkedLogits` (the losses apply it that many positions
+    at a time)."""
+    variables, rngs = {"params": params}, {"dropout": dropout_rng}
+    if not logits_chunk_size:
+        return model.apply(variables, features, deterministic=False, rngs=rngs)
+    hidden = model.apply(variables, features, deterministic=False, rngs=rngs, method="hidden")
+    head = lambda hidden_BxCxD: model.apply(variables, hidden_BxCxD, method="logits")
+    return ChunkedLogits(hidden, head, logits_chunk_size)
+
+
 def train_step(
-    state, batch, rng, policy=None, *, model, loss_fn, tx, grad_accum_steps: int, eos_id: int
+    state,
+    batch,
+    rng,
+    policy=None,
+    *,
+    model,
+    loss_fn,
+    tx,
+    grad_accum_steps: int,
+    eos_id: int,
+    logits_chunk_size: int = 0,
 ):
     """One update over a global batch; `grad_accum_steps` microbatches, token-weighted.
 
     `policy`: for online losses, a teacher-forced batch of policy samples
     (`irl_lm.online.policy_batch`); its logits reach the loss as `policy=`.
+    `logits_chunk_size` > 0: the losses see `ChunkedLogits` (`model_logits`).
     """
     rng = jax.random.fold_in(rng, state.step)
 
     def loss_and_metrics(params, microbatch, dropout_rng):
-        apply = lambda features, key: model.apply(
-            {"params": params}, features, deterministic=False, rngs={"dropout": key}
-        )
+        apply = lambda features, key: model_logits(model, params, features, key, logits_chunk_size)
         extra = {}
         if policy is not None:
             features = {k: policy[k] for k in type(model).input_features}
@@ -182,7 +204,16 @@ def train_step(
 
 
 def jit_train_step(
-    model, loss_fn, tx, mesh, shardings, *, grad_accum_steps=1, eos_id=1, online=False
+    model,
+    loss_fn,
+    tx,
+    mesh,
+    shardings,
+    *,
+    grad_accum_steps=1,
+    eos_id=1,
+    online=False,
+    logits_chunk_size=0,
 ):
     """The jitted `train_step(state, batch, rng)`, or `(state, batch, rng, policy)` when
     `online`."""
@@ -193,6 +224,7 @@ def jit_train_step(
         tx=tx,
         grad_accum_steps=grad_accum_steps,
         eos_id=eos_id,
+        logits_chunk_size=logits_chunk_size,
     )
     return jax.jit(
         step_fn,
@@ -220,7 +252,19 @@ class Learner:
     sampler: Callable | None = None
 
 
-def policy_learner(model, loss_fn, tx, example, mesh, rng, *, sampler, grad_accum_steps, eos_id):
+def policy_learner(
+    model,
+    loss_fn,
+    tx,
+    example,
+    mesh,
+    rng,
+    *,
+    sampler,
+    grad_accum_steps,
+    eos_id,
+    logits_chunk_size=0,
+):
     """MLE, MLE + entropy, offline and online IQLearn: one model and its optimizer."""
     abstract, shardings = state_shardings(model, tx, example, mesh)
     step = jit_train_step(
@@ -232,6 +276,7 @@ def policy_learner(model, loss_fn, tx, example, mesh, rng, *, sampler, grad_accu
         grad_accum_steps=grad_accum_steps,
         eos_id=eos_id,
         online=sampler is not None,
+        logits_chunk_size=logits_chunk_size,
     )
     return Learner(
         abstract_state=abstract,

@@ -11,8 +11,9 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.util import tensor_util
 
-from irl_lm import checkpointing, sharding, train, train_step
+from irl_lm import checkpointing, perf, sharding, train, train_step
 from irl_lm.data import pipeline
+from irl_lm.models import build_model
 
 
 def read_events(workdir):
@@ -26,9 +27,14 @@ def read_events(workdir):
     return out
 
 
-def test_workdir_holds_config_model_info_checkpoints_and_events(make_config, tmp_path):
+def test_workdir_holds_config_model_info_checkpoints_and_events(
+    make_config, tmp_path, monkeypatch
+):
     workdir = str(tmp_path)
-    results = train.train_and_evaluate(make_config("iqlearn"), workdir)
+    # A made-up peak for this CPU, so the MFU a GPU or TPU run reports is computed here too.
+    monkeypatch.setattr(perf, "PEAK_BF16_FLOPS_PER_DEVICE", (("cpu", 1e12),))
+    config = make_config("iqlearn")
+    results = train.train_and_evaluate(config, workdir)
     assert results["step"] == 4
     assert json.load(open(os.path.join(workdir, "config.json")))["loss"]["name"] == "iqlearn"
     info = open(os.path.join(workdir, "model-info.txt")).read()
@@ -46,6 +52,22 @@ def test_workdir_holds_config_model_info_checkpoints_and_events(make_config, tmp
     assert "policy:" in dict(scalars["eval/expert/samples"])[4]
     saved = json.load(open(os.path.join(workdir, "results.json")))
     assert saved["eval_reference"]["expert"]["validity"] == 1.0
+
+    # Throughput: the step's model FLOPs from the model and the batch's padded shapes.
+    model = build_model(train.resolve_model_config(config))
+    lengths = pipeline.model_feature_lengths(config, decoder_only=False)
+    shapes = {k: (8, lengths[k]) for k in ("encoder_input_tokens", "decoder_target_tokens")}
+    got = saved["perf"]
+    assert got["model_flops_per_step"] == perf.train_flops_per_step(model, shapes) > 0
+    assert got["sampling_flops_per_step"] == 0.0
+    tokens = 8 * (lengths["encoder_input_tokens"] + lengths["decoder_target_tokens"])
+    assert got["tokens_per_s"] == pytest.approx(tokens * saved["steps_per_sec"], rel=1e-9)
+    achieved = got["model_flops_per_step"] * saved["steps_per_sec"] / jax.device_count()
+    assert got["tflops_per_s_per_device"] == pytest.approx(achieved / 1e12, rel=1e-9)
+    assert got["mfu"] == pytest.approx(achieved / 1e12, rel=1e-9)
+    for name in ("perf/tokens_per_s", "perf/tflops_per_s_per_device", "perf/mfu"):
+        assert [s for s, _ in scalars[name]] == [2, 3, 4]  # from the second reported step
+        assert all(v > 0 for _, v in scalars[name])
 
 
 _ORIGINAL_NEXT = pipeline.TrainIterator.__next__

@@ -62,8 +62,7 @@ def policy_loss(logits_BxTxV, ref_logits_BxTxV, tokens_BxT, mask_BxT, rewards_Bx
     advantages = jax.lax.stop_gradient(advantages)
     pg = -token_mean(advantages * log_p_taken, mask)
     kl = token_mean(jnp.sum(jnp.exp(log_p) * (log_p - log_ref), -1), mask)
-    values = jax.nn.logsumexp(logits_BxTxV.astype(jnp.float32), axis=-1)
-    entropy = token_mean(entropies(logits_BxTxV, values), mask)
+    entropy = token_mean(entropies(logits_BxTxV), mask)
     loss = pg + kl_coef * kl - entropy_coef * entropy
     return loss, {
         "gail/pg_loss": pg,

@@ -21,19 +21,21 @@ import math
 from collections.abc import Mapping
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from irl_lm.models.layers import (
     ACTIVATIONS,
     MLP,
+    AttentionMask,
     Embed,
     RMSNorm,
-    attention_bias,
+    check_runtime_fields,
     constrain,
+    dot_attention,
     normal,
     param,
+    remat,
     untied_head,
     vocab_logits,
     write_kv,
@@ -81,9 +83,13 @@ class DecoderOnlyConfig:
     parallel_block: bool = False  # PaLM: attention and MLP read the same norm of x
     model_type: str = "llama"  # Hugging Face layout for export: a key of HF_MODEL_TYPES
     dropout_rate: float = 0.0
-    dtype: str = "float32"  # activation / compute dtype; parameters stay float32
+    dtype: str = "float32"  # activation / compute dtype (bfloat16 on accelerators)
+    param_dtype: str = "float32"  # parameters and optimizer state; bfloat16 where memory matters
+    attention_impl: str = "auto"  # layers.dot_attention: auto, einsum, xla, cudnn
+    remat: str = "none"  # recompute in the backward pass: none, dots_saveable, full
 
     def __post_init__(self):
+        check_runtime_fields(self)
         if self.layer_types is not None:  # JSON gives a list; the config must stay hashable
             object.__setattr__(self, "layer_types", tuple(self.layer_types))
         checks = [
@@ -199,14 +205,15 @@ def softcap(x, cap: float | None):
     return x if cap is None else cap * jnp.tanh(x / cap)
 
 
-def layer_biases(cfg, mask_BxQxK, query_positions_BxQ, key_positions_BxK):
-    """Additive attention biases per layer type: the `mask` for full layers, restricted to
-    keys less than `sliding_window` positions back for sliding layers."""
-    biases = {FULL: attention_bias(mask_BxQxK)}
+def layer_masks(cfg, mask: AttentionMask, query_positions_BxQ, key_positions_BxK):
+    """Attention masks per layer type: `mask` for full layers, restricted to keys less than
+    `sliding_window` positions back for sliding layers."""
+    masks = {FULL: mask}
     if SLIDING in (cfg.layer_types or ()):
         distance = query_positions_BxQ[:, :, None] - key_positions_BxK[:, None, :]
-        biases[SLIDING] = attention_bias(mask_BxQxK & (distance < cfg.sliding_window))
-    return biases
+        allowed = mask.allowed_BxQxK & (distance < cfg.sliding_window)
+        masks[SLIDING] = mask.restricted(allowed, cfg.sliding_window)
+    return masks
 
 
 class GroupedQueryAttention(nn.Module):
@@ -240,20 +247,25 @@ class GroupedQueryAttention(nn.Module):
             k = self.key_norm(k)
         return rotary(k, positions_BxT, self.inv_freq), v
 
-    def attend(self, x_BxQxD, positions_BxQ, k_BxSxKxD, v_BxSxKxD, bias_Bx1xQxS, deterministic):
+    def attend(self, x_BxQxD, positions_BxQ, k_BxSxKxD, v_BxSxKxD, mask, deterministic):
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         q = jnp.einsum("bqd,dhk->bqhk", x_BxQxD, self.query.astype(dtype))
         if cfg.qk_norm:
             q = self.query_norm(q)
         scale = (cfg.query_pre_attn_scalar or cfg.head_size) ** -0.5
         q = rotary(q, positions_BxQ, self.inv_freq) * jnp.asarray(scale, dtype)
-        batch, length, groups = q.shape[0], q.shape[1], cfg.num_attention_heads // cfg.kv_heads
-        q = q.reshape(batch, length, cfg.kv_heads, groups, cfg.head_size)
-        scores = jnp.einsum("bqhgk,bshk->bhgqs", q, k_BxSxKxD).astype(jnp.float32)
-        scores = softcap(scores, cfg.attn_logit_softcapping) + bias_Bx1xQxS[:, :, None]
-        probs = self.dropout(jax.nn.softmax(scores, axis=-1).astype(dtype), deterministic)
-        out = jnp.einsum("bhgqs,bshk->bqhgk", probs, v_BxSxKxD)
-        out = out.reshape(batch, length, cfg.num_attention_heads, cfg.head_size)
+        dropout = None
+        if cfg.dropout_rate > 0 and not deterministic:
+            dropout = lambda probs: self.dropout(probs, deterministic=False)
+        out = dot_attention(
+            q,
+            k_BxSxKxD,
+            v_BxSxKxD,
+            mask,
+            impl=cfg.attention_impl,
+            softcap=cfg.attn_logit_softcapping,
+            dropout=dropout,
+        )
         out = jnp.einsum("bqhk,hkd->bqd", out, self.out.astype(dtype))
         return constrain(out, "activation_batch", "activation_length", "activation_embed")
 
@@ -276,29 +288,29 @@ class DecoderOnlyLayer(nn.Module):
         self.mlp = MLP(cfg.intermediate_size, cfg.hidden_act, True, cfg.dropout_rate, dtype)
         self.dropout = nn.Dropout(cfg.dropout_rate)
 
-    def __call__(self, x, positions, biases, *, deterministic):
+    def __call__(self, x, positions, masks, deterministic):
         h = self.pre_attention_norm(x)
         kv = self.self_attention.project_kv(h, positions)
-        return self._block(x, h, positions, kv, biases[self.layer_type], deterministic)
+        return self._block(x, h, positions, kv, masks[self.layer_type], deterministic)
 
-    def prefill(self, x, positions, biases):
+    def prefill(self, x, positions, masks):
         """Like `__call__` (no dropout), also returning the keys/values it computed."""
         h = self.pre_attention_norm(x)
         kv = self.self_attention.project_kv(h, positions)
-        return self._block(x, h, positions, kv, biases[self.layer_type], True), kv
+        return self._block(x, h, positions, kv, masks[self.layer_type], True), kv
 
-    def step(self, x_Bx1xD, positions_Bx1, kv, biases, slot):
+    def step(self, x_Bx1xD, positions_Bx1, kv, masks, slot):
         """One position: writes its key/value at cache `slot`; returns (x, kv)."""
         h = self.pre_attention_norm(x_Bx1xD)
         k_new, v_new = self.self_attention.project_kv(h, positions_Bx1)
         kv = write_kv(kv, k_new, v_new, slot)
-        bias = biases[self.layer_type]
-        return self._block(x_Bx1xD, h, positions_Bx1, (kv["k"], kv["v"]), bias, True), kv
+        mask = masks[self.layer_type]
+        return self._block(x_Bx1xD, h, positions_Bx1, (kv["k"], kv["v"]), mask, True), kv
 
-    def _block(self, x, h, positions, kv, bias, deterministic):
+    def _block(self, x, h, positions, kv, mask, deterministic):
         cfg = self.config
         drop = lambda y: self.dropout(y, deterministic=deterministic)
-        attn = self.self_attention.attend(h, positions, *kv, bias, deterministic)
+        attn = self.self_attention.attend(h, positions, *kv, mask, deterministic)
         if cfg.parallel_block:
             x = x + drop(attn) + drop(self.mlp(h, deterministic=deterministic))
         else:
@@ -321,9 +333,9 @@ class DecoderOnly(nn.Module):
     def setup(self):
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         self.token_embedder = Embed(cfg.vocab_size, cfg.hidden_size, dtype)
-        self.layers = [
-            DecoderOnlyLayer(cfg, cfg.layer_type(i)) for i in range(cfg.num_hidden_layers)
-        ]
+        # `deterministic` (the last argument) is static under rematerialisation.
+        layer_cls = remat(DecoderOnlyLayer, cfg.remat, static_argnums=(4,))
+        self.layers = [layer_cls(cfg, cfg.layer_type(i)) for i in range(cfg.num_hidden_layers)]
         self.final_norm = RMSNorm(cfg.rms_norm_eps, dtype, cfg.norm_plus_one)
         self.dropout = nn.Dropout(cfg.dropout_rate)
         if not cfg.tie_word_embeddings:
@@ -336,24 +348,33 @@ class DecoderOnly(nn.Module):
         return x
 
     def __call__(self, batch, *, deterministic=True):
-        """Teacher-forced logits; causal, within a packed segment when segment ids are given."""
+        """Teacher-forced float32 logits `[B, T, V]`; causal, within a packed segment when
+        segment ids are given."""
+        return self.logits(self.hidden(batch, deterministic=deterministic))
+
+    def hidden(self, batch, *, deterministic=True):
+        """Final states `[B, T, D]`: `logits` of them are the model's output (the chunked
+        losses apply the head a few positions at a time)."""
         tokens = batch["decoder_input_tokens"]
         length = tokens.shape[1]
         index = jnp.broadcast_to(jnp.arange(length), tokens.shape)
         positions = batch.get("decoder_positions")
         if positions is None:
             positions = index
-        mask = np.tril(np.ones((length, length), bool))[None]
+        allowed = np.tril(np.ones((length, length), bool))[None]
         segments = batch.get("decoder_segment_ids")
         if segments is not None:
-            mask = mask & (segments[:, :, None] == segments[:, None, :])
-        biases = layer_biases(self.config, mask, index, index)
+            allowed = allowed & (segments[:, :, None] == segments[:, None, :])
+        # Padding (at the end of each row) is never a key of a real position: causal.
+        mask = AttentionMask(allowed, causal=True, dense_only=segments is not None)
+        masks = layer_masks(self.config, mask, index, index)
         x = self.dropout(self._embed(tokens), deterministic=deterministic)
         for layer in self.layers:
-            x = layer(x, positions, biases, deterministic=deterministic)
-        return self._logits(self.dropout(self.final_norm(x), deterministic=deterministic))
+            x = layer(x, positions, masks, deterministic)
+        return self.dropout(self.final_norm(x), deterministic=deterministic)
 
-    def _logits(self, x_BxTxD):
+    def logits(self, x_BxTxD):
+        """Float32 logits `[B, T, V]` of final states (`hidden`)."""
         head = None if self.config.tie_word_embeddings else self.lm_head
         logits = vocab_logits(x_BxTxD, self.token_embedder, head)
         return softcap(logits, self.config.final_logit_softcapping)
@@ -377,12 +398,13 @@ class DecoderOnly(nn.Module):
         positions = jnp.broadcast_to(jnp.arange(prompt_len), prompts.shape)
         seen = positions < (lengths - 1)[:, None]  # all but each row's last prompt token
         causal = np.tril(np.ones((prompt_len, prompt_len), bool))[None]
-        biases = layer_biases(self.config, causal & seen[:, None, :], positions, positions)
+        mask = AttentionMask(causal & seen[:, None, :], dense_only=True)
+        masks = layer_masks(self.config, mask, positions, positions)
         x = self._embed(prompts)
         dtype, pad = jnp.dtype(self.config.dtype), ((0, 0), (0, max_len), (0, 0), (0, 0))
         layers = []
         for layer in self.layers:
-            x, (k, v) = layer.prefill(x, positions, biases)
+            x, (k, v) = layer.prefill(x, positions, masks)
             layers.append({"k": jnp.pad(k, pad).astype(dtype), "v": jnp.pad(v, pad).astype(dtype)})
         last = jnp.take_along_axis(prompts, jnp.maximum(lengths - 1, 0)[:, None], axis=1)[:, 0]
         return {
@@ -404,13 +426,18 @@ class DecoderOnly(nn.Module):
         seen = jnp.pad(inputs["seen"], ((0, 0), (0, total - prompt_len)))
         visible = seen | ((slots >= prompt_len) & (slots <= slot))  # [B, P + max_len]
         key_positions = jnp.where(slots < prompt_len, slots, start + slots - prompt_len)
-        biases = layer_biases(self.config, visible[:, None, :], positions, key_positions)
+        masks = layer_masks(
+            self.config,
+            AttentionMask(visible[:, None, :], dense_only=True),
+            positions,
+            key_positions,
+        )
         x = self._embed(tokens_B[:, None])
         layers = []
         for layer, kv in zip(self.layers, cache["decode"]["layers"], strict=True):
-            x, kv = layer.step(x, positions, kv, biases, slot)
+            x, kv = layer.step(x, positions, kv, masks, slot)
             layers.append(kv)
-        logits = self._logits(self.final_norm(x))[:, 0]
+        logits = self.logits(self.final_norm(x))[:, 0]
         return logits, {"inputs": inputs, "decode": {"layers": layers}}
 
 

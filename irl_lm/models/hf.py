@@ -46,7 +46,7 @@ LAYOUTS = (
 )  # fmt: skip
 
 # Fields a user may change on an imported model: how it runs, not what it is.
-RUNTIME_FIELDS = ("dtype", "dropout_rate")
+RUNTIME_FIELDS = ("dtype", "param_dtype", "attention_impl", "remat", "dropout_rate")
 TOKENIZER_FILES = (
     "spiece.model",  # T5 (SentencePiece)
     "tokenizer.model",  # Gemma, Llama 2 (SentencePiece)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -66,11 +67,112 @@ class Embed(nn.Module):
         return constrain(x, "activation_batch", "activation_length", "activation_embed")
 
     def attend(self, x_BxTxD):
-        logits = jnp.einsum("btd,vd->btv", x_BxTxD, self.embedding.astype(self.dtype))
+        """Float32 logits (the losses' logsumexp needs them; bf16 keeps 3 significant digits)."""
+        embedding = self.embedding.astype(self.dtype)
+        logits = jnp.einsum("btd,vd->btv", x_BxTxD, embedding, preferred_element_type=jnp.float32)
         return constrain(logits, "activation_batch", "activation_length", "activation_vocab")
 
 
 HEAD_AXES = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+ATTENTION_IMPLS = ("auto", "einsum", "xla", "cudnn")
+
+
+@flax.struct.dataclass
+class AttentionMask:
+    """Which keys each query sees, in the forms both attention paths take.
+
+    The einsum path reads `allowed_BxQxK` (padding, causal, packed segments, window: all in
+    one boolean) plus T5's relative-position `bias_1xHxQxK`. The fused path
+    (`jax.nn.dot_product_attention`) reads the same mask as `causal`, `window` and the
+    real lengths `q_lengths_B` / `kv_lengths_B` (right padding), so cuDNN never builds a
+    [B, Q, K] tensor; where that form is not exact (`dense_only`: packed segments, a
+    decoding cache) it takes `allowed_BxQxK` itself.
+    """
+
+    allowed_BxQxK: jax.Array
+    bias_1xHxQxK: jax.Array | None = None
+    q_lengths_B: jax.Array | None = None
+    kv_lengths_B: jax.Array | None = None
+    causal: bool = flax.struct.field(pytree_node=False, default=False)
+    window: int | None = flax.struct.field(pytree_node=False, default=None)  # keys i-j < window
+    dense_only: bool = flax.struct.field(pytree_node=False, default=False)
+
+    def additive_bias(self) -> jax.Array:
+        """The einsum path's float32 bias `[B, 1 or H, Q, K]`."""
+        bias = attention_bias(self.allowed_BxQxK)
+        return bias if self.bias_1xHxQxK is None else bias + self.bias_1xHxQxK
+
+    def restricted(self, allowed_BxQxK, window: int) -> AttentionMask:
+        """This mask with keys further than `window` positions back also hidden."""
+        return self.replace(allowed_BxQxK=allowed_BxQxK, window=window)
+
+
+def resolve_attention_impl(impl: str, *, dtype, mask: AttentionMask, dropout: bool, softcap):
+    """The implementation a call runs: `auto` is cuDNN's fused attention on a GPU in
+    bf16/fp16 where it computes exactly what the einsum path does (no attention dropout, no
+    soft-capping, a mask it takes as lengths), else the einsum path."""
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention_impl={impl!r} is not supported; allowed: {ATTENTION_IMPLS}")
+    if impl == "auto":
+        fusable = jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+        fusable = fusable and not dropout and softcap is None and not mask.dense_only
+        return "cudnn" if fusable else "einsum"
+    if impl != "einsum" and (dropout or softcap is not None):
+        raise ValueError(
+            f"attention_impl={impl!r} has no attention dropout or soft-capping; use 'einsum' "
+            "or 'auto' (dropout_rate 0 or deterministic, attn_logit_softcapping None)"
+        )
+    return impl
+
+
+def dot_attention(
+    q_BxQxHxD, k_BxKxGxD, v_BxKxGxD, mask: AttentionMask, *, impl="einsum", softcap=None,
+    dropout=None,
+):  # fmt: skip
+    """softmax(q·kᵀ + bias)·v, unscaled (callers fold the scale into q), for H query heads
+    over G ≤ H key/value heads (grouped-query when G < H); returns `[B, Q, H, D]`.
+
+    `impl`: "einsum" (ours: scores and softmax in float32, `dropout(probs)` applied), or
+    `jax.nn.dot_product_attention` with `implementation=impl` ("xla", "cudnn"); "auto" picks
+    (`resolve_attention_impl`).
+    """
+    dtype = q_BxQxHxD.dtype
+    impl = resolve_attention_impl(
+        impl, dtype=dtype, mask=mask, dropout=dropout is not None, softcap=softcap
+    )
+    if impl != "einsum":
+        window = None if mask.window is None else (mask.window - 1, 0)
+        bias = None if mask.bias_1xHxQxK is None else mask.bias_1xHxQxK.astype(dtype)
+        return jax.nn.dot_product_attention(
+            q_BxQxHxD,
+            k_BxKxGxD.astype(dtype),
+            v_BxKxGxD.astype(dtype),
+            bias=bias,  # bf16 on cuDNN: float32 biases gave NaN bias gradients (jax #32242)
+            mask=mask.allowed_BxQxK[:, None] if mask.dense_only else None,
+            scale=1.0,
+            is_causal=mask.causal and not mask.dense_only,
+            query_seq_lengths=None if mask.dense_only else mask.q_lengths_B,
+            key_value_seq_lengths=None if mask.dense_only else mask.kv_lengths_B,
+            local_window_size=None if mask.dense_only else window,
+            implementation=impl,
+        )
+    batch, length, heads, head_dim = q_BxQxHxD.shape
+    kv_heads = k_BxKxGxD.shape[2]
+    q = q_BxQxHxD.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
+    scores = jnp.einsum("bqhgk,bshk->bhgqs", q, k_BxKxGxD).astype(jnp.float32)
+    if softcap is not None:
+        scores = softcap * jnp.tanh(scores / softcap)
+    bias = mask.additive_bias()  # [B, 1 or H, Q, K] -> [B, 1 or G, 1 or H/G, Q, K]
+    if bias.shape[1] == 1:
+        bias = bias[:, :, None]
+    else:
+        bias = bias.reshape(bias.shape[0], kv_heads, heads // kv_heads, *bias.shape[2:])
+    scores = scores + bias
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    if dropout is not None:
+        probs = dropout(probs)
+    out = jnp.einsum("bhgqs,bshk->bqhgk", probs, v_BxKxGxD)
+    return out.reshape(batch, length, heads, head_dim)
 
 
 class MultiHeadAttention(nn.Module):
@@ -85,6 +187,7 @@ class MultiHeadAttention(nn.Module):
     head_dim: int
     dropout_rate: float = 0.0
     dtype: jnp.dtype = jnp.float32
+    attention_impl: str = "auto"  # see `dot_attention`
 
     def setup(self):
         d, h, k = self.features, self.num_heads, self.head_dim
@@ -101,20 +204,22 @@ class MultiHeadAttention(nn.Module):
         v = jnp.einsum("bsd,dhk->bshk", x_kv_BxKxD, self.value.astype(self.dtype))
         return constrain(k, *HEAD_AXES), constrain(v, *HEAD_AXES)
 
-    def attend(self, x_q_BxQxD, k_BxKxHxDk, v_BxKxHxDk, bias_BxHxQxK, *, deterministic: bool):
+    def attend(self, x_q_BxQxD, k_BxKxHxDk, v_BxKxHxDk, mask: AttentionMask, *, deterministic):
         q = constrain(
             jnp.einsum("bqd,dhk->bqhk", x_q_BxQxD, self.query.astype(self.dtype)), *HEAD_AXES
         )
-        scores = jnp.einsum("bqhk,bshk->bhqs", q, k_BxKxHxDk).astype(jnp.float32) + bias_BxHxQxK
-        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        probs = self.dropout(probs, deterministic=deterministic)
-        out = jnp.einsum("bhqs,bshk->bqhk", probs, v_BxKxHxDk)
-        out = jnp.einsum("bqhk,hkd->bqd", out, self.out.astype(self.dtype))
+        dropout = None
+        if self.dropout_rate > 0 and not deterministic:
+            dropout = lambda probs: self.dropout(probs, deterministic=False)
+        out = dot_attention(
+            q, k_BxKxHxDk, v_BxKxHxDk, mask, impl=self.attention_impl, dropout=dropout
+        )
+        out = jnp.einsum("bqhk,hkd->bqd", constrain(out, *HEAD_AXES), self.out.astype(self.dtype))
         return constrain(out, "activation_batch", "activation_length", "activation_embed")
 
-    def __call__(self, x_q_BxQxD, x_kv_BxKxD, bias_BxHxQxK, *, deterministic: bool):
+    def __call__(self, x_q_BxQxD, x_kv_BxKxD, mask: AttentionMask, *, deterministic: bool):
         k, v = self.project_kv(x_kv_BxKxD)
-        return self.attend(x_q_BxQxD, k, v, bias_BxHxQxK, deterministic=deterministic)
+        return self.attend(x_q_BxQxD, k, v, mask, deterministic=deterministic)
 
 
 # Activation names as Hugging Face's ACT2FN spells them ("gelu_new" is the tanh approximation
@@ -159,16 +264,68 @@ class MLP(nn.Module):
         return constrain(out, "activation_batch", "activation_length", "activation_embed")
 
 
-def untied_head(vocab_size: int, features: int, dtype) -> nn.Dense:
-    """The output projection `[embed, vocab]` of a model whose head is not its embedding."""
-    init = nn.with_logical_partitioning(normal(features**-0.5), ("embed", "vocab"))
-    return nn.Dense(vocab_size, use_bias=False, dtype=dtype, kernel_init=init)
+class Head(nn.Module):
+    """The output projection `[embed, vocab]` of a model whose head is not its embedding;
+    float32 logits from `dtype` inputs."""
+
+    vocab_size: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxTxD):
+        d_model = x_BxTxD.shape[-1]
+        init = normal(d_model**-0.5)
+        kernel = param(self, "kernel", init, (d_model, self.vocab_size), ("embed", "vocab"))
+        x = x_BxTxD.astype(self.dtype)
+        kernel = kernel.astype(self.dtype)
+        return jnp.einsum("btd,dv->btv", x, kernel, preferred_element_type=jnp.float32)
 
 
-def vocab_logits(x_BxTxD, embedder: Embed, head: nn.Dense | None) -> jax.Array:
+def untied_head(vocab_size: int, features: int, dtype) -> Head:
+    """The output projection of a model whose head is not its embedding (`features` is
+    read off the input)."""
+    del features
+    return Head(vocab_size, dtype)
+
+
+def vocab_logits(x_BxTxD, embedder: Embed, head: Head | None) -> jax.Array:
     """Logits through the untied `head`, or through the embedding when `head` is None."""
     logits = embedder.attend(x_BxTxD) if head is None else head(x_BxTxD)
     return constrain(logits, "activation_batch", "activation_length", "activation_vocab")
+
+
+REMAT_POLICIES = {
+    "none": None,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,  # keep matmul outputs
+    "full": jax.checkpoint_policies.nothing_saveable,  # keep only each layer's input
+}
+
+
+def remat(layer_cls, policy: str, *, static_argnums):
+    """`layer_cls` with its activations recomputed in the backward pass as `policy` says
+    (`none`: `layer_cls` itself). Parameter paths do not change."""
+    if policy == "none":
+        return layer_cls
+    return nn.remat(layer_cls, policy=REMAT_POLICIES[policy], static_argnums=static_argnums)
+
+
+_RUNTIME_CHOICES = {
+    "dtype": ("float32", "bfloat16", "float16"),
+    "param_dtype": ("float32", "bfloat16"),
+    "attention_impl": ATTENTION_IMPLS,
+    "remat": tuple(REMAT_POLICIES),
+}
+
+
+def check_runtime_fields(config) -> None:
+    """A model config's fields that say how it runs (dtypes, attention, remat) hold allowed
+    values."""
+    for field, allowed in _RUNTIME_CHOICES.items():
+        value = getattr(config, field)
+        if value not in allowed:
+            raise ValueError(
+                f"{type(config).__name__}.{field}={value!r} is not supported; allowed: {allowed}"
+            )
 
 
 def write_kv(kv: dict, k_new, v_new, slot) -> dict:

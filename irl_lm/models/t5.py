@@ -20,13 +20,15 @@ import numpy as np
 from irl_lm.models.layers import (
     ACTIVATIONS,
     MLP,
+    AttentionMask,
     Embed,
     MultiHeadAttention,
     RMSNorm,
-    attention_bias,
+    check_runtime_fields,
     constrain,
     normal,
     param,
+    remat,
     untied_head,
     vocab_logits,
     write_kv,
@@ -49,9 +51,13 @@ class T5Config:
     feed_forward_proj: str = "gated-gelu"  # T5 v1.1 / FLAN-T5; "relu" for original T5
     tie_word_embeddings: bool = False  # original T5: the head is the shared embedding
     scale_decoder_outputs: bool | None = None  # x d_model^-0.5 before the head; None: as tied
-    dtype: str = "float32"  # activation / compute dtype; parameters stay float32
+    dtype: str = "float32"  # activation / compute dtype (bfloat16 on accelerators)
+    param_dtype: str = "float32"  # parameters and optimizer state; bfloat16 where memory matters
+    attention_impl: str = "auto"  # layers.dot_attention: auto, einsum, xla, cudnn
+    remat: str = "none"  # recompute in the backward pass: none, dots_saveable, full
 
     def __post_init__(self):
+        check_runtime_fields(self)
         if self.activation not in ACTIVATIONS:
             allowed = sorted({f"gated-{a}" for a in ACTIVATIONS} | set(ACTIVATIONS))
             raise ValueError(
@@ -150,14 +156,12 @@ class EncoderLayer(nn.Module):
     config: T5Config
 
     @nn.compact
-    def __call__(self, x, bias, *, deterministic):
+    def __call__(self, x, mask, deterministic):
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         drop = lambda y: nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
         h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_attention_layer_norm")(x)
-        attention = MultiHeadAttention(
-            cfg.d_model, cfg.num_heads, cfg.d_kv, cfg.dropout_rate, dtype, name="attention"
-        )
-        h = attention(h, h, bias, deterministic=deterministic)
+        attention = _attention(cfg, dtype, name="attention")
+        h = attention(h, h, mask, deterministic=deterministic)
         x = x + drop(h)
         h = RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
         x = x + drop(_mlp(cfg, dtype)(h, deterministic=deterministic))
@@ -173,9 +177,7 @@ class DecoderLayer(nn.Module):
     def setup(self):
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
         norm = lambda: RMSNorm(cfg.layer_norm_epsilon, dtype)
-        attention = lambda: MultiHeadAttention(
-            cfg.d_model, cfg.num_heads, cfg.d_kv, cfg.dropout_rate, dtype
-        )
+        attention = lambda: _attention(cfg, dtype, name=None)
         self.pre_self_attention_layer_norm = norm()
         self.self_attention = attention()
         self.pre_cross_attention_layer_norm = norm()
@@ -184,34 +186,34 @@ class DecoderLayer(nn.Module):
         self.mlp = _mlp(cfg, dtype, name=None)
         self.dropout = nn.Dropout(cfg.dropout_rate)
 
-    def __call__(self, x, encoded, self_bias, cross_bias, *, deterministic):
+    def __call__(self, x, encoded, self_mask, cross_mask, deterministic):
         h = self.pre_self_attention_layer_norm(x)
         self_kv = self.self_attention.project_kv(h)
         cross_kv = self.encoder_decoder_attention.project_kv(encoded)
-        return self._block(x, h, self_kv, cross_kv, self_bias, cross_bias, deterministic)
+        return self._block(x, h, self_kv, cross_kv, self_mask, cross_mask, deterministic)
 
     def cross_kv(self, encoded):
         """The cross-attention keys and values: computed once per input when decoding."""
         return self.encoder_decoder_attention.project_kv(encoded)
 
-    def step(self, x_Bx1xD, kv, cross_kv, self_bias, cross_bias, index):
+    def step(self, x_Bx1xD, kv, cross_kv, self_mask, cross_mask, index):
         """One position: writes its key/value at `index` of `kv`; returns (x, kv)."""
         h = self.pre_self_attention_layer_norm(x_Bx1xD)
         k_new, v_new = self.self_attention.project_kv(h)
         kv = write_kv(kv, k_new, v_new, index)
-        x = self._block(x_Bx1xD, h, (kv["k"], kv["v"]), cross_kv, self_bias, cross_bias, True)
+        x = self._block(x_Bx1xD, h, (kv["k"], kv["v"]), cross_kv, self_mask, cross_mask, True)
         return x, kv
 
-    def _block(self, x, h, self_kv, cross_kv, self_bias, cross_bias, deterministic):
+    def _block(self, x, h, self_kv, cross_kv, self_mask, cross_mask, deterministic):
         """The layer after the first norm: `h` is x normed, `self_kv` its keys/values."""
         drop = lambda y: self.dropout(y, deterministic=deterministic)
         x = x + drop(
-            self.self_attention.attend(h, *self_kv, self_bias, deterministic=deterministic)
+            self.self_attention.attend(h, *self_kv, self_mask, deterministic=deterministic)
         )
         h = self.pre_cross_attention_layer_norm(x)
         x = x + drop(
             self.encoder_decoder_attention.attend(
-                h, *cross_kv, cross_bias, deterministic=deterministic
+                h, *cross_kv, cross_mask, deterministic=deterministic
             )
         )
         h = self.pre_mlp_layer_norm(x)
@@ -221,6 +223,12 @@ class DecoderLayer(nn.Module):
 
 def _mlp(cfg: T5Config, dtype, name: str | None = "mlp") -> MLP:
     return MLP(cfg.d_ff, cfg.activation, cfg.gated, cfg.dropout_rate, dtype, name=name)
+
+
+def _attention(cfg: T5Config, dtype, name: str | None) -> MultiHeadAttention:
+    return MultiHeadAttention(
+        cfg.d_model, cfg.num_heads, cfg.d_kv, cfg.dropout_rate, dtype, cfg.attention_impl, name=name
+    )
 
 
 class T5(nn.Module):
@@ -240,8 +248,11 @@ class T5(nn.Module):
         )
         self.encoder_relpos = rel(True)
         self.decoder_relpos = rel(False)
-        self.encoder_layers = [EncoderLayer(cfg) for _ in range(cfg.num_layers)]
-        self.decoder_layers = [DecoderLayer(cfg) for _ in range(cfg.decoder_layers)]
+        # `deterministic` (the last argument) is static under rematerialisation.
+        encoder_layer = remat(EncoderLayer, cfg.remat, static_argnums=(3,))
+        decoder_layer = remat(DecoderLayer, cfg.remat, static_argnums=(5,))
+        self.encoder_layers = [encoder_layer(cfg) for _ in range(cfg.num_layers)]
+        self.decoder_layers = [decoder_layer(cfg) for _ in range(cfg.decoder_layers)]
         self.encoder_norm = RMSNorm(cfg.layer_norm_epsilon, dtype)
         self.decoder_norm = RMSNorm(cfg.layer_norm_epsilon, dtype)
         self.dropout = nn.Dropout(cfg.dropout_rate)
@@ -251,11 +262,17 @@ class T5(nn.Module):
     def encode(self, encoder_input_tokens, encoder_segment_ids=None, *, deterministic=True):
         """Encoder states `[B, S, D]`."""
         tokens = encoder_input_tokens
-        mask = _padding_mask(tokens, tokens, encoder_segment_ids, encoder_segment_ids)
-        bias = attention_bias(mask) + self.encoder_relpos(tokens.shape[1], tokens.shape[1])
+        lengths = _lengths(tokens)
+        mask = AttentionMask(
+            _padding_mask(tokens, tokens, encoder_segment_ids, encoder_segment_ids),
+            self.encoder_relpos(tokens.shape[1], tokens.shape[1]),
+            lengths,
+            lengths,
+            dense_only=encoder_segment_ids is not None,
+        )
         x = self.dropout(self.token_embedder(tokens), deterministic=deterministic)
         for layer in self.encoder_layers:
-            x = layer(x, bias, deterministic=deterministic)
+            x = layer(x, mask, deterministic)
         return self.dropout(self.encoder_norm(x), deterministic=deterministic)
 
     def decode(
@@ -269,7 +286,7 @@ class T5(nn.Module):
         *,
         deterministic=True,
     ):
-        """Teacher-forced decoder logits `[B, T, V]`.
+        """Teacher-forced final decoder states `[B, T, D]` (`logits` maps them).
 
         Padding is read off `decoder_target_tokens` when given (the decoder input starts
         with token 0, so it cannot tell padding apart); without targets (sampling) every
@@ -280,17 +297,29 @@ class T5(nn.Module):
         if real is None:
             real = jnp.ones_like(decoder_input_tokens)
         causal = np.tril(np.ones((length, length), bool))[None]
-        self_mask = causal & _padding_mask(real, real, decoder_segment_ids, decoder_segment_ids)
-        self_bias = attention_bias(self_mask) + self.decoder_relpos(length, length)
-        cross_bias = attention_bias(
-            _padding_mask(real, encoder_input_tokens, decoder_segment_ids, encoder_segment_ids)
+        packed = decoder_segment_ids is not None
+        lengths, encoder_lengths = _lengths(real), _lengths(encoder_input_tokens)
+        self_mask = AttentionMask(
+            causal & _padding_mask(real, real, decoder_segment_ids, decoder_segment_ids),
+            self.decoder_relpos(length, length),
+            lengths,
+            lengths,
+            causal=True,
+            dense_only=packed,
+        )
+        cross_mask = AttentionMask(
+            _padding_mask(real, encoder_input_tokens, decoder_segment_ids, encoder_segment_ids),
+            q_lengths_B=lengths,
+            kv_lengths_B=encoder_lengths,
+            dense_only=packed,
         )
         x = self.dropout(self.token_embedder(decoder_input_tokens), deterministic=deterministic)
         for layer in self.decoder_layers:
-            x = layer(x, encoded, self_bias, cross_bias, deterministic=deterministic)
-        return self._logits(self.dropout(self.decoder_norm(x), deterministic=deterministic))
+            x = layer(x, encoded, self_mask, cross_mask, deterministic)
+        return self.dropout(self.decoder_norm(x), deterministic=deterministic)
 
-    def _logits(self, x_BxTxD):
+    def logits(self, x_BxTxD):
+        """Float32 logits `[B, T, V]` of final decoder states (`hidden`)."""
         if self.config.scales_decoder_outputs:
             x_BxTxD = x_BxTxD * self.config.d_model**-0.5
         head = None if self.config.tie_word_embeddings else self.lm_head
@@ -323,22 +352,30 @@ class T5(nn.Module):
         output, 0 at the start) and the updated cache."""
         max_len = cache["decode"]["layers"][0]["k"].shape[1]
         visible = jnp.arange(max_len) <= index  # causal: positions written so far
-        self_bias = attention_bias(visible[None, None, :]) + self.decoder_relpos(
-            1, max_len, q_offset=index
+        self_mask = AttentionMask(
+            visible[None, None, :],
+            self.decoder_relpos(1, max_len, q_offset=index),
+            dense_only=True,
         )
         encoder_real = cache["inputs"]["encoder_input_tokens"] > 0
-        cross_bias = attention_bias(encoder_real[:, None, :])
+        cross_mask = AttentionMask(encoder_real[:, None, :], dense_only=True)
         x = self.token_embedder(tokens_B[:, None])
         layers = []
         for layer, kv, cross in zip(
             self.decoder_layers, cache["decode"]["layers"], cache["inputs"]["cross"], strict=True
         ):
-            x, kv = layer.step(x, kv, (cross["k"], cross["v"]), self_bias, cross_bias, index)
+            x, kv = layer.step(x, kv, (cross["k"], cross["v"]), self_mask, cross_mask, index)
             layers.append(kv)
-        logits = self._logits(self.decoder_norm(x))[:, 0]
+        logits = self.logits(self.decoder_norm(x))[:, 0]
         return logits, {"inputs": cache["inputs"], "decode": {"layers": layers}}
 
     def __call__(self, batch, *, deterministic=True):
+        """Float32 logits `[B, T, V]`."""
+        return self.logits(self.hidden(batch, deterministic=deterministic))
+
+    def hidden(self, batch, *, deterministic=True):
+        """Final decoder states `[B, T, D]`: `logits` of them are the model's output (the
+        chunked losses apply the head a few positions at a time)."""
         encoded = self.encode(
             batch["encoder_input_tokens"],
             batch.get("encoder_segment_ids"),
@@ -353,6 +390,11 @@ class T5(nn.Module):
             batch.get("decoder_segment_ids"),
             deterministic=deterministic,
         )
+
+
+def _lengths(tokens_BxT):
+    """Real tokens per row (right padding), for fused attention."""
+    return jnp.sum(tokens_BxT > 0, axis=1, dtype=jnp.int32)
 
 
 def _padding_mask(q_tokens, k_tokens, q_segments, k_segments):
