@@ -11,15 +11,31 @@ import numpy as np
 import pytest
 
 from irl_lm.models import build_model
-from irl_lm.sharding import unbox
 from irl_lm.models.layers import AttentionMask, dot_attention
+from irl_lm.sharding import unbox
 
-T5_TINY = dict(name="t5", vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_heads=4,
-               num_layers=2, num_decoder_layers=2)  # fmt: skip
-DECODER_TINY = dict(name="decoder_only", vocab_size=64, hidden_size=32, intermediate_size=48,
-                    num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-                    head_dim=8, layer_types=("sliding_attention", "full_attention",
-                                             "sliding_attention"), sliding_window=3)  # fmt: skip
+T5_TINY = dict(
+    name="t5",
+    vocab_size=64,
+    d_model=32,
+    d_kv=8,
+    d_ff=48,
+    num_heads=4,
+    num_layers=2,
+    num_decoder_layers=2,
+)
+DECODER_TINY = dict(
+    name="decoder_only",
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    layer_types=("sliding_attention", "full_attention", "sliding_attention"),
+    sliding_window=3,
+)
 
 
 def _batch(family, rng, *, packed=False):
@@ -111,8 +127,9 @@ def test_dot_attention_paths_agree(case):
     else:
         window = 3
         allowed = allowed & (ki <= qi) & (qi - ki < window)
-        mask = AttentionMask(jnp.asarray(allowed), None, q_lengths, kv_lengths, causal=True,
-                             window=window)  # fmt: skip
+        mask = AttentionMask(
+            jnp.asarray(allowed), None, q_lengths, kv_lengths, causal=True, window=window
+        )
     real = (np.arange(q_len)[None, :] < np.asarray(q_lengths)[:, None])[:, :, None, None]
 
     def run(impl):
@@ -136,8 +153,9 @@ def test_auto_is_einsum_on_cpu_and_fused_paths_refuse_dropout():
     from irl_lm.models.layers import resolve_attention_impl
 
     mask = AttentionMask(jnp.ones((1, 2, 2), bool))
-    auto = resolve_attention_impl("auto", dtype=jnp.bfloat16, mask=mask, dropout=False,
-                                  softcap=None)  # fmt: skip
+    auto = resolve_attention_impl(
+        "auto", dtype=jnp.bfloat16, mask=mask, dropout=False, softcap=None
+    )
     assert auto == ("cudnn" if jax.default_backend() == "gpu" else "einsum")
     with pytest.raises(ValueError, match="attention dropout or soft-capping"):
         resolve_attention_impl("cudnn", dtype=jnp.bfloat16, mask=mask, dropout=True, softcap=None)

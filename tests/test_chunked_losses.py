@@ -19,8 +19,11 @@ POLICY_LOSSES = ("mle", "mle_entropy", "iqlearn", "iqlearn_online")
 
 
 def _loss_fn(name):
-    fields = {"mle_entropy": {"beta": 0.3}, "iqlearn": {"lam": 0.7, "gamma": 0.9},
-              "iqlearn_online": {"lam": 0.7, "gamma": 0.9, "alpha": 0.3}}.get(name, {})  # fmt: skip
+    fields = {
+        "mle_entropy": {"beta": 0.3},
+        "iqlearn": {"lam": 0.7, "gamma": 0.9},
+        "iqlearn_online": {"lam": 0.7, "gamma": 0.9, "alpha": 0.3},
+    }.get(name, {})
     return make_loss(loss_fields(name, **fields))
 
 
@@ -41,8 +44,11 @@ def test_chunked_loss_equals_unchunked_values_and_gradients(name, chunk):
         as_logits = lambda h: ChunkedLogits(h, head, chunk) if chunked else head(h)
         extra = {}
         if LOSSES[name].online:
-            extra["policy"] = {"logits": as_logits(policy_hidden), "targets": policy_targets,
-                               "weights": policy_weights}  # fmt: skip
+            extra["policy"] = {
+                "logits": as_logits(policy_hidden),
+                "targets": policy_targets,
+                "weights": policy_weights,
+            }
         return loss_fn(as_logits(hidden), targets, weights, eos_id=1, **extra)
 
     grad = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)
@@ -69,12 +75,28 @@ def test_train_step_with_chunked_logits_equals_the_unchunked_step(family):
     rng = np.random.default_rng(0)
     vocab, batch_size, length = 97, 8, 10
     if family == "t5":
-        model_config = dict(name="t5", vocab_size=vocab, d_model=32, d_kv=8, d_ff=64,
-                            num_heads=4, num_layers=1, num_decoder_layers=2)  # fmt: skip
+        model_config = dict(
+            name="t5",
+            vocab_size=vocab,
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_heads=4,
+            num_layers=1,
+            num_decoder_layers=2,
+        )
     else:
-        model_config = dict(name="decoder_only", vocab_size=vocab, hidden_size=32,
-                            intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                            num_key_value_heads=2, head_dim=8, tie_word_embeddings=True)  # fmt: skip
+        model_config = dict(
+            name="decoder_only",
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            tie_word_embeddings=True,
+        )
     model = build_model(model_config)
     targets = rng.integers(2, vocab, (batch_size, length)).astype(np.int32)
     targets[:, -3:] = 0
@@ -95,9 +117,17 @@ def test_train_step_with_chunked_logits_equals_the_unchunked_step(family):
         example = {k: v[:1] for k, v in batch.items()}
         for chunk in (0, 3):
             learner = train_step.policy_learner(
-                model, loss_fn, tx, example, mesh, jax.random.PRNGKey(0), sampler=None,
-                grad_accum_steps=1, eos_id=1, logits_chunk_size=chunk,
-            )  # fmt: skip
+                model,
+                loss_fn,
+                tx,
+                example,
+                mesh,
+                jax.random.PRNGKey(0),
+                sampler=None,
+                grad_accum_steps=1,
+                eos_id=1,
+                logits_chunk_size=chunk,
+            )
             state = learner.init()
             placed = sharding.shard_global_batch(batch, mesh)
             state, metrics = learner.step(state, placed, jax.random.PRNGKey(1))

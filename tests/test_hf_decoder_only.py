@@ -11,7 +11,7 @@ from hf_fixtures import torch, transformers
 
 from irl_lm import decoding, sharding
 from irl_lm.models import DecoderOnly, DecoderOnlyConfig, export_hf, load_hf
-from irl_lm.models.layers import attention_bias
+from irl_lm.models.layers import AttentionMask
 
 ATOL = 1e-4  # float32
 _LLAMA = dict(rope_parameters={"rope_type": "default", "rope_theta": 500.0})
@@ -172,8 +172,8 @@ def test_parallel_block_is_palm_style(tmp_path):
     x = bound.token_embedder(tokens)
     h = layer.pre_attention_norm(x)
     k, v = layer.self_attention.project_kv(h, positions)
-    bias = attention_bias(np.tril(np.ones((7, 7), bool))[None])
-    attn = layer.self_attention.attend(h, positions, k, v, bias, True)
+    mask = AttentionMask(np.tril(np.ones((7, 7), bool))[None], causal=True)
+    attn = layer.self_attention.attend(h, positions, k, v, mask, True)
     y = x + attn + layer.mlp(h, deterministic=True)
     expected = bound.lm_head(bound.final_norm(y))
     ours = model.apply({"params": params}, {"decoder_input_tokens": tokens})

@@ -27,9 +27,7 @@ def read_events(workdir):
     return out
 
 
-def test_workdir_holds_config_model_info_checkpoints_and_events(
-    make_config, tmp_path, monkeypatch
-):
+def test_workdir_holds_config_model_info_checkpoints_and_events(make_config, tmp_path, monkeypatch):
     workdir = str(tmp_path)
     # A made-up peak for this CPU, so the MFU a GPU or TPU run reports is computed here too.
     monkeypatch.setattr(perf, "PEAK_BF16_FLOPS_PER_DEVICE", (("cpu", 1e12),))
