@@ -7,12 +7,14 @@ right-padded prompts `decoder_input_tokens` for a decoder-only model):
     cache = model.prefill(batch, max_len)        # encoder pass (or prompt), empty caches
     logits_BxV, cache = model.decode_step(cache, tokens_B, index)
 
-Every cache leaf has the batch first, so rows are repeated (samples) with one `tree.map`;
-beam search reorders `cache['decode']` (what each row wrote) and leaves `cache['inputs']`
-(the same for every beam of an input) in place. Each decoder is one `jax.lax.while_loop`
-over fixed shapes that stops when every row has emitted EOS; temperature, top-k, top-p and
-the length penalty are arrays, so changing them does not recompile. After EOS a row emits
-padding (0).
+Every cache leaf has the batch first. `cache['decode']` (what each row writes) is repeated
+for the samples or beams of an input and reordered between beams; `cache['inputs']` (what
+depends on the input only, e.g. T5's cross-attention keys and values) stays one row per
+input: `decode_step` reads rows `[i * N, (i + 1) * N)` as the N continuations of input i
+(T5 attends to the input once for all N, as N queries, rather than N copies of it). Each
+decoder is one `jax.lax.while_loop` over fixed shapes that stops when every row has emitted
+EOS; temperature, top-k, top-p and the length penalty are arrays, so changing them does not
+recompile. After EOS a row emits padding (0).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ def _batch_size(batch) -> int:
 
 def _prefill(model, params, batch, max_len: int, repeat: int):
     cache = model.apply({"params": params}, batch, max_len, method=model.prefill)
-    return jax.tree.map(lambda x: jnp.repeat(x, repeat, axis=0), cache)
+    decode = jax.tree.map(lambda x: jnp.repeat(x, repeat, axis=0), cache["decode"])
+    return cache | {"decode": decode}
 
 
 def _step(model, params, cache, tokens_B, index):

@@ -243,3 +243,36 @@ def test_decoder_only_greedy_and_beam_through_the_same_decoders():
         sequence = np.concatenate([prompts[row, :n], tokens])[None]
         full = np.asarray(model.apply({"params": params}, {"decoder_input_tokens": sequence}))
         np.testing.assert_array_equal(full[0, n - 1 : n - 1 + len(tokens)].argmax(-1), tokens)
+
+
+@pytest.mark.parametrize("family", ["t5", "decoder_only"])
+def test_several_continuations_per_input_score_as_the_teacher_forced_pass(family):
+    """Beams (3) and samples (2 per input) share each input's cache rows (T5: its
+    cross-attention keys and values): every returned token's log-probability equals the
+    teacher-forced pass over that input and sequence."""
+    if family == "t5":
+        params, batch = setup(batch=3)  # a padded input among them
+        model = MODEL
+    else:
+        model, params, prompts, lengths = decoder_only_setup()
+        batch = {"decoder_input_tokens": prompts}
+    beams = decoding.beam_search(model, params, batch, max_len=5, num_beams=3, eos_id=1)
+    samples = decoding.sample(
+        model, params, batch, jax.random.PRNGKey(4), max_len=5, num_decodes=2, eos_id=1
+    )
+    for out, n in ((jax.device_get(beams), 3), (jax.device_get(samples), 2)):
+        for row in range(out["tokens"].shape[0]):
+            for k in range(n):
+                length = int(out["lengths"][row, k])
+                tokens = out["tokens"][row, k, :length]
+                if family == "t5":
+                    one = {"encoder_input_tokens": batch["encoder_input_tokens"][row : row + 1]}
+                    log_p = teacher_forced_log_probs(params, one, tokens[None])[0]
+                else:
+                    p = lengths[row]
+                    sequence = np.concatenate([prompts[row, :p], tokens])[None]
+                    logits = model.apply({"params": params}, {"decoder_input_tokens": sequence})
+                    log_p = np.asarray(jax.nn.log_softmax(logits))[0, p - 1 : p - 1 + length]
+                want = log_p[np.arange(length), tokens]
+                got = out["log_probs"][row, k, :length]
+                np.testing.assert_allclose(got, want, atol=1e-4, err_msg=f"row {row}, {k}")

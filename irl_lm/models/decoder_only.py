@@ -21,6 +21,7 @@ import math
 from collections.abc import Mapping
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -414,8 +415,10 @@ class DecoderOnly(nn.Module):
 
     def decode_step(self, cache, tokens_B, index):
         """Logits `[B, V]` for decoding step `index` (its input: the previous output; the
-        last prompt token at step 0) and the updated cache."""
-        inputs = cache["inputs"]
+        last prompt token at step 0) and the updated cache; B may be N rows per prompt of
+        `cache['inputs']` (`irl_lm.decoding`)."""
+        per_prompt = tokens_B.shape[0] // cache["inputs"]["prompt_lengths"].shape[0]
+        inputs = jax.tree.map(lambda x: jnp.repeat(x, per_prompt, axis=0), cache["inputs"])
         prompt_len = inputs["seen"].shape[1]
         total = cache["decode"]["layers"][0]["k"].shape[1]
         tokens_B = jnp.where(index == 0, inputs["last_prompt_token"], tokens_B)
@@ -438,7 +441,7 @@ class DecoderOnly(nn.Module):
             x, kv = layer.step(x, positions, kv, masks, slot)
             layers.append(kv)
         logits = self.logits(self.final_norm(x))[:, 0]
-        return logits, {"inputs": inputs, "decode": {"layers": layers}}
+        return logits, {"inputs": cache["inputs"], "decode": {"layers": layers}}
 
 
 # ----------------------------------------------------------------------------- Hugging Face layout

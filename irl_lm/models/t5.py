@@ -197,7 +197,8 @@ class DecoderLayer(nn.Module):
         return self.encoder_decoder_attention.project_kv(encoded)
 
     def step(self, x_Bx1xD, kv, cross_kv, self_mask, cross_mask, index):
-        """One position: writes its key/value at `index` of `kv`; returns (x, kv)."""
+        """One position: writes its key/value at `index` of `kv`; returns (x, kv). `cross_kv`
+        may hold one row per N rows of `x` (N continuations of each input)."""
         h = self.pre_self_attention_layer_norm(x_Bx1xD)
         k_new, v_new = self.self_attention.project_kv(h)
         kv = write_kv(kv, k_new, v_new, index)
@@ -211,11 +212,13 @@ class DecoderLayer(nn.Module):
             self.self_attention.attend(h, *self_kv, self_mask, deterministic=deterministic)
         )
         h = self.pre_cross_attention_layer_norm(x)
-        x = x + drop(
-            self.encoder_decoder_attention.attend(
-                h, *cross_kv, cross_mask, deterministic=deterministic
-            )
+        # N rows per input (samples, beams) attend to it as N x T queries of one row.
+        inputs, rows_BxTxD = cross_kv[0].shape[0], h.shape
+        h = h.reshape(inputs, -1, h.shape[-1])
+        cross = self.encoder_decoder_attention.attend(
+            h, *cross_kv, cross_mask, deterministic=deterministic
         )
+        x = x + drop(cross.reshape(rows_BxTxD))
         h = self.pre_mlp_layer_norm(x)
         x = x + drop(self.mlp(h, deterministic=deterministic))
         return constrain(x, "activation_batch", "activation_length", "activation_embed")
@@ -349,7 +352,8 @@ class T5(nn.Module):
 
     def decode_step(self, cache, tokens_B, index):
         """Logits `[B, V]` for the position `index` (its input token `tokens_B`: the previous
-        output, 0 at the start) and the updated cache."""
+        output, 0 at the start) and the updated cache; B may be N rows per input of
+        `cache['inputs']` (`irl_lm.decoding`)."""
         max_len = cache["decode"]["layers"][0]["k"].shape[1]
         visible = jnp.arange(max_len) <= index  # causal: positions written so far
         self_mask = AttentionMask(
