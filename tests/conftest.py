@@ -120,3 +120,78 @@ def finished_sweep(tmp_path_factory):
     with single_device_children():
         code = sweep.run_sweep(config, str(folder / "lam"), parallel=2)
     return config, str(folder / "lam"), code, time.perf_counter() - started
+
+
+def tiny_model(family: str, **fields):
+    """A tiny T5 (1 + 2 layers) or decoder-only model (2 layers, grouped-query heads), vocab 97."""
+    from irl_lm.models import build_model
+
+    if family == "t5":
+        base = dict(
+            name="t5", d_model=32, d_kv=8, d_ff=64, num_heads=4, num_layers=1, num_decoder_layers=2
+        )
+    else:
+        base = dict(
+            name="decoder_only",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+        )
+    return build_model(base | {"vocab_size": 97} | fields)
+
+
+def tiny_batch(family: str, seed: int = 0) -> dict:
+    """8 rows of 10 target positions: EOS, then two of padding (T5: 6 input tokens)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    targets = rng.integers(2, 97, (8, 10)).astype(np.int32)
+    targets[:, -3], targets[:, -2:] = 1, 0
+    batch = {
+        "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+        "decoder_target_tokens": targets,
+        "decoder_loss_weights": (targets > 0).astype(np.float32),
+    }
+    if family == "t5":
+        batch["encoder_input_tokens"] = rng.integers(2, 97, (8, 6)).astype(np.int32)
+    return batch
+
+
+def train_tiny(model, batch, *, steps: int = 1, logits_chunk_size: int = 0):
+    """(state, losses, learner) after `steps` IQLearn updates (λ 0.5, γ 0.9, AdamW 1e-2) on
+    `batch`, from the same initial parameters, on all devices."""
+    import jax
+
+    from irl_lm import sharding, train_step
+    from irl_lm.config_utils import trainer_defaults
+    from irl_lm.losses import loss_fields, make_loss
+
+    config = trainer_defaults()
+    config.total_steps, config.schedule.warmup_steps = 10, 0
+    config.optimizer.learning_rate = 1e-2
+    tx = train_step.make_optimizer(config)
+    mesh = sharding.make_mesh({"data": -1})
+    loss_fn = make_loss(loss_fields("iqlearn", lam=0.5, gamma=0.9))
+    with sharding.use_mesh(mesh):
+        example = {k: v[:1] for k, v in batch.items()}
+        learner = train_step.policy_learner(
+            model,
+            loss_fn,
+            tx,
+            example,
+            mesh,
+            jax.random.PRNGKey(0),
+            sampler=None,
+            grad_accum_steps=1,
+            eos_id=1,
+            logits_chunk_size=logits_chunk_size,
+        )
+        state, losses = learner.init(), []
+        for _ in range(steps):
+            placed = sharding.shard_global_batch(batch, mesh)
+            state, metrics = learner.step(state, placed, jax.random.PRNGKey(1))
+            losses.append(jax.device_get(metrics))
+    return jax.device_get(state), losses, learner

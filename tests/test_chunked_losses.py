@@ -8,10 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from irl_lm import sharding, train_step
 from irl_lm.losses import LOSSES, loss_fields, make_loss
 from irl_lm.losses.common import ChunkedLogits
-from irl_lm.models import build_model
+from tests.conftest import tiny_batch, tiny_model, train_tiny
 from tests.test_losses import random_batch
 
 VOCAB, WIDTH = 11, 6
@@ -72,80 +71,13 @@ def test_chunked_loss_equals_unchunked_values_and_gradients(name, chunk):
 def test_train_step_with_chunked_logits_equals_the_unchunked_step(family):
     """The step through `model.hidden` + `model.logits` in chunks of 3 target positions gives
     the parameters and metrics of the plain step, on a real (tiny) model and mesh."""
-    rng = np.random.default_rng(0)
-    vocab, batch_size, length = 97, 8, 10
-    if family == "t5":
-        model_config = dict(
-            name="t5",
-            vocab_size=vocab,
-            d_model=32,
-            d_kv=8,
-            d_ff=64,
-            num_heads=4,
-            num_layers=1,
-            num_decoder_layers=2,
-        )
-    else:
-        model_config = dict(
-            name="decoder_only",
-            vocab_size=vocab,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=8,
-            tie_word_embeddings=True,
-        )
-    model = build_model(model_config)
-    targets = rng.integers(2, vocab, (batch_size, length)).astype(np.int32)
-    targets[:, -3:] = 0
-    targets[:, -4] = 1
-    batch = {
-        "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
-        "decoder_target_tokens": targets,
-        "decoder_loss_weights": (targets > 0).astype(np.float32),
-    }
-    if family == "t5":
-        batch["encoder_input_tokens"] = rng.integers(2, vocab, (batch_size, 6)).astype(np.int32)
-    mesh = sharding.make_mesh({"data": -1})
-    config = _optimizer_config()
-    tx = train_step.make_optimizer(config)
-    loss_fn = make_loss(loss_fields("iqlearn", lam=0.5, gamma=0.9))
-    results = []
-    with sharding.use_mesh(mesh):
-        example = {k: v[:1] for k, v in batch.items()}
-        for chunk in (0, 3):
-            learner = train_step.policy_learner(
-                model,
-                loss_fn,
-                tx,
-                example,
-                mesh,
-                jax.random.PRNGKey(0),
-                sampler=None,
-                grad_accum_steps=1,
-                eos_id=1,
-                logits_chunk_size=chunk,
-            )
-            state = learner.init()
-            placed = sharding.shard_global_batch(batch, mesh)
-            state, metrics = learner.step(state, placed, jax.random.PRNGKey(1))
-            results.append((jax.device_get(state.params), jax.device_get(metrics)))
-    (dense_params, dense_metrics), (chunked_params, chunked_metrics) = results
+    model, batch = tiny_model(family, tie_word_embeddings=family != "t5"), tiny_batch(family)
+    dense, (dense_metrics,), _ = train_tiny(model, batch)
+    chunked, (chunked_metrics,), _ = train_tiny(model, batch, logits_chunk_size=3)
     for key in ("loss", "iqlearn/td2", "grad_norm"):
         np.testing.assert_allclose(chunked_metrics[key], dense_metrics[key], rtol=1e-5)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-        chunked_params,
-        dense_params,
+        chunked.params,
+        dense.params,
     )
-
-
-def _optimizer_config():
-    from irl_lm.config_utils import trainer_defaults
-
-    config = trainer_defaults()
-    config.total_steps, config.schedule.warmup_steps = 10, 0
-    config.optimizer.learning_rate = 1e-2
-    return config

@@ -6,10 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from irl_lm import sharding, train, train_step
-from irl_lm.config_utils import trainer_defaults
+from irl_lm import sharding, train
 from irl_lm.losses import loss_fields, make_loss
-from irl_lm.models import build_model
+from tests.conftest import tiny_batch, tiny_model, train_tiny
 from tests.test_trainer import read_events
 
 STEPS = 50
@@ -38,82 +37,12 @@ def test_bf16_loss_curve_follows_float32_on_the_demo(tmp_path):
     assert not np.array_equal(bf16, f32)  # bf16 really ran
 
 
-def _tiny(family, **fields):
-    if family == "t5":
-        base = dict(
-            name="t5",
-            vocab_size=97,
-            d_model=32,
-            d_kv=8,
-            d_ff=64,
-            num_heads=4,
-            num_layers=2,
-            num_decoder_layers=2,
-        )
-    else:
-        base = dict(
-            name="decoder_only",
-            vocab_size=97,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=8,
-        )
-    return build_model(base | fields)
-
-
-def _batch(family, rng):
-    targets = rng.integers(2, 97, (8, 10)).astype(np.int32)
-    targets[:, -2] = 1
-    targets[:, -1] = 0
-    batch = {
-        "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
-        "decoder_target_tokens": targets,
-        "decoder_loss_weights": (targets > 0).astype(np.float32),
-    }
-    if family == "t5":
-        batch["encoder_input_tokens"] = rng.integers(2, 97, (8, 7)).astype(np.int32)
-    return batch
-
-
-def _one_step(model, batch, steps=1):
-    config = trainer_defaults()
-    config.total_steps, config.schedule.warmup_steps = 10, 0
-    config.optimizer.learning_rate = 1e-2
-    tx = train_step.make_optimizer(config)
-    mesh = sharding.make_mesh({"data": -1})
-    loss_fn = make_loss(loss_fields("iqlearn", lam=0.5, gamma=0.9))
-    with sharding.use_mesh(mesh):
-        example = {k: v[:1] for k, v in batch.items()}
-        learner = train_step.policy_learner(
-            model,
-            loss_fn,
-            tx,
-            example,
-            mesh,
-            jax.random.PRNGKey(0),
-            sampler=None,
-            grad_accum_steps=1,
-            eos_id=1,
-        )
-        state = learner.init()
-        losses = []
-        for _ in range(steps):
-            state, metrics = learner.step(
-                state, sharding.shard_global_batch(batch, mesh), jax.random.PRNGKey(1)
-            )
-            losses.append(float(metrics["loss"]))
-    return jax.device_get(state), losses, learner
-
-
 @pytest.mark.parametrize("family", ["t5", "decoder_only"])
 @pytest.mark.parametrize("policy", ["dots_saveable", "full"])
 def test_remat_gives_the_same_loss_and_gradients(family, policy):
     """Recomputing activations in the backward pass changes neither the parameter paths nor
     the gradients (float32 rounding)."""
-    batch = _batch(family, np.random.default_rng(0))
+    batch = tiny_batch(family)
     loss_fn = make_loss(loss_fields("iqlearn", lam=0.5, gamma=0.9))
 
     def loss_and_grads(model, params):
@@ -124,9 +53,9 @@ def test_remat_gives_the_same_loss_and_gradients(family, policy):
 
         return jax.jit(jax.value_and_grad(loss))(params)
 
-    plain = _tiny(family)
+    plain = tiny_model(family)
     params = sharding.unbox(plain.init(jax.random.PRNGKey(0), batch)["params"])
-    remat = _tiny(family, remat=policy)
+    remat = tiny_model(family, remat=policy)
     remat_params = sharding.unbox(remat.init(jax.random.PRNGKey(0), batch)["params"])
     assert jax.tree.structure(remat_params) == jax.tree.structure(params)
     want_loss, want = loss_and_grads(plain, params)
@@ -138,9 +67,10 @@ def test_remat_gives_the_same_loss_and_gradients(family, policy):
 def test_bf16_parameters_hold_params_and_optimizer_state_in_bf16():
     """`param_dtype=bfloat16`: parameters and Adam moments in bf16 (half the memory), the
     logits still float32, and the loss goes down as in float32."""
-    batch = _batch("t5", np.random.default_rng(0))
-    model = _tiny("t5", dtype="bfloat16", param_dtype="bfloat16")
-    state, losses, learner = _one_step(model, batch, steps=8)
+    batch = tiny_batch("t5")
+    model = tiny_model("t5", dtype="bfloat16", param_dtype="bfloat16")
+    state, metrics, learner = train_tiny(model, batch, steps=8)
+    losses = [m["loss"] for m in metrics]
     leaves = jax.tree.leaves(state.params)
     assert {x.dtype for x in leaves} == {jnp.dtype(jnp.bfloat16)}
     moments = [x for x in jax.tree.leaves(state.opt_state) if x.ndim > 0]
@@ -150,8 +80,9 @@ def test_bf16_parameters_hold_params_and_optimizer_state_in_bf16():
     }
     logits = model.apply({"params": state.params}, batch)
     assert logits.dtype == jnp.float32
-    _, f32_losses, _ = _one_step(_tiny("t5", dtype="bfloat16"), batch, steps=8)
+    _, f32_metrics, _ = train_tiny(tiny_model("t5", dtype="bfloat16"), batch, steps=8)
+    f32_losses = [m["loss"] for m in f32_metrics]
     assert losses[-1] < 0.8 * losses[0]
     np.testing.assert_allclose(losses, f32_losses, rtol=0.05)
     with pytest.raises(ValueError, match="param_dtype='float8' is not supported"):
-        _tiny("t5", param_dtype="float8")
+        tiny_model("t5", param_dtype="float8")
