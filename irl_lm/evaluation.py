@@ -19,11 +19,12 @@ import seqio
 from absl import logging
 from jax.sharding import Mesh
 
-from irl_lm import decoding, files, sharding
+from irl_lm import decoding, files, sharding, train_step
 from irl_lm.data import pipeline, tasks, text_tasks
 from irl_lm.data.synthetic import EOS_ID
 from irl_lm.data.tasks import expert_from_config, feature_lengths, get_task
 from irl_lm.losses import DEFAULT_GAMMA
+from irl_lm.losses.common import action_and_state_values
 from irl_lm.losses.iqlearn import sequence_rewards
 from irl_lm.metrics import ids_to_text, self_bleu
 from irl_lm.metrics import text as text_metrics
@@ -47,8 +48,10 @@ class LossEvaluator:
         del name
         self.ctx, self.split, self.max_examples = ctx, split, max_examples
 
+        chunk = ctx.config.get("logits_chunk_size", 0)
+
         def summed_metrics(params, batch):
-            logits = ctx.model.apply({"params": params}, batch, deterministic=True)
+            logits = train_step.model_logits(ctx.model, params, batch, logits_chunk_size=chunk)
             weights = batch["decoder_loss_weights"]
             _, metrics = ctx.loss_fn(
                 logits, batch["decoder_target_tokens"], weights, eos_id=ctx.eos_id
@@ -137,7 +140,7 @@ def teacher_forced_rows(model, prompts, ys, *, prompt_width: int, target_width: 
     return batch, offsets
 
 
-def make_reward_fn(model, *, gamma: float, eos_id: int):
+def make_reward_fn(model, *, gamma: float, eos_id: int, logits_chunk_size: int = 0):
     """`(params, batch) -> r_BxT`: IQLearn's per-token reward of a `teacher_forced_rows` batch
     (`losses.iqlearn.sequence_rewards`, the loss's own δ_t), 0 off the targets."""
 
@@ -145,7 +148,7 @@ def make_reward_fn(model, *, gamma: float, eos_id: int):
         # The model reads the input features only: a sampled PAD token (which a barely
         # trained policy can emit) is then read as the sampler fed it back, not as padding.
         inputs = {k: batch[k] for k in type(model).input_features}
-        logits = model.apply({"params": params}, inputs, deterministic=True)
+        logits = train_step.model_logits(model, params, inputs, logits_chunk_size=logits_chunk_size)
         rewards_BxT, _ = sequence_rewards(
             logits,
             batch["decoder_target_tokens"],
@@ -158,14 +161,13 @@ def make_reward_fn(model, *, gamma: float, eos_id: int):
     return rewards
 
 
-def token_log_probs_fn(model):
+def token_log_probs_fn(model, logits_chunk_size: int = 0):
     """`(params, batch) -> log π(target_t)` per position of a teacher-forced batch."""
 
     def token_log_probs(params, batch):
-        logits = model.apply({"params": params}, batch, deterministic=True)
-        log_p = jax.nn.log_softmax(logits.astype(jnp.float32))
-        targets = batch["decoder_target_tokens"]
-        return jnp.take_along_axis(log_p, targets[..., None], axis=-1)[..., 0]
+        logits = train_step.model_logits(model, params, batch, logits_chunk_size=logits_chunk_size)
+        q_BxT, v_BxT = action_and_state_values(logits, batch["decoder_target_tokens"])
+        return q_BxT - v_BxT
 
     return token_log_probs
 
@@ -254,7 +256,10 @@ class ExpertEvaluator:
             return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), out)
 
         self._decode = jax.jit(flat, out_shardings=replicated)
-        self._token_log_probs = jax.jit(token_log_probs_fn(ctx.model), out_shardings=replicated)
+        self._token_log_probs = jax.jit(
+            token_log_probs_fn(ctx.model, ctx.config.get("logits_chunk_size", 0)),
+            out_shardings=replicated,
+        )
         self._rng = jax.random.PRNGKey(seed)
 
     def reference(self) -> dict[str, float]:
@@ -470,7 +475,8 @@ class DecodeEvaluator:
         self._token_log_probs = None
         if any(part.task.score_metric_fns for part in self.parts):
             self._token_log_probs = jax.jit(
-                token_log_probs_fn(ctx.model), out_shardings=_replicated(ctx)
+                token_log_probs_fn(ctx.model, ctx.config.get("logits_chunk_size", 0)),
+                out_shardings=_replicated(ctx),
             )
         self.rng = jax.random.PRNGKey(seed)
 
@@ -727,7 +733,12 @@ class RewardEvaluator:
         )
         replicated = sharding.replicated(ctx.mesh)
         self._decode = jax.jit(decode, out_shardings=replicated)
-        reward_fn = make_reward_fn(ctx.model, gamma=self.gamma, eos_id=ctx.eos_id)
+        reward_fn = make_reward_fn(
+            ctx.model,
+            gamma=self.gamma,
+            eos_id=ctx.eos_id,
+            logits_chunk_size=ctx.config.get("logits_chunk_size", 0),
+        )
         self._rewards = jax.jit(reward_fn, out_shardings=replicated)
         self._rng = jax.random.PRNGKey(seed)
 

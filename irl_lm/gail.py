@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from irl_lm import sharding, train_step
+from irl_lm import perf, sharding, train_step
 from irl_lm.losses.common import negative_log_likelihood
 from irl_lm.losses.gail import REWARDS, discriminator_loss, policy_loss
 from irl_lm.models import build_model
@@ -121,6 +121,24 @@ def initial_state(model, disc_model, tx, disc_tx, example, shardings, rng, *, po
 
 
 # ----------------------------------------------------------------------------- the step
+
+
+def step_flops(config, model, model_config: dict, data_shapes) -> float:
+    """Model FLOPs of one `gail_step` (`irl_lm.perf`'s convention; a forward and backward
+    pass counts 3 forward passes; the samples have the data's shapes): each discriminator
+    update's passes over data and samples (and the reference policy's, for "log_ratio"),
+    the rewards of the samples, the reference logits of the samples, and the policy update
+    (with its NLL on the data when `mle_weight`). Drawing the samples is counted apart."""
+    disc_model = build_model(model_config | dict(config.discriminator.model))
+    policy = perf.train_flops_per_step(model, data_shapes) / 3  # one forward pass
+    disc = perf.train_flops_per_step(disc_model, data_shapes) / 3
+    reference = policy if config.discriminator.head == "log_ratio" else 0.0
+    disc_update = 2 * (3 * disc + reference)  # data and samples
+    policy_update = 3 * policy * (2 if config.loss.mle_weight else 1)
+    rewards_and_reference = disc + reference + policy
+    return (
+        config.discriminator.updates_per_step * disc_update + rewards_and_reference + policy_update
+    )
 
 
 def gail_step(

@@ -21,6 +21,8 @@ from irl_lm.models.decoder_only import SLIDING
 # (substring of the lower-cased `jax.Device.device_kind`, peak dense bf16 FLOP/s), first
 # match wins: "tpu v5 lite" (v5e) must come before the bare "tpu v5" that v5p may report.
 PEAK_BF16_FLOPS_PER_DEVICE: tuple[tuple[str, float], ...] = (
+    ("h100 pcie", 756e12),
+    ("h100 nvl", 835e12),
     ("h100", 989e12),
     ("h200", 989e12),
     ("a100", 312e12),

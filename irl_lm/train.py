@@ -210,10 +210,9 @@ def sampled_rows(config, mesh) -> int:
     return 0
 
 
-def step_cost(config, model, sampled_rows: int) -> perf.StepCost:
-    """The model FLOPs of one step (`irl_lm.perf`): the update over the global batch (and
-    over the policy samples of online IQLearn; GAIL: its policy update on the samples, its
-    discriminator not counted), and the sampling."""
+def step_cost(config, model, model_config: dict, sampled_rows: int) -> perf.StepCost:
+    """The model FLOPs of one step (`irl_lm.perf`): the update over the global batch (with
+    the policy samples of online IQLearn; GAIL: `gail.step_flops`), and the sampling."""
     lengths = pipeline.model_feature_lengths(config, decoder_only=is_decoder_only(model))
 
     def shapes(rows: int) -> dict[str, tuple[int, int]]:
@@ -221,10 +220,14 @@ def step_cost(config, model, sampled_rows: int) -> perf.StepCost:
         return {k: (rows, lengths[k]) for k in features if k in lengths}
 
     data = shapes(config.batch_size)
-    update = 0.0 if config.loss.name == "gail" else perf.train_flops_per_step(model, data)
+    if config.loss.name == "gail":
+        update = gail.step_flops(config, model, model_config, data)
+    else:
+        update = perf.train_flops_per_step(model, data)
+        if sampled_rows:  # the teacher-forced pass over the samples, in the same update
+            update += perf.train_flops_per_step(model, shapes(sampled_rows))
     sampling = 0.0
     if sampled_rows:
-        update += perf.train_flops_per_step(model, shapes(sampled_rows))
         task_lengths = tasks.feature_lengths(config.task)
         sampling = perf.sampling_flops(
             model, sampled_rows, task_lengths["inputs"], task_lengths["targets"]
@@ -345,7 +348,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 results["eval_reference"][name] = evaluator.reference()
         last_saved = latest
         timer = _Throughput()
-        cost = step_cost(config, model, sampled_rows(config, mesh))
+        cost = step_cost(config, model, model_config, sampled_rows(config, mesh))
         device_kind = jax.devices()[0].device_kind
         step_perf = lambda rate: cost.perf(rate, jax.device_count(), device_kind)
         peak = perf.peak_flops_per_device(device_kind)

@@ -110,14 +110,17 @@ def state_from_params(tx, params, shardings) -> TrainState:
 # ----------------------------------------------------------------------------- train step
 
 
-def model_logits(model, params, features, dropout_rng, logits_chunk_size: int = 0):
-    """The training forward pass: logits `[B, T, V]`, or with `logits_chunk_size` > 0 the
-    final states and the head as `ChunkedLogits` (the losses apply it that many positions
-    at a time)."""
-    variables, rngs = {"params": params}, {"dropout": dropout_rng}
+def model_logits(model, params, features, dropout_rng=None, logits_chunk_size: int = 0):
+    """The teacher-forced forward pass: logits `[B, T, V]`, or with `logits_chunk_size` > 0
+    the final states and the head as `ChunkedLogits` (the losses apply it that many
+    positions at a time). Dropout with `dropout_rng`; none (evaluation) without."""
+    variables = {"params": params}
+    kwargs = {"deterministic": dropout_rng is None}
+    if dropout_rng is not None:
+        kwargs["rngs"] = {"dropout": dropout_rng}
     if not logits_chunk_size:
-        return model.apply(variables, features, deterministic=False, rngs=rngs)
-    hidden = model.apply(variables, features, deterministic=False, rngs=rngs, method="hidden")
+        return model.apply(variables, features, **kwargs)
+    hidden = model.apply(variables, features, method="hidden", **kwargs)
     head = lambda hidden_BxCxD: model.apply(variables, hidden_BxCxD, method="logits")
     return ChunkedLogits(hidden, head, logits_chunk_size)
 

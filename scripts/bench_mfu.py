@@ -177,18 +177,17 @@ def main(argv=None):
     )
     for attention in args.attention.split(","):
         for chunk in (int(c) for c in args.logits_chunk_size.split(",")):
-            batch = args.batch
-            while True:
+            batch, rows = args.batch, []
+            while batch and not rows:
                 try:
                     rows = measure(args, attention, chunk, batch)
-                    break
-                except Exception as e:  # out of memory: halve the batch
+                except Exception as e:  # out of memory: halve the batch; else report, go on
+                    first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
                     if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e):
-                        raise
+                        print(f"  {attention}, chunk {chunk} failed: {first_line}")
+                        break
                     print(f"  batch {batch} does not fit ({attention}, chunk {chunk}): halving")
                     batch //= 2
-                    if batch == 0:
-                        raise
             for row in rows:
                 mfu = "-" if row["mfu"] is None else f"{row['mfu']:.1%}"
                 scratch = "-" if row["scratch_gb"] is None else f"{row['scratch_gb']:.2f}"

@@ -38,12 +38,13 @@ DECODER_TINY = dict(
 )
 
 
-def _batch(family, rng, *, packed=False):
-    """Right-padded rows of different lengths (one row without padding)."""
-    batch_size, enc_len, length = 4, 11, 9
+def _batch(family, rng, *, packed=False, even=False):
+    """Right-padded rows of different lengths: one without padding, one all padding (as a
+    padded evaluation batch has). `even`: even lengths (cuDNN takes a bias only with them)."""
+    batch_size, enc_len, length = 5, 11 + even, 9 + even
     targets = rng.integers(2, 64, (batch_size, length)).astype(np.int32)
-    for row, n in enumerate([9, 6, 3, 7]):
-        targets[row, n - 1], targets[row, n:] = 1, 0
+    for row, n in enumerate([length, 6, 3, 7, 0]):
+        targets[row, max(n - 1, 0)], targets[row, n:] = 1, 0
     batch = {
         "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
         "decoder_target_tokens": targets,
@@ -51,7 +52,7 @@ def _batch(family, rng, *, packed=False):
     }
     if family == "t5":
         inputs = rng.integers(2, 64, (batch_size, enc_len)).astype(np.int32)
-        for row, n in enumerate([11, 4, 8, 2]):
+        for row, n in enumerate([enc_len, 4, 8, 2, 0]):
             inputs[row, n:] = 0
         batch["encoder_input_tokens"] = inputs
     if packed:  # two segments per row, each position in one
@@ -103,13 +104,13 @@ def test_fused_attention_matches_einsum_values_and_gradients(family, packed):
         assert np.abs(want_grads["decoder_relpos"]["rel_embedding"]).max() > 1e-4
 
 
-@pytest.mark.parametrize("case", ["bias_padding", "causal_gqa_window"])
+@pytest.mark.parametrize("case", ["bias_padding", "bias_gqa", "causal_gqa_window"])
 def test_dot_attention_paths_agree(case):
     """The layer-level call: lengths vs the boolean mask, the bias in the fused call's
     [1, H, Q, K] form, grouped-query heads and a sliding window."""
     rng = np.random.default_rng(1)
     batch, q_len, k_len, heads, kv_heads, dim = 3, 7, 7, 4, 4, 8
-    if case == "causal_gqa_window":
+    if case != "bias_padding":
         kv_heads = 2
     q = jnp.asarray(rng.normal(size=(batch, q_len, heads, dim)), jnp.float32)
     k = jnp.asarray(rng.normal(size=(batch, k_len, kv_heads, dim)), jnp.float32)
@@ -121,7 +122,7 @@ def test_dot_attention_paths_agree(case):
         ki < np.asarray(kv_lengths)[:, None, None]
     )
     mask = AttentionMask(jnp.asarray(allowed), q_lengths_B=q_lengths, kv_lengths_B=kv_lengths)
-    if case == "bias_padding":
+    if case.startswith("bias"):
         bias = jnp.asarray(rng.normal(size=(1, heads, q_len, k_len)), jnp.float32)
         mask = dataclasses.replace(mask, bias_1xHxQxK=bias)
     else:
@@ -149,27 +150,40 @@ def test_dot_attention_paths_agree(case):
             np.testing.assert_allclose(got_g, want_g, rtol=1e-4, atol=1e-5)
 
 
-def test_auto_is_einsum_on_cpu_and_fused_paths_refuse_dropout():
-    from irl_lm.models.layers import resolve_attention_impl
+def test_auto_is_einsum_on_cpu_and_cudnn_refuses_what_it_cannot_compute():
+    from irl_lm.models.layers import cudnn_refusal, resolve_attention_impl
 
-    mask = AttentionMask(jnp.ones((1, 2, 2), bool))
-    auto = resolve_attention_impl(
-        "auto", dtype=jnp.bfloat16, mask=mask, dropout=False, softcap=None
-    )
-    assert auto == ("cudnn" if jax.default_backend() == "gpu" else "einsum")
+    mask = AttentionMask(jnp.ones((1, 8, 8), bool))
+
+    def resolve(impl, dtype=jnp.bfloat16, dropout=False):
+        shape = (1, 8, 4, 64)
+        return resolve_attention_impl(
+            impl, q_shape=shape, k_len=8, dtype=dtype, mask=mask, dropout=dropout, softcap=None
+        )
+
+    assert resolve("auto") == ("cudnn" if jax.default_backend() == "gpu" else "einsum")
+    assert resolve("auto", dtype=jnp.float32) == "einsum"
     with pytest.raises(ValueError, match="attention dropout or soft-capping"):
-        resolve_attention_impl("cudnn", dtype=jnp.bfloat16, mask=mask, dropout=True, softcap=None)
+        resolve("cudnn", dropout=True)
+    with pytest.raises(ValueError, match="does not take dtype float32"):
+        resolve("cudnn", dtype=jnp.float32)
     with pytest.raises(ValueError, match="attention_impl='flash' is not supported"):
         build_model(T5_TINY | {"attention_impl": "flash"})
+    # JAX's cuDNN checks, made before choosing: `auto` takes the einsum path instead.
+    assert cudnn_refusal((2, 8, 4, 64), 8, jnp.bfloat16, has_bias=True) is None
+    assert "odd lengths 7 x 8" in cudnn_refusal((2, 7, 4, 64), 8, jnp.bfloat16, has_bias=True)
+    assert cudnn_refusal((2, 7, 4, 64), 8, jnp.bfloat16, has_bias=False) is None
+    assert "head size 60" in cudnn_refusal((2, 8, 4, 60), 8, jnp.bfloat16, has_bias=False)
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs a GPU")
 @pytest.mark.parametrize("family", ["t5", "decoder_only"])
 def test_cudnn_attention_matches_einsum_on_gpu(family):
-    """bf16 on both paths; cuDNN's flash attention reorders the sums (bf16 tolerance)."""
+    """bf16 on both paths; cuDNN's flash attention reorders the sums (bf16 tolerance); an
+    all-padding row stays finite."""
     rng = np.random.default_rng(0)
     config = (T5_TINY if family == "t5" else DECODER_TINY) | {"dtype": "bfloat16"}
-    batch = _batch(family, rng)
+    batch = _batch(family, rng, even=True)
     einsum_model = build_model(config | {"attention_impl": "einsum"})
     fused_model = build_model(config | {"attention_impl": "cudnn"})
     params = unbox(einsum_model.init(jax.random.PRNGKey(0), batch)["params"])

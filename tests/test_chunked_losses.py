@@ -26,7 +26,7 @@ def _loss_fn(name):
     return make_loss(loss_fields(name, **fields))
 
 
-@pytest.mark.parametrize("chunk", [1, 4, 9, 64])  # 4 leaves a partial last chunk of 9 positions
+@pytest.mark.parametrize("chunk", [4, 64])  # 4: a partial last chunk of 9 positions; 64: one
 @pytest.mark.parametrize("name", POLICY_LOSSES)
 def test_chunked_loss_equals_unchunked_values_and_gradients(name, chunk):
     _, targets, weights = random_batch(seed=1)

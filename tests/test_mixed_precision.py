@@ -58,6 +58,8 @@ def test_remat_gives_the_same_loss_and_gradients(family, policy):
     remat = tiny_model(family, remat=policy)
     remat_params = sharding.unbox(remat.init(jax.random.PRNGKey(0), batch)["params"])
     assert jax.tree.structure(remat_params) == jax.tree.structure(params)
+    jaxpr = str(jax.make_jaxpr(lambda p: remat.apply({"params": p}, batch))(params))
+    assert jaxpr.count("checkpoint") + jaxpr.count("remat") >= 2  # one per layer, at least
     want_loss, want = loss_and_grads(plain, params)
     got_loss, got = loss_and_grads(remat, params)
     np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)

@@ -307,3 +307,32 @@ def test_expert_evaluator_scores_greedy_and_beam_outputs(make_config, method):
             n for _, n in valid
         )
         assert scalars["reverse_kl"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_step_cost_counts_online_samples_and_every_gail_pass(make_config):
+    """Online IQLearn: the data rows and the sampled rows in the update, their drawing
+    apart; GAIL: 2 discriminator updates over data and samples with the reference policy
+    ("log_ratio"), the samples' rewards and reference logits, the policy update with its
+    NLL term, each pass counted by `perf` on the data's shapes."""
+    config = make_config("iqlearn_online")
+    model_config = train.resolve_model_config(config)
+    model = build_model(model_config)
+    lengths = pipeline.model_feature_lengths(config, decoder_only=False)
+    features = ("encoder_input_tokens", "decoder_target_tokens")
+    shapes = lambda rows: {k: (rows, lengths[k]) for k in features}
+    train_flops = lambda rows: perf.train_flops_per_step(model, shapes(rows))
+    cost = train.step_cost(config, model, model_config, sampled_rows=2)
+    assert cost.update_flops == train_flops(8) + train_flops(2)
+    inputs, targets = lengths["encoder_input_tokens"], lengths["decoder_target_tokens"]
+    assert cost.sampling_flops == perf.sampling_flops(model, 2, inputs, targets) > 0
+    assert cost.tokens == 8 * (inputs + targets)
+
+    config = make_config("gail", **{"loss.mle_weight": 0.5, "discriminator.updates_per_step": 2})
+    cost = train.step_cost(config, model, model_config, sampled_rows=8)
+    forward = train_flops(8) / 3  # the discriminator is the policy's shape here
+    disc_updates = 2 * (2 * 3 * forward + 2 * forward)  # 2 x (D fwd+bwd, reference fwd) x 2
+    rewards, reference_logits, policy_update = 2 * forward, forward, 2 * 3 * forward
+    assert cost.update_flops == pytest.approx(
+        disc_updates + rewards + reference_logits + policy_update, rel=1e-12
+    )
+    assert cost.sampling_flops == perf.sampling_flops(model, 8, inputs, targets)

@@ -30,6 +30,7 @@ from irl_lm.models.layers import (
     MLP,
     AttentionMask,
     Embed,
+    Head,
     RMSNorm,
     check_runtime_fields,
     constrain,
@@ -37,7 +38,6 @@ from irl_lm.models.layers import (
     normal,
     param,
     remat,
-    untied_head,
     vocab_logits,
     write_kv,
 )
@@ -340,7 +340,7 @@ class DecoderOnly(nn.Module):
         self.final_norm = RMSNorm(cfg.rms_norm_eps, dtype, cfg.norm_plus_one)
         self.dropout = nn.Dropout(cfg.dropout_rate)
         if not cfg.tie_word_embeddings:
-            self.lm_head = untied_head(cfg.vocab_size, cfg.hidden_size, dtype)
+            self.lm_head = Head(cfg.vocab_size, dtype)
 
     def _embed(self, tokens):
         x = self.token_embedder(tokens)

@@ -93,8 +93,9 @@ def hf_model_config(folder: str, tensors: Mapping[str, np.ndarray] | None = None
 def load_hf(folder: str, mesh=None, **overrides):
     """Returns (model, params) for a Hugging Face folder, params placed on `mesh`.
 
-    `overrides` may set the runtime fields (`dtype`, `dropout_rate`); the architecture comes
-    from the folder. Without a mesh, parameters are replicated over all devices.
+    `overrides` may set the runtime fields (`RUNTIME_FIELDS`: dtypes, attention, remat,
+    dropout); the architecture comes from the folder. Without a mesh, parameters are
+    replicated over all devices.
     """
     from irl_lm.models import build_model
 

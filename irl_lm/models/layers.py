@@ -13,6 +13,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 NEG_INF = -1e10  # finite, so fully masked rows (padding) give a uniform softmax, never NaN
 
@@ -83,10 +84,11 @@ class AttentionMask:
 
     The einsum path reads `allowed_BxQxK` (padding, causal, packed segments, window: all in
     one boolean) plus T5's relative-position `bias_1xHxQxK`. The fused path
-    (`jax.nn.dot_product_attention`) reads the same mask as `causal`, `window` and the
-    real lengths `q_lengths_B` / `kv_lengths_B` (right padding), so cuDNN never builds a
-    [B, Q, K] tensor; where that form is not exact (`dense_only`: packed segments, a
-    decoding cache) it takes `allowed_BxQxK` itself.
+    (`jax.nn.dot_product_attention`) reads the same mask as `causal`, `window` and, where
+    given, the real lengths `q_lengths_B` / `kv_lengths_B` (right padding; a causal
+    decoder-only row needs none: its padding comes after every real token), so cuDNN never
+    builds a [B, Q, K] tensor; where that form is not exact (`dense_only`: packed segments,
+    a decoding cache) it takes `allowed_BxQxK` itself.
     """
 
     allowed_BxQxK: jax.Array
@@ -107,55 +109,109 @@ class AttentionMask:
         return self.replace(allowed_BxQxK=allowed_BxQxK, window=window)
 
 
-def resolve_attention_impl(impl: str, *, dtype, mask: AttentionMask, dropout: bool, softcap):
-    """The implementation a call runs: `auto` is cuDNN's fused attention on a GPU in
-    bf16/fp16 where it computes exactly what the einsum path does (no attention dropout, no
-    soft-capping, a mask it takes as lengths), else the einsum path."""
+def cudnn_refusal(q_shape, k_len: int, dtype, has_bias: bool) -> str | None:
+    """Why cuDNN's flash attention would refuse these shapes (JAX's own checks: bf16 / fp16,
+    a head size that is a multiple of 8 and at most 128, 256 from Hopper on, even lengths
+    with a bias), or None."""
+    if jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
+        return f"dtype {jnp.dtype(dtype).name} (cuDNN takes bfloat16 or float16)"
+    head_dim, q_len = q_shape[-1], q_shape[1]
+    capability = getattr(jax.devices()[0], "compute_capability", "0")
+    max_head = 256 if float(capability or 0) >= 9.0 else 128
+    if head_dim % 8 or head_dim > max_head:
+        return f"head size {head_dim} (a multiple of 8, at most {max_head} on this GPU)"
+    if has_bias and (q_len % 2 or k_len % 2):
+        return f"odd lengths {q_len} x {k_len} with a bias (pad the lengths to even)"
+    return None
+
+
+def resolve_attention_impl(
+    impl: str, *, q_shape, k_len: int, dtype, mask: AttentionMask, dropout: bool, softcap
+):
+    """The implementation a call runs: `auto` is cuDNN's fused attention on a GPU where it
+    computes what the einsum path does, up to rounding (no attention dropout, no
+    soft-capping, a mask it takes as lengths and window, shapes cuDNN takes:
+    `cudnn_refusal`), else the einsum path."""
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"attention_impl={impl!r} is not supported; allowed: {ATTENTION_IMPLS}")
+    has_bias = mask.bias_1xHxQxK is not None
     if impl == "auto":
-        fusable = jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
-        fusable = fusable and not dropout and softcap is None and not mask.dense_only
+        fusable = jax.default_backend() == "gpu" and not mask.dense_only
+        fusable = fusable and not dropout and softcap is None
+        fusable = fusable and cudnn_refusal(q_shape, k_len, dtype, has_bias) is None
         return "cudnn" if fusable else "einsum"
     if impl != "einsum" and (dropout or softcap is not None):
         raise ValueError(
             f"attention_impl={impl!r} has no attention dropout or soft-capping; use 'einsum' "
             "or 'auto' (dropout_rate 0 or deterministic, attn_logit_softcapping None)"
         )
+    if impl == "cudnn" and (why := cudnn_refusal(q_shape, k_len, dtype, has_bias)):
+        raise ValueError(f"attention_impl='cudnn' does not take {why}; use 'auto' or 'einsum'")
     return impl
 
 
 def dot_attention(
-    q_BxQxHxD, k_BxKxGxD, v_BxKxGxD, mask: AttentionMask, *, impl="einsum", softcap=None,
+    q_BxQxHxD,
+    k_BxKxGxD,
+    v_BxKxGxD,
+    mask: AttentionMask,
+    *,
+    impl="einsum",
+    softcap=None,
     dropout=None,
-):  # fmt: skip
+):
     """softmax(q·kᵀ + bias)·v, unscaled (callers fold the scale into q), for H query heads
     over G ≤ H key/value heads (grouped-query when G < H); returns `[B, Q, H, D]`.
 
     `impl`: "einsum" (ours: scores and softmax in float32, `dropout(probs)` applied), or
     `jax.nn.dot_product_attention` with `implementation=impl` ("xla", "cudnn"); "auto" picks
-    (`resolve_attention_impl`).
+    (`resolve_attention_impl`), and falls back to "einsum" (with a warning) where cuDNN
+    refuses the call anyway (e.g. no cuDNN found).
     """
     dtype = q_BxQxHxD.dtype
-    impl = resolve_attention_impl(
-        impl, dtype=dtype, mask=mask, dropout=dropout is not None, softcap=softcap
+    chosen = resolve_attention_impl(
+        impl,
+        q_shape=q_BxQxHxD.shape,
+        k_len=k_BxKxGxD.shape[1],
+        dtype=dtype,
+        mask=mask,
+        dropout=dropout is not None,
+        softcap=softcap,
     )
-    if impl != "einsum":
-        window = None if mask.window is None else (mask.window - 1, 0)
-        bias = None if mask.bias_1xHxQxK is None else mask.bias_1xHxQxK.astype(dtype)
-        return jax.nn.dot_product_attention(
-            q_BxQxHxD,
-            k_BxKxGxD.astype(dtype),
-            v_BxKxGxD.astype(dtype),
-            bias=bias,  # bf16 on cuDNN: float32 biases gave NaN bias gradients (jax #32242)
-            mask=mask.allowed_BxQxK[:, None] if mask.dense_only else None,
-            scale=1.0,
-            is_causal=mask.causal and not mask.dense_only,
-            query_seq_lengths=None if mask.dense_only else mask.q_lengths_B,
-            key_value_seq_lengths=None if mask.dense_only else mask.kv_lengths_B,
-            local_window_size=None if mask.dense_only else window,
-            implementation=impl,
+    if chosen == "einsum":
+        return _einsum_attention(q_BxQxHxD, k_BxKxGxD, v_BxKxGxD, mask, softcap, dropout)
+    try:
+        return _fused_attention(q_BxQxHxD, k_BxKxGxD, v_BxKxGxD, mask, chosen)
+    except (NotImplementedError, ValueError, RuntimeError) as e:  # raised while tracing
+        if impl != "auto":
+            raise
+        logging.warning(
+            "cuDNN attention refused %s (%s); using einsum attention", q_BxQxHxD.shape, e
         )
+        return _einsum_attention(q_BxQxHxD, k_BxKxGxD, v_BxKxGxD, mask, softcap, dropout)
+
+
+def _fused_attention(q_BxQxHxD, k_BxKxGxD, v_BxKxGxD, mask: AttentionMask, impl: str):
+    dtype = q_BxQxHxD.dtype
+    window = None if mask.window is None else (mask.window - 1, 0)
+    bias = None if mask.bias_1xHxQxK is None else mask.bias_1xHxQxK.astype(dtype)
+    return jax.nn.dot_product_attention(
+        q_BxQxHxD,
+        k_BxKxGxD.astype(dtype),
+        v_BxKxGxD.astype(dtype),
+        bias=bias,  # bf16 on cuDNN: float32 biases gave NaN bias gradients (jax #32242)
+        mask=mask.allowed_BxQxK[:, None] if mask.dense_only else None,
+        scale=1.0,
+        is_causal=mask.causal and not mask.dense_only,
+        query_seq_lengths=None if mask.dense_only else mask.q_lengths_B,
+        key_value_seq_lengths=None if mask.dense_only else mask.kv_lengths_B,
+        local_window_size=None if mask.dense_only else window,
+        implementation=impl,
+    )
+
+
+def _einsum_attention(q_BxQxHxD, k_BxKxGxD, v_BxKxGxD, mask: AttentionMask, softcap, dropout):
+    dtype = q_BxQxHxD.dtype
     batch, length, heads, head_dim = q_BxQxHxD.shape
     kv_heads = k_BxKxGxD.shape[2]
     q = q_BxQxHxD.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
@@ -279,13 +335,6 @@ class Head(nn.Module):
         x = x_BxTxD.astype(self.dtype)
         kernel = kernel.astype(self.dtype)
         return jnp.einsum("btd,dv->btv", x, kernel, preferred_element_type=jnp.float32)
-
-
-def untied_head(vocab_size: int, features: int, dtype) -> Head:
-    """The output projection of a model whose head is not its embedding (`features` is
-    read off the input)."""
-    del features
-    return Head(vocab_size, dtype)
 
 
 def vocab_logits(x_BxTxD, embedder: Embed, head: Head | None) -> jax.Array:

@@ -22,6 +22,7 @@ from irl_lm.models.layers import (
     MLP,
     AttentionMask,
     Embed,
+    Head,
     MultiHeadAttention,
     RMSNorm,
     check_runtime_fields,
@@ -29,7 +30,6 @@ from irl_lm.models.layers import (
     normal,
     param,
     remat,
-    untied_head,
     vocab_logits,
     write_kv,
 )
@@ -260,7 +260,7 @@ class T5(nn.Module):
         self.decoder_norm = RMSNorm(cfg.layer_norm_epsilon, dtype)
         self.dropout = nn.Dropout(cfg.dropout_rate)
         if not cfg.tie_word_embeddings:
-            self.lm_head = untied_head(cfg.vocab_size, cfg.d_model, dtype)
+            self.lm_head = Head(cfg.vocab_size, dtype)
 
     def encode(self, encoder_input_tokens, encoder_segment_ids=None, *, deterministic=True):
         """Encoder states `[B, S, D]`."""
