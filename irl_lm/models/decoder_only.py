@@ -349,8 +349,8 @@ class DecoderOnly(nn.Module):
         return x
 
     def __call__(self, batch, *, deterministic=True):
-        """Teacher-forced float32 logits `[B, T, V]`; causal, within a packed segment when
-        segment ids are given."""
+        """Teacher-forced logits `[B, T, V]` (in `dtype`); causal, within a packed segment
+        when segment ids are given."""
         return self.logits(self.hidden(batch, deterministic=deterministic))
 
     def hidden(self, batch, *, deterministic=True):
@@ -375,7 +375,7 @@ class DecoderOnly(nn.Module):
         return self.dropout(self.final_norm(x), deterministic=deterministic)
 
     def logits(self, x_BxTxD):
-        """Float32 logits `[B, T, V]` of final states (`hidden`)."""
+        """Logits `[B, T, V]` (in `dtype`) of final states (`hidden`)."""
         head = None if self.config.tie_word_embeddings else self.lm_head
         logits = vocab_logits(x_BxTxD, self.token_embedder, head)
         return softcap(logits, self.config.final_logit_softcapping)

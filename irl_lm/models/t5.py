@@ -322,7 +322,7 @@ class T5(nn.Module):
         return self.dropout(self.decoder_norm(x), deterministic=deterministic)
 
     def logits(self, x_BxTxD):
-        """Float32 logits `[B, T, V]` of final decoder states (`hidden`)."""
+        """Logits `[B, T, V]` (in `dtype`) of final decoder states (`hidden`)."""
         if self.config.scales_decoder_outputs:
             x_BxTxD = x_BxTxD * self.config.d_model**-0.5
         head = None if self.config.tie_word_embeddings else self.lm_head
@@ -374,7 +374,7 @@ class T5(nn.Module):
         return logits, {"inputs": cache["inputs"], "decode": {"layers": layers}}
 
     def __call__(self, batch, *, deterministic=True):
-        """Float32 logits `[B, T, V]`."""
+        """Logits `[B, T, V]` (in `dtype`)."""
         return self.logits(self.hidden(batch, deterministic=deterministic))
 
     def hidden(self, batch, *, deterministic=True):
