@@ -10,32 +10,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from irl_lm.models import build_model
 from irl_lm.models.layers import AttentionMask, dot_attention
 from irl_lm.sharding import unbox
+from tests.conftest import tiny_model
 
-T5_TINY = dict(
-    name="t5",
-    vocab_size=64,
-    d_model=32,
-    d_kv=8,
-    d_ff=48,
-    num_heads=4,
-    num_layers=2,
-    num_decoder_layers=2,
-)
-DECODER_TINY = dict(
-    name="decoder_only",
-    vocab_size=64,
-    hidden_size=32,
-    intermediate_size=48,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=8,
-    layer_types=("sliding_attention", "full_attention", "sliding_attention"),
-    sliding_window=3,
-)
+
+def _model(family, **fields):
+    """The tiny model of `conftest`; the decoder-only one with sliding-window layers around
+    a full one."""
+    if family == "decoder_only":
+        sliding, full = "sliding_attention", "full_attention"
+        layers = {"layer_types": (sliding, full, sliding), "sliding_window": 3}
+        fields = {"num_hidden_layers": 3, **layers, **fields}
+    return tiny_model(family, **fields)
 
 
 def _batch(family, rng, *, packed=False, even=False):
@@ -86,12 +73,12 @@ def _values_and_grads(model, params, batch, probe):
 @pytest.mark.parametrize("family", ["t5", "decoder_only"])
 def test_fused_attention_matches_einsum_values_and_gradients(family, packed):
     rng = np.random.default_rng(0)
-    config = T5_TINY if family == "t5" else DECODER_TINY
     batch = _batch(family, rng, packed=packed)
-    einsum_model = build_model(config | {"attention_impl": "einsum"})
-    fused_model = build_model(config | {"attention_impl": "xla"})
+    einsum_model = _model(family, attention_impl="einsum")
+    fused_model = _model(family, attention_impl="xla")
     params = unbox(einsum_model.init(jax.random.PRNGKey(0), batch)["params"])
-    probe = rng.normal(size=(*batch["decoder_target_tokens"].shape, 64)).astype(np.float32)
+    vocab = einsum_model.config.vocab_size
+    probe = rng.normal(size=(*batch["decoder_target_tokens"].shape, vocab)).astype(np.float32)
     want_logits, want_grads = _values_and_grads(einsum_model, params, batch, probe)
     got_logits, got_grads = _values_and_grads(fused_model, params, batch, probe)
     assert np.abs(want_logits).max() > 0.1
@@ -168,7 +155,7 @@ def test_auto_is_einsum_on_cpu_and_cudnn_refuses_what_it_cannot_compute():
     with pytest.raises(ValueError, match="does not take dtype float32"):
         resolve("cudnn", dtype=jnp.float32)
     with pytest.raises(ValueError, match="attention_impl='flash' is not supported"):
-        build_model(T5_TINY | {"attention_impl": "flash"})
+        _model("t5", attention_impl="flash")
     # JAX's cuDNN checks, made before choosing: `auto` takes the einsum path instead.
     assert cudnn_refusal((2, 8, 4, 64), 8, jnp.bfloat16, has_bias=True) is None
     assert "odd lengths 7 x 8" in cudnn_refusal((2, 7, 4, 64), 8, jnp.bfloat16, has_bias=True)
@@ -182,12 +169,12 @@ def test_cudnn_attention_matches_einsum_on_gpu(family):
     """bf16 on both paths; cuDNN's flash attention reorders the sums (bf16 tolerance); an
     all-padding row stays finite."""
     rng = np.random.default_rng(0)
-    config = (T5_TINY if family == "t5" else DECODER_TINY) | {"dtype": "bfloat16"}
     batch = _batch(family, rng, even=True)
-    einsum_model = build_model(config | {"attention_impl": "einsum"})
-    fused_model = build_model(config | {"attention_impl": "cudnn"})
+    einsum_model = _model(family, dtype="bfloat16", attention_impl="einsum")
+    fused_model = _model(family, dtype="bfloat16", attention_impl="cudnn")
     params = unbox(einsum_model.init(jax.random.PRNGKey(0), batch)["params"])
-    probe = rng.normal(size=(*batch["decoder_target_tokens"].shape, 64)).astype(np.float32)
+    vocab = einsum_model.config.vocab_size
+    probe = rng.normal(size=(*batch["decoder_target_tokens"].shape, vocab)).astype(np.float32)
     want_logits, want_grads = _values_and_grads(einsum_model, params, batch, probe)
     got_logits, got_grads = _values_and_grads(fused_model, params, batch, probe)
     np.testing.assert_allclose(got_logits, want_logits, rtol=0.05, atol=0.05)

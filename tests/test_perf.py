@@ -9,14 +9,28 @@ from irl_lm import perf
 from irl_lm.models import build_model
 
 TINY_T5 = dict(
-    name="t5", vocab_size=300, d_model=64, d_kv=16, d_ff=128, num_heads=4, num_layers=2,
-    num_decoder_layers=3, feed_forward_proj="gated-gelu",
-)  # fmt: skip
+    name="t5",
+    vocab_size=300,
+    d_model=64,
+    d_kv=16,
+    d_ff=128,
+    num_heads=4,
+    num_layers=2,
+    num_decoder_layers=3,
+    feed_forward_proj="gated-gelu",
+)
 TINY_DECODER_ONLY = dict(
-    name="decoder_only", vocab_size=300, hidden_size=64, intermediate_size=128,
-    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-    layer_types=("sliding_attention", "full_attention"), sliding_window=8,
-)  # fmt: skip
+    name="decoder_only",
+    vocab_size=300,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    layer_types=("sliding_attention", "full_attention"),
+    sliding_window=8,
+)
 
 
 def test_t5_train_flops_by_hand():
@@ -48,8 +62,12 @@ def test_t5_train_flops_by_hand():
     assert perf.train_flops_per_step(model, batch) == pytest.approx(3 * forward, rel=1e-12)
     parts = perf.flops_breakdown(model, batch)
     assert set(parts) == {
-        "encoder_matmul", "encoder_attention", "decoder_matmul", "decoder_attention", "head"
-    }  # fmt: skip
+        "encoder_matmul",
+        "encoder_attention",
+        "decoder_matmul",
+        "decoder_attention",
+        "head",
+    }
     assert parts["head"] == 48 * 2 * 64 * 300
     assert parts["encoder_attention"] == 2 * 4 * (24 * 24) * 2 * (2 * 64)
     # A plain (ungated) MLP has one input matmul fewer, on every encoder and decoder token.
@@ -79,8 +97,10 @@ def test_decoder_only_train_flops_by_hand():
     )
     assert perf.train_flops_per_step(model, batch) == pytest.approx(3 * forward, rel=1e-12)
     assert set(perf.flops_breakdown(model, batch)) == {
-        "decoder_matmul", "decoder_attention", "head"
-    }  # fmt: skip
+        "decoder_matmul",
+        "decoder_attention",
+        "head",
+    }
     # A tied head is still a matmul over the vocabulary; a window as long as the sequence is
     # plain causal attention.
     tied = build_model({**TINY_DECODER_ONLY, "tie_word_embeddings": True})
@@ -122,18 +142,33 @@ def test_train_flops_match_xla_cost_analysis(family):
     tokens = jnp.asarray(np.random.default_rng(0).integers(2, 2048, (batch_size, length)))
     batch = {"decoder_input_tokens": tokens, "decoder_target_tokens": tokens}
     if family == "t5":
-        model = build_model(dict(
-            name="t5", vocab_size=2048, d_model=256, d_kv=head_dim, num_heads=heads, d_ff=1024,
-            num_layers=2, num_decoder_layers=2,
-        ))  # fmt: skip
+        model = build_model(
+            dict(
+                name="t5",
+                vocab_size=2048,
+                d_model=256,
+                d_kv=head_dim,
+                num_heads=heads,
+                d_ff=1024,
+                num_layers=2,
+                num_decoder_layers=2,
+            )
+        )
         # Inputs twice as long as targets: the cross k/v projections run on input tokens.
         batch["encoder_input_tokens"] = jnp.concatenate([tokens, tokens], axis=1)
     else:
-        model = build_model(dict(
-            name="decoder_only", vocab_size=2048, hidden_size=256, intermediate_size=1024,
-            num_hidden_layers=2, num_attention_heads=heads, num_key_value_heads=2,
-            head_dim=head_dim,
-        ))  # fmt: skip
+        model = build_model(
+            dict(
+                name="decoder_only",
+                vocab_size=2048,
+                hidden_size=256,
+                intermediate_size=1024,
+                num_hidden_layers=2,
+                num_attention_heads=heads,
+                num_key_value_heads=2,
+                head_dim=head_dim,
+            )
+        )
     ours = perf.train_flops_per_step(model, batch)
     xla = xla_train_flops(model, batch)
     # Two causal layers (T5's decoder, or the decoder-only stack), each B * T^2/2 pairs
@@ -146,10 +181,19 @@ def test_train_flops_match_xla_cost_analysis(family):
 
 def test_sampling_flops_by_hand():
     # d=48, heads x d_kv = 4 x 8 = 32, plain MLP d_ff=64, 1 encoder and 2 decoder layers.
-    t5 = build_model(dict(
-        name="t5", vocab_size=100, d_model=48, d_kv=8, num_heads=4, d_ff=64, num_layers=1,
-        num_decoder_layers=2, feed_forward_proj="relu",
-    ))  # fmt: skip
+    t5 = build_model(
+        dict(
+            name="t5",
+            vocab_size=100,
+            d_model=48,
+            d_kv=8,
+            num_heads=4,
+            d_ff=64,
+            num_layers=1,
+            num_decoder_layers=2,
+            feed_forward_proj="relu",
+        )
+    )
     rows, inputs, samples = 2, 10, 6
     expected = rows * (
         # encoder once over the 10 input tokens: q/k/v/o, MLP, 10 keys per token
