@@ -40,6 +40,11 @@ class EvalContext:
     eos_id: int
     workdir: str | None = None  # where evaluators write files (predictions); None: nowhere
 
+    @property
+    def logits_chunk_size(self) -> int:
+        """`config.logits_chunk_size`: teacher-forced passes score in chunks, as training."""
+        return self.config.get("logits_chunk_size", 0)
+
 
 class LossEvaluator:
     """The training loss and its terms, teacher-forced on a held-out split."""
@@ -48,9 +53,8 @@ class LossEvaluator:
         del name
         self.ctx, self.split, self.max_examples = ctx, split, max_examples
 
-        chunk = ctx.config.get("logits_chunk_size", 0)
-
         def summed_metrics(params, batch):
+            chunk = ctx.logits_chunk_size
             logits = train_step.model_logits(ctx.model, params, batch, logits_chunk_size=chunk)
             weights = batch["decoder_loss_weights"]
             _, metrics = ctx.loss_fn(
@@ -257,7 +261,7 @@ class ExpertEvaluator:
 
         self._decode = jax.jit(flat, out_shardings=replicated)
         self._token_log_probs = jax.jit(
-            token_log_probs_fn(ctx.model, ctx.config.get("logits_chunk_size", 0)),
+            token_log_probs_fn(ctx.model, ctx.logits_chunk_size),
             out_shardings=replicated,
         )
         self._rng = jax.random.PRNGKey(seed)
@@ -475,7 +479,7 @@ class DecodeEvaluator:
         self._token_log_probs = None
         if any(part.task.score_metric_fns for part in self.parts):
             self._token_log_probs = jax.jit(
-                token_log_probs_fn(ctx.model, ctx.config.get("logits_chunk_size", 0)),
+                token_log_probs_fn(ctx.model, ctx.logits_chunk_size),
                 out_shardings=_replicated(ctx),
             )
         self.rng = jax.random.PRNGKey(seed)
@@ -737,7 +741,7 @@ class RewardEvaluator:
             ctx.model,
             gamma=self.gamma,
             eos_id=ctx.eos_id,
-            logits_chunk_size=ctx.config.get("logits_chunk_size", 0),
+            logits_chunk_size=ctx.logits_chunk_size,
         )
         self._rewards = jax.jit(reward_fn, out_shardings=replicated)
         self._rng = jax.random.PRNGKey(seed)
