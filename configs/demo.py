@@ -77,8 +77,9 @@ def get_config(arg=None):
             config.loss.kl_coef = 0.05
         if not args["gamma"]:
             config.loss.gamma = 0.9
-        config.discriminator.update(init="policy", head="log_ratio", learning_rate=1e-3,
-                                    warmup_steps=100)  # fmt: skip
+        config.discriminator.update(
+            init="policy", head="log_ratio", learning_rate=1e-3, warmup_steps=100
+        )
     config.evals = dict(
         validation=dict(kind="loss", every=1000, max_examples=512),
         expert=dict(kind="synthetic_expert", every=1000, num_examples=128, num_samples=4),

@@ -64,9 +64,15 @@ def trainer_defaults() -> ml_collections.ConfigDict:
     # discriminator updates before each policy update, and the first steps in which only
     # the discriminator learns.
     config.discriminator = ml_collections.ConfigDict(
-        {"model": {}, "init": "policy", "head": "log_ratio", "learning_rate": 0.0,
-         "updates_per_step": 1, "warmup_steps": 0}
-    )  # fmt: skip
+        {
+            "model": {},
+            "init": "policy",
+            "head": "log_ratio",
+            "learning_rate": 0.0,
+            "updates_per_step": 1,
+            "warmup_steps": 0,
+        }
+    )
     return config
 
 
@@ -97,14 +103,21 @@ def loss_config(args: dict[str, str]) -> ml_collections.ConfigDict:
 
 
 # mode=tiny models (vocab_size 0: the task's); "" is the default
-_TINY_T5 = dict(name="t5", d_model=64, d_kv=16, d_ff=128, num_heads=4, num_layers=2,
-                num_decoder_layers=2)  # fmt: skip
+_TINY_T5 = dict(
+    name="t5", d_model=64, d_kv=16, d_ff=128, num_heads=4, num_layers=2, num_decoder_layers=2
+)
 TINY_MODELS = {
     "": _TINY_T5,
     "t5": _TINY_T5,
-    "decoder_only": dict(name="decoder_only", hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
-}  # fmt: skip
+    "decoder_only": dict(
+        name="decoder_only",
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ),
+}
 
 
 def text_task_config(
@@ -190,12 +203,24 @@ def text_task_config(
         config.checkpoint.every = 1000
         config.evals = dict(
             validation=dict(kind="loss", every=1000, max_examples=1024),
-            decode=dict(kind="decode", every=1000, max_examples=512, method="greedy",
-                        temperature=1.0, num_decodes=1),
-            samples=dict(kind="decode", every=5000, max_examples=256, method="temperature",
-                         temperature=1.0, num_decodes=4),
+            decode=dict(
+                kind="decode",
+                every=1000,
+                max_examples=512,
+                method="greedy",
+                temperature=1.0,
+                num_decodes=1,
+            ),
+            samples=dict(
+                kind="decode",
+                every=5000,
+                max_examples=256,
+                method="temperature",
+                temperature=1.0,
+                num_decodes=4,
+            ),
             reward=dict(kind="reward", every=5000, num_examples=256, num_samples=8),
-        )  # fmt: skip
+        )
         if task == "gsm8k":
             config.evals.calculator = dict(
                 kind="decode", every=5000, max_examples=512, method="greedy", calculator=True

@@ -39,9 +39,13 @@ def convert(src: str, dst: str, *, dtype: str = "float32", max_shard_gb: float =
     params = source.load_params(model, abstract, shardings)
     if dst.startswith("hf:"):
         export_hf(
-            model, params, dst[3:], dtype=dtype,
-            max_shard_bytes=int(max_shard_gb * 2**30), tokenizer_from=source.vocabulary_folder(),
-        )  # fmt: skip
+            model,
+            params,
+            dst[3:],
+            dtype=dtype,
+            max_shard_bytes=int(max_shard_gb * 2**30),
+            tokenizer_from=source.vocabulary_folder(),
+        )
     else:
         checkpointing.save_params(dst, params, model_config)
         copy_tokenizer(source.folder, dst)

@@ -157,9 +157,14 @@ def _inverse_cdf_sample(key, log_q_BxV):
 def greedy(model, params, batch, *, max_len: int, eos_id: int = 1):
     """The most likely token at every step: `sample` at temperature 0, N = 1."""
     return sample(
-        model, params, batch, jax.random.PRNGKey(0), max_len=max_len, temperature=0.0,
+        model,
+        params,
+        batch,
+        jax.random.PRNGKey(0),
+        max_len=max_len,
+        temperature=0.0,
         eos_id=eos_id,
-    )  # fmt: skip
+    )
 
 
 def length_penalty(length, alpha):
@@ -214,10 +219,14 @@ def beam_search(model, params, batch, *, max_len: int, num_beams: int, alpha=0.6
         )
         finished = _top_beams(
             finished,
-            {"tokens": cand_tokens, "log_probs": cand_lps, "score": new_score,
-             "length": jnp.full(new_score.shape, t + 1, jnp.int32)},
+            {
+                "tokens": cand_tokens,
+                "log_probs": cand_lps,
+                "score": new_score,
+                "length": jnp.full(new_score.shape, t + 1, jnp.int32),
+            },
             beams,
-        )  # fmt: skip
+        )
         return t + 1, alive, finished, cache
 
     def cond(carry):
@@ -298,25 +307,39 @@ def make_decoder(
         raise ValueError(f"decoding method={method!r}; allowed: {list(METHODS)}")
     if method == "beam":
         return lambda params, batch, rng: beam_search(
-            model, params, batch, max_len=max_len, num_beams=num_beams, alpha=alpha,
+            model,
+            params,
+            batch,
+            max_len=max_len,
+            num_beams=num_beams,
+            alpha=alpha,
             eos_id=eos_id,
-        )  # fmt: skip
+        )
     temperature = 0.0 if method == "greedy" else temperature
     return lambda params, batch, rng: sample(
-        model, params, batch, rng, max_len=max_len, num_decodes=num_decodes,
-        temperature=temperature, top_k=top_k, top_p=top_p, eos_id=eos_id,
-    )  # fmt: skip
+        model,
+        params,
+        batch,
+        rng,
+        max_len=max_len,
+        num_decodes=num_decodes,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        eos_id=eos_id,
+    )
 
 
-def greedy_with_calculator(model, params, batch, vocabulary, *, max_len: int, eos_id: int = 1):
-    """Greedy decoding that inserts the GSM8k calculator's results (`irl_lm.calculator`):
-    when a row's text ends with an open `<<expression=`, the tokens of the result are fed
-    to the model as its next outputs. A host loop over one jitted step (the text has to be
-    read between steps), so slower than `greedy`; returns `tokens` `[B, 1, T]`, `lengths`
-    `[B, 1]` and `calls` `[B]`, the number of insertions per row.
+def greedy_with_insertions(
+    model, params, batch, vocabulary, insert, *, max_len: int, eos_id: int = 1
+):
+    """Greedy decoding with a tool's text inserted: after each token, `insert(text so far)`
+    returns text (or None), whose tokens are fed to the model as its next outputs; e.g. the
+    GSM8k calculator (`irl_lm.data.calculator.insertion`), which answers an open
+    `<<expression=`. A host loop over one jitted step (the text has to be read between
+    steps), so slower than `greedy`; returns `tokens` `[B, 1, T]`, `lengths` `[B, 1]` and
+    `calls` `[B]`, the number of insertions per row.
     """
-    from irl_lm import calculator
-
     rows = _batch_size(batch)
     cache = jax.jit(lambda p, b: _prefill(model, p, b, max_len, 1))(params, batch)
 
@@ -326,7 +349,7 @@ def greedy_with_calculator(model, params, batch, vocabulary, *, max_len: int, eo
         return _argmax(log_p), cache
 
     tokens = [[] for _ in range(rows)]
-    queued = [[] for _ in range(rows)]  # forced tokens (calculator results) still to feed
+    queued = [[] for _ in range(rows)]  # forced tokens (inserted text) still to feed
     done, calls = [False] * rows, [0] * rows
     previous = jnp.zeros((rows,), jnp.int32)
     for t in range(max_len):
@@ -342,7 +365,7 @@ def greedy_with_calculator(model, params, batch, vocabulary, *, max_len: int, eo
             else:
                 tokens[row].append(token)
                 done[row] = token == eos_id
-                result = None if done[row] else calculator.insertion(vocabulary.decode(tokens[row]))
+                result = None if done[row] else insert(vocabulary.decode(tokens[row]))
                 if result is not None:
                     queued[row] = list(vocabulary.encode(result))
                     calls[row] += 1

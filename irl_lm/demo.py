@@ -1,7 +1,8 @@
 """`make demo`: every loss on the synthetic expert, with the expert's own row.
 
-Trains `configs/demo.py` once per loss (same seed and data) in `<workdir>/<run>`, evaluates
-each against the exact expert, and prints the table; each run's `results.json` holds its row.
+Trains `--config` (`configs/demo.py`) once per loss (same seed and data) in
+`<workdir>/<run>`, evaluates each against the exact expert, and prints the table; each
+run's `results.json` holds its row.
 The runs are listed in `<workdir>/sweep.json` like a sweep's points, and `irl_lm.report`
 writes their tables and plots (`pareto.png`) into `<workdir>/report/`. Rerunning skips
 finished runs.
@@ -12,9 +13,9 @@ import time
 
 from absl import app, flags
 
-from configs import demo as demo_config
 from irl_lm import files, report, sweep, train
 
+_CONFIG = flags.DEFINE_string("config", "configs/demo.py", "The config file of every run.")
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Parent directory of the runs.")
 _RUNS = flags.DEFINE_multi_string(
     "run",
@@ -26,7 +27,7 @@ _RUNS = flags.DEFINE_multi_string(
         "loss=iqlearn_online,lam=0.1,alpha=0.1",
         "loss=gail",
     ],
-    "A configs/demo.py arg; repeat the flag for several runs.",
+    "A --config arg (get_config(arg)); repeat the flag for several runs.",
 )
 _STEPS = flags.DEFINE_integer("total_steps", None, "Override config.total_steps for every run.")
 
@@ -65,8 +66,9 @@ def main(argv):
     train.quiet_library_logs()
     started = time.perf_counter()
     rows, reference, points = [], None, []
+    config_module = sweep.load_config_module(_CONFIG.value)
     for arg in _RUNS.value:
-        config = demo_config.get_config(arg)
+        config = config_module.get_config(arg)
         if _STEPS.value:
             config.total_steps = _STEPS.value
             config.checkpoint.every = min(config.checkpoint.every, _STEPS.value)
@@ -74,8 +76,9 @@ def main(argv):
         if config.loss.name == "gail":  # GAIL fine-tunes the MLE run (PAPER.md §4)
             config.init_from = os.path.join(_WORKDIR.value, "mle")
             if not files.path(config.init_from).is_dir():
-                raise ValueError("--run=loss=gail fine-tunes the MLE run: add --run=loss=mle "
-                                 "before it")  # fmt: skip
+                raise ValueError(
+                    "--run=loss=gail fine-tunes the MLE run: add --run=loss=mle before it"
+                )
         results = train.train_and_evaluate(config, workdir)
         points.append({"name": run_name(arg), "config_arg": arg, "overrides": {}, "status": "done"})
         rows.append(
@@ -92,7 +95,7 @@ def main(argv):
     table = format_table(rows)
     files.write_text(files.path(_WORKDIR.value, "table.txt"), table + "\n")
     files.write_json(files.path(_WORKDIR.value, "results.json"), rows)
-    info = {"config": "configs/demo.py", "commit": sweep.git_commit(), "points": points}
+    info = {"config": _CONFIG.value, "commit": sweep.git_commit(), "points": points}
     files.write_json(files.path(_WORKDIR.value, sweep.SWEEP_FILE), info)
     written = report.write_report(_WORKDIR.value)
     print(f"\nSynthetic expert, {len(_RUNS.value)} runs, {time.perf_counter() - started:.0f} s")

@@ -16,7 +16,7 @@ import ml_collections
 from absl import app, flags, logging
 from clu import metric_writers
 
-from irl_lm import checkpointing, evaluation, files, sharding, train
+from irl_lm import checkpointing, evaluators, files, sharding, train
 from irl_lm.data import tasks
 from irl_lm.losses import make_loss
 from irl_lm.models import build_model
@@ -37,18 +37,20 @@ def evaluate(workdir: str, step: int | None = None, names=()) -> dict:
     source = checkpointing.parse_init_from(path)
     model = build_model(source.model_config())
     mesh = sharding.make_mesh(config.mesh)
-    eos_id = tasks.vocabulary(config.task).eos_id
+    task = tasks.build(config.task)
     with sharding.use_mesh(mesh):
         abstract, shardings = sharding.abstract_params(
-            model, mesh, train.dummy_batch(config, model, 1)
+            model, mesh, train.dummy_batch(task, model, 1)
         )
         params = source.load_params(model, abstract, shardings)
-        ctx = evaluation.EvalContext(config, model, mesh, make_loss(config.loss), eos_id, workdir)
+        ctx = evaluators.EvalContext.from_config(
+            config, task, model, mesh, loss_fn=make_loss(config.loss), workdir=workdir
+        )
         writer = metric_writers.create_default_writer(
             workdir, just_logging=jax.process_index() != 0
         )
         results = {}
-        for name, (_, evaluator) in evaluation.make_evaluators(ctx).items():
+        for name, (_, evaluator) in evaluators.make_evaluators(ctx, config.evals).items():
             scalars, texts = evaluator(params, source.step)
             writer.write_scalars(source.step, {f"eval/{name}/{k}": v for k, v in scalars.items()})
             if texts:

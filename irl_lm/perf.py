@@ -193,6 +193,10 @@ def throughput(
     }
 
 
+# The features whose positions a step's FLOPs count (the others repeat their shapes).
+COUNTED_FEATURES = ("encoder_input_tokens", "decoder_target_tokens")
+
+
 @dataclasses.dataclass(frozen=True)
 class StepCost:
     """What one training step computes: the update's model FLOPs (forward + backward over

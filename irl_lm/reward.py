@@ -28,9 +28,10 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from irl_lm import evaluation, files, sharding
+from irl_lm import files, sharding
+from irl_lm.evaluators.common import make_reward_fn, teacher_forced_rows
 from irl_lm.losses import DEFAULT_GAMMA
-from irl_lm.sample import add_source_args, load, prompt_ids, record_ids
+from irl_lm.sample import add_source_args, load_checkpoint, prompt_ids, record_ids
 
 
 def parse_args(argv):
@@ -75,21 +76,21 @@ def _gamma(args) -> float:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    loaded = load(args)
+    loaded = load_checkpoint(args)
     records, prompts, targets = read_pairs(args.input_file, loaded)
     gamma = _gamma(args)
     mesh = loaded.mesh
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     batch_size = math.ceil(args.batch_size / shards) * shards
     prompt_width, target_width = max(map(len, prompts)), max(map(len, targets))
-    reward_fn = evaluation.make_reward_fn(loaded.model, gamma=gamma, eos_id=loaded.eos_id)
+    reward_fn = make_reward_fn(loaded.model, gamma=gamma, eos_id=loaded.eos_id)
     with sharding.use_mesh(mesh):
         params = loaded.load_params()
         rewards_fn = jax.jit(reward_fn)
         with open(args.output_file, "w") as out:
             for start in tqdm(range(0, len(records), batch_size), desc="scoring", unit="batch"):
                 ys = targets[start : start + batch_size]
-                batch, offsets = evaluation.teacher_forced_rows(
+                batch, offsets = teacher_forced_rows(
                     loaded.model,
                     prompts[start : start + batch_size],
                     ys,

@@ -58,9 +58,13 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-file", required=True)
     p.add_argument("--output-file", required=True)
     p.add_argument("--batch-size", type=int, default=32, help="rows per call")
-    p.add_argument("--prompt-format", choices=["auto", "prefix_lm", "continue"], default="auto",
-                   help="decoder-only text inputs (see above); auto: prefix_lm for --workdir, "
-                   "continue for --hf")  # fmt: skip
+    p.add_argument(
+        "--prompt-format",
+        choices=["auto", "prefix_lm", "continue"],
+        default="auto",
+        help="decoder-only text inputs (see above); auto: prefix_lm for --workdir, "
+        "continue for --hf",
+    )
     p.add_argument("--eos-id", type=int, default=None, help="default: the vocabulary's, else 1")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--fsdp", type=int, default=1)
@@ -68,7 +72,7 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class Loaded:
+class ReadyCheckpoint:
     """A checkpoint ready to run: its model, mesh, vocabulary (None without tokenizer
     files), EOS, whether the model reads inputs with an encoder, and the text format of a
     prompt (token ids before and after the encoded text)."""
@@ -86,7 +90,7 @@ class Loaded:
         return self.source.load_params(self.model, abstract, shardings)
 
 
-def load(args) -> Loaded:
+def load_checkpoint(args) -> ReadyCheckpoint:
     source = checkpointing.parse_init_from(f"hf:{args.hf}" if args.hf else args.workdir)
     model = build_model(source.model_config() | {"dtype": args.dtype, "dropout_rate": 0.0})
     mesh = sharding.make_mesh({"data": -1, "fsdp": args.fsdp, "tensor": args.tensor})
@@ -108,7 +112,7 @@ def load(args) -> Loaded:
             text_format = (pipeline.prompt_prefix(not encoder, vocab), [eos_id])
         elif bos is not None:
             text_format = ([bos], ())
-    return Loaded(source, model, mesh, vocab, eos_id, encoder, text_format)
+    return ReadyCheckpoint(source, model, mesh, vocab, eos_id, encoder, text_format)
 
 
 def record_ids(record, where, *, ids_key, text_key, vocab, vocab_size, text_format=((), ())):
@@ -135,7 +139,7 @@ def record_ids(record, where, *, ids_key, text_key, vocab, vocab_size, text_form
     return ids
 
 
-def prompt_ids(record, where, loaded: Loaded) -> list[int]:
+def prompt_ids(record, where, loaded: ReadyCheckpoint) -> list[int]:
     """A line's prompt: `input_ids` as given, or the text `inputs` in the prompt format;
     EOS-terminated for an encoder."""
     ids = record_ids(
@@ -154,7 +158,7 @@ def prompt_ids(record, where, loaded: Loaded) -> list[int]:
     return ids
 
 
-def read_inputs(path: str, loaded: Loaded) -> list[list[int]]:
+def read_inputs(path: str, loaded: ReadyCheckpoint) -> list[list[int]]:
     """Prompt ids per line; errors name the file and line."""
     rows = [prompt_ids(record, where, loaded) for where, record in files.read_jsonl_records(path)]
     if not rows:
@@ -164,7 +168,7 @@ def read_inputs(path: str, loaded: Loaded) -> list[list[int]]:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    loaded = load(args)
+    loaded = load_checkpoint(args)
     model, mesh, eos_id, encoder = loaded.model, loaded.mesh, loaded.eos_id, loaded.encoder
     inputs = read_inputs(args.input_file, loaded)
     feature = type(model).input_features[0]
@@ -177,11 +181,18 @@ def main(argv=None) -> dict:
         params = loaded.load_params()
         decode = jax.jit(
             decoding.make_decoder(
-                model, args.method, max_len=args.max_decode_len, eos_id=eos_id,
-                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                num_decodes=args.num_decodes, num_beams=args.num_beams, alpha=args.alpha,
+                model,
+                args.method,
+                max_len=args.max_decode_len,
+                eos_id=eos_id,
+                temperature=args.temperature,
+                top_k=args.top_k,
+                top_p=args.top_p,
+                num_decodes=args.num_decodes,
+                num_beams=args.num_beams,
+                alpha=args.alpha,
             )
-        )  # fmt: skip
+        )
         key = jax.random.PRNGKey(args.seed)
         with open(args.output_file, "w") as out:
             for start in tqdm(range(0, len(inputs), batch_size), desc="decoding", unit="batch"):

@@ -1,12 +1,13 @@
 """The trainer: one loop for every loss, readable top to bottom.
 
-Sections: config checks -> workdir files -> the learner (its state, step and sampler) ->
-its first state (the latest checkpoint that restores, `config.init_from`, or fresh) -> the
-loop (data, one-step-late metrics, checkpoints, evaluation, TensorBoard, preemption).
-A learner (`train_step.Learner`) is what differs between objectives: `train_step.py` builds
-the policy learner of MLE and IQLearn (optimizer, state, jitted update), `gail.py` GAIL's
-policy + discriminator. Checkpoint fallback lives in `checkpointing.py`, the data stream
-and its saved state in `data/pipeline.py`, the preemption signal in `distributed.py`.
+Sections: config checks -> the task, built once -> workdir files -> the learner (its state,
+step and sampler) -> its first state (the latest checkpoint that restores,
+`config.init_from`, or fresh) -> the loop (data, one-step-late metrics, checkpoints,
+evaluation, TensorBoard, preemption).
+A learner (`irl_lm.learners`) is what differs between objectives: the policy learner of MLE
+and IQLearn (optimizer, state, jitted update) or GAIL's policy + discriminator. Evaluators
+live in `irl_lm.evaluators`, checkpoint fallback in `checkpointing.py`, the data stream and
+its saved state in `data/pipeline.py`, the preemption signal in `distributed.py`.
 """
 
 from __future__ import annotations
@@ -23,19 +24,9 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from irl_lm import (
-    checkpointing,
-    distributed,
-    evaluation,
-    files,
-    gail,
-    online,
-    perf,
-    sharding,
-    train_step,
-)
+from irl_lm import checkpointing, distributed, evaluators, files, learners, perf, sharding
 from irl_lm.data import pipeline, tasks
-from irl_lm.losses import LOSSES, make_loss
+from irl_lm.losses import make_loss
 from irl_lm.models import build_model, is_decoder_only, resolve_preset
 from irl_lm.models.hf import RUNTIME_FIELDS, save_vocabulary_files
 
@@ -59,26 +50,7 @@ def validate_config(config) -> None:
             raise ValueError(
                 f"config.{field}={config[group][key]!r} is not allowed; allowed: {allowed}"
             )
-    if LOSSES[config.loss.name].online and config.grad_accum_steps > 1:
-        raise ValueError(
-            f"config.loss.name={config.loss.name!r} samples from the policy each step, which "
-            "gradient accumulation does not support yet: set config.grad_accum_steps=1"
-        )
-    if config.loss.name == "gail":
-        disc = config.discriminator
-        if disc.init not in ("policy", "scratch"):
-            raise ValueError(f"config.discriminator.init={disc.init!r}; allowed: policy, scratch")
-        if disc.head not in ("log_ratio", "token"):
-            raise ValueError(f"config.discriminator.head={disc.head!r}; allowed: log_ratio, token")
-        if disc.init == "policy" and dict(disc.model):
-            raise ValueError(
-                "config.discriminator.model sets fields, so the discriminator's shape may "
-                "differ from the policy's: use config.discriminator.init='scratch'"
-            )
-        if int(disc.updates_per_step) < 1:
-            raise ValueError(
-                f"config.discriminator.updates_per_step={disc.updates_per_step} must be >= 1"
-            )
+    learners.validate(config)
     positive = ("batch_size", "eval_batch_size", "total_steps", "grad_accum_steps")
     for field in positive:
         if field == "total_steps" and config.total_steps == 0:
@@ -95,8 +67,6 @@ def validate_config(config) -> None:
         raise ValueError(
             f"config.logits_chunk_size={chunk!r} must be an integer >= 0 (0: whole logits)"
         )
-    if chunk and config.loss.name == "gail":
-        raise ValueError("config.logits_chunk_size: GAIL's losses take whole logits; set it to 0")
     if config.batch_size % config.grad_accum_steps:
         raise ValueError(
             f"config.batch_size={config.batch_size} must be divisible by "
@@ -126,12 +96,14 @@ def resolve_config(config) -> tuple[ml_collections.ConfigDict, checkpointing.Ini
     return config, source
 
 
-def resolve_model_config(config, source: checkpointing.InitSource | None = None) -> dict:
+def resolve_model_config(
+    config, source: checkpointing.InitSource | None = None, task: tasks.Task | None = None
+) -> dict:
     """`config.model` with presets expanded, the architecture of `config.init_from` (when
     set; `config.model` keeps only the runtime fields), and `vocab_size` taken from the
     task's vocabulary when unset; checks the model's vocabulary covers the task's."""
     model_config = resolve_preset(config.model)
-    task_vocab = tasks.vocabulary(config.task)
+    task_vocab = task.vocabulary if task is not None else tasks.vocabulary(config.task)
     if source is None:
         source = checkpointing.parse_init_from(config.get("init_from", ""))
     if source is not None:
@@ -166,75 +138,6 @@ def resolve_model_config(config, source: checkpointing.InitSource | None = None)
     return model_config
 
 
-def make_learner(config, model, model_config, loss_fn, mesh, eos_id, rng):
-    """GAIL's learner (policy, discriminator and reference) or a policy learner, with the
-    sampler of online losses: online IQLearn samples for a fraction alpha of the batch's
-    inputs, GAIL for all of them."""
-    tx = train_step.make_optimizer(config)
-    example = dummy_batch(config, model, 1)
-    rows = sampled_rows(config, mesh)
-    sampler = None
-    if rows:
-        max_len = tasks.feature_lengths(config.task)["targets"]
-        sampler = online.make_sampler(model, mesh, rows=rows, max_len=max_len, eos_id=eos_id)
-        logging.info(
-            "Online loss: %d of %d rows per step sampled from the policy", rows, config.batch_size
-        )
-    init_rng = jax.random.fold_in(rng, 0)
-    if config.loss.name == "gail":
-        return gail.gail_learner(
-            config, model, model_config, tx, example, mesh, init_rng, sampler=sampler
-        )
-    return train_step.policy_learner(
-        model,
-        loss_fn,
-        tx,
-        example,
-        mesh,
-        init_rng,
-        sampler=sampler,
-        grad_accum_steps=config.grad_accum_steps,
-        eos_id=eos_id,
-        logits_chunk_size=config.get("logits_chunk_size", 0),
-    )
-
-
-def sampled_rows(config, mesh) -> int:
-    """Rows sampled from the policy each step: all of the batch for GAIL, a fraction alpha
-    of it (rounded up to the batch shards) for online IQLearn, none otherwise."""
-    if config.loss.name == "gail":
-        return config.batch_size
-    if LOSSES[config.loss.name].online and config.loss.get("alpha", 0) > 0:
-        shards = mesh.shape["data"] * mesh.shape["fsdp"]
-        return online.num_sampled_rows(config.batch_size, config.loss.alpha, shards)
-    return 0
-
-
-def step_cost(config, model, model_config: dict, sampled_rows: int) -> perf.StepCost:
-    """The model FLOPs of one step (`irl_lm.perf`): the update over the global batch (with
-    the policy samples of online IQLearn; GAIL: `gail.step_flops`), and the sampling."""
-    lengths = pipeline.model_feature_lengths(config, decoder_only=is_decoder_only(model))
-
-    def shapes(rows: int) -> dict[str, tuple[int, int]]:
-        features = ("encoder_input_tokens", "decoder_target_tokens")
-        return {k: (rows, lengths[k]) for k in features if k in lengths}
-
-    data = shapes(config.batch_size)
-    if config.loss.name == "gail":
-        update = gail.step_flops(config, model, model_config, data)
-    else:
-        update = perf.train_flops_per_step(model, data)
-        if sampled_rows:  # the teacher-forced pass over the samples, in the same update
-            update += perf.train_flops_per_step(model, shapes(sampled_rows))
-    sampling = 0.0
-    if sampled_rows:
-        task_lengths = tasks.feature_lengths(config.task)
-        sampling = perf.sampling_flops(
-            model, sampled_rows, task_lengths["inputs"], task_lengths["targets"]
-        )
-    return perf.StepCost(update, sampling, sum(math.prod(shape) for shape in data.values()))
-
-
 def initial_state(learner, checkpointer, source, model):
     """(state, metadata, step restored or None): the latest checkpoint that restores, else
     `config.init_from`'s parameters (`source`), else a fresh state."""
@@ -253,10 +156,14 @@ def initial_state(learner, checkpointer, source, model):
     return learner.init(), {"data_position": 0}, None
 
 
-def dummy_batch(config, model, batch_size: int) -> dict[str, np.ndarray]:
-    """Ones in the shapes of `model`'s input features (for initialisation and shapes)."""
-    lengths = pipeline.model_feature_lengths(config, decoder_only=is_decoder_only(model))
-    return {k: np.ones((batch_size, lengths[k]), np.int32) for k in type(model).input_features}
+def dummy_batch(task_or_config, model, batch_size: int) -> dict[str, np.ndarray]:
+    """Ones in the shapes of `model`'s input features for a task (or a config's task), for
+    initialisation and shapes."""
+    task = task_or_config
+    if not isinstance(task, tasks.Task):
+        task = tasks.build(task_or_config.task)
+    lengths = pipeline.model_feature_lengths(task, decoder_only=is_decoder_only(model))
+    return learners.example_batch(model, lengths, batch_size)
 
 
 # ----------------------------------------------------------------------------- workdir files
@@ -307,10 +214,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         )
         return done
     config, source = resolve_config(config)
+    task = tasks.build(config.task)
     files.path(workdir).mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
-    model_config = resolve_model_config(config, source)
-    if is_main and config.total_steps and not tasks.is_synthetic_expert(config.task):
+    model_config = resolve_model_config(config, source, task)
+    if is_main and config.total_steps and task.expert is None:
         tasks.report_truncation(config.task, "train")  # warns with counts and the fix
     if is_main:
         files.write_text(files.path(workdir, "config.json"), config.to_json_best_effort(indent=2))
@@ -320,35 +228,52 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     mesh = sharding.make_mesh(config.mesh)
     model = build_model(model_config)
-    loss_fn = make_loss(config.loss)
-    eos_id = tasks.vocabulary(config.task).eos_id
+    decoder_only = is_decoder_only(model)
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
     checkpointer = checkpointing.Checkpointer(workdir, keep=config.checkpoint.keep)
     rng = jax.random.PRNGKey(config.seed)
 
     with sharding.use_mesh(mesh), distributed.Preemption() as preemption:
-        learner = make_learner(config, model, model_config, loss_fn, mesh, eos_id, rng)
+        lengths = pipeline.model_feature_lengths(task, decoder_only=decoder_only)
+        learner = learners.make_learner(
+            config,
+            model,
+            model_config,
+            mesh,
+            batch_lengths=lengths,
+            lengths=task.lengths,
+            eos_id=task.eos_id,
+            rng=jax.random.fold_in(rng, 0),
+        )
+        if learner.sampled_rows:
+            logging.info(
+                "Online loss: %d of %d rows per step sampled from the policy",
+                learner.sampled_rows,
+                config.batch_size,
+            )
         state, metadata, latest = initial_state(learner, checkpointer, source, model)
         if is_main:
             write_model_info(
                 files.path(workdir, "model-info.txt"), state.params, learner.shardings.params
             )
-        ctx = evaluation.EvalContext(config, model, mesh, loss_fn, eos_id, workdir)
-        evaluators = evaluation.make_evaluators(ctx)
+        ctx = evaluators.EvalContext.from_config(
+            config, task, model, mesh, loss_fn=make_loss(config.loss), workdir=workdir
+        )
+        evals = evaluators.make_evaluators(ctx, config.evals)
         train_iter = pipeline.TrainIterator(
-            config,
+            pipeline.train_data(config, task, decoder_only=decoder_only),
             metadata["data_position"],
-            decoder_only=is_decoder_only(model),
             saved=None if latest is None else checkpointer.data_dir(latest),
         )
         step = int(jax.device_get(state.step))
         results: dict[str, Any] = {"eval": {}, "eval_reference": {}}
-        for name, (_, evaluator) in evaluators.items():
+        for name, (_, evaluator) in evals.items():
             if hasattr(evaluator, "reference"):  # a ground-truth row, e.g. the expert's own
                 results["eval_reference"][name] = evaluator.reference()
         last_saved = latest
         timer = _Throughput()
-        cost = step_cost(config, model, model_config, sampled_rows(config, mesh))
+        tokens = sum(config.batch_size * lengths[k] for k in perf.COUNTED_FEATURES if k in lengths)
+        cost = perf.StepCost(learner.update_flops, learner.sampling_flops, tokens)
         device_kind = jax.devices()[0].device_kind
         step_perf = lambda rate: cost.perf(rate, jax.device_count(), device_kind)
         peak = perf.peak_flops_per_device(device_kind)
@@ -372,7 +297,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         def run_evals(step, final=False):
             nonlocal final_evals_done
             final_evals_done |= final
-            for name, (every, evaluator) in evaluators.items():
+            for name, (every, evaluator) in evals.items():
                 if final or (every and step % every == 0):
                     started = time.perf_counter()
                     scalars, texts = evaluator(state.params, step)
@@ -411,7 +336,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     _report(pending, writer, timer, config, last_saved, checkpointer, step_perf)
                 pending = (step, metrics)
                 boundary = step % config.checkpoint.every == 0 or any(
-                    every and step % every == 0 for every, _ in evaluators.values()
+                    every and step % every == 0 for every, _ in evals.values()
                 )
                 if boundary or step == config.total_steps:
                     _report(pending, writer, timer, config, last_saved, checkpointer, step_perf)

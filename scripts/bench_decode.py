@@ -27,7 +27,7 @@ from bench_step import parse_args, random_batch
 from bench_t5 import hf_model
 
 from irl_lm import decoding, sharding
-from irl_lm.models import load_hf
+from irl_lm.models.hf import load_hf
 
 NO_EOS = -1  # an id no token has: rows never finish early
 
@@ -78,9 +78,12 @@ def main(argv=None):
                 started = time.perf_counter()
                 with torch.no_grad(), autocast:
                     out = reference.generate(
-                        input_ids=enc_torch, attention_mask=(enc_torch > 0).long(),
-                        max_new_tokens=steps, min_new_tokens=steps, **hf_kwargs,
-                    )  # fmt: skip
+                        input_ids=enc_torch,
+                        attention_mask=(enc_torch > 0).long(),
+                        max_new_tokens=steps,
+                        min_new_tokens=steps,
+                        **hf_kwargs,
+                    )
                 return time.perf_counter() - started, out[:, 1:].numpy()
 
             compile_s, ours_tokens = ours(0)
@@ -109,8 +112,10 @@ def main(argv=None):
     )
     print(f"{'method':8s} {'ours tok/s':>11s} {'HF tok/s':>10s} {'ours/HF':>8s}")
     for name, r in results.items():
-        print(f"{name:8s} {r['ours']:11.0f} {r['hf']:10.0f} {r['ours'] / r['hf']:8.2f}"
-              f"   (our first call incl. compile {r['compile_s']:.1f} s)")  # fmt: skip
+        print(
+            f"{name:8s} {r['ours']:11.0f} {r['hf']:10.0f} {r['ours'] / r['hf']:8.2f}"
+            f"   (our first call incl. compile {r['compile_s']:.1f} s)"
+        )
     print(f"medians of {args.steps} runs each; target ours/HF >= 2")
     return results
 

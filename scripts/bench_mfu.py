@@ -25,8 +25,9 @@ import time
 import jax
 import numpy as np
 
-from irl_lm import perf, sharding, train_step
+from irl_lm import perf, sharding
 from irl_lm.config_utils import trainer_defaults
+from irl_lm.learners import common, policy
 from irl_lm.losses import loss_fields, make_loss
 from irl_lm.models import build_model, is_decoder_only
 
@@ -104,18 +105,18 @@ def measure(args, attention: str, chunk: int, batch_size: int) -> list[dict]:
     batch_np = make_batch(model, batch_size, args.input_len, args.target_len, vocab)
     config = trainer_defaults()
     config.total_steps = 10_000
-    tx = train_step.make_optimizer(config)
+    tx = common.make_optimizer(config.optimizer, config.schedule, config.total_steps)
     mesh = sharding.make_mesh({"data": -1})
     losses = {name: make_loss(loss_fields(name, lam=args.lam)) for name in ("mle", "iqlearn")}
     with sharding.use_mesh(mesh):
         example = {k: v[:1] for k, v in batch_np.items()}
-        _, shardings = train_step.state_shardings(model, tx, example, mesh)
+        _, shardings = common.state_shardings(model, tx, example, mesh)
         batch = sharding.shard_global_batch(batch_np, mesh)
-        state = train_step.init_state(model, tx, example, shardings, jax.random.PRNGKey(0))
+        state = common.init_state(model, tx, example, shardings, jax.random.PRNGKey(0))
         rng = jax.random.PRNGKey(1)
         steps, memory = {}, {}
         for name, loss_fn in losses.items():
-            step = train_step.jit_train_step(
+            step = policy.jit_train_step(
                 model, loss_fn, tx, mesh, shardings, logits_chunk_size=chunk
             )
             compiled = step.lower(state, batch, rng).compile()

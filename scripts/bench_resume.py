@@ -32,8 +32,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
-from irl_lm import checkpointing, files, sharding, train, train_step  # noqa: E402
+from irl_lm import checkpointing, files, sharding, train  # noqa: E402
 from irl_lm.data import pipeline  # noqa: E402
+from irl_lm.learners import common  # noqa: E402
 from irl_lm.models import build_model  # noqa: E402
 
 
@@ -51,12 +52,12 @@ def write_checkpoint(config, workdir: str, position: int) -> None:
     (what every checkpoint looked like before the state was saved)."""
     model_config = train.resolve_model_config(config)
     model = build_model(model_config)
-    tx = train_step.make_optimizer(config)
+    tx = common.make_optimizer(config.optimizer, config.schedule, config.total_steps)
     mesh = sharding.make_mesh(config.mesh)
     with sharding.use_mesh(mesh):
         example = train.dummy_batch(config, model, 1)
-        _, shardings = train_step.state_shardings(model, tx, example, mesh)
-        state = train_step.init_state(model, tx, example, shardings, jax.random.PRNGKey(0))
+        _, shardings = common.state_shardings(model, tx, example, mesh)
+        state = common.init_state(model, tx, example, shardings, jax.random.PRNGKey(0))
         state = state.replace(step=jax.device_put(np.int32(position), shardings.step))
         ckpt = checkpointing.Checkpointer(workdir, keep=3)
         ckpt.save(position, state, {"data_position": position})

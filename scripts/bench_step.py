@@ -24,8 +24,11 @@ import time
 import jax
 import numpy as np
 
-from irl_lm import online, sharding, train_step
+from irl_lm import sharding
 from irl_lm.config_utils import trainer_defaults
+from irl_lm.learners import common
+from irl_lm.learners import policy as policy_learner
+from irl_lm.learners import sampler as policy_sampler
 from irl_lm.losses import LOSSES, loss_fields, make_loss
 from irl_lm.models import build_model
 
@@ -86,34 +89,43 @@ def main(argv=None):
     )
     config = trainer_defaults()
     config.total_steps = 10_000
-    tx = train_step.make_optimizer(config)
+    tx = common.make_optimizer(config.optimizer, config.schedule, config.total_steps)
     mesh = sharding.make_mesh({"data": -1})
     batch_np = random_batch(args, np.random.default_rng(0))
     losses = {
-        name: make_loss(loss_fields(name, lam=args.lam, gamma=args.gamma, beta=args.beta,
-                                    alpha=args.alpha))
+        name: make_loss(
+            loss_fields(name, lam=args.lam, gamma=args.gamma, beta=args.beta, alpha=args.alpha)
+        )
         for name in ("mle", "mle_entropy", "iqlearn", "iqlearn_online")
-    }  # fmt: skip
+    }
     with sharding.use_mesh(mesh):
         example = {k: v[:1] for k, v in batch_np.items()}
-        _, shardings = train_step.state_shardings(model, tx, example, mesh)
+        _, shardings = common.state_shardings(model, tx, example, mesh)
         batch = sharding.shard_host_batch(batch_np, mesh)
         states, steps = {}, {}
         for name, loss_fn in losses.items():
-            states[name] = train_step.init_state(
-                model, tx, example, shardings, jax.random.PRNGKey(0)
-            )
-            steps[name] = train_step.jit_train_step(
+            states[name] = common.init_state(model, tx, example, shardings, jax.random.PRNGKey(0))
+            steps[name] = policy_learner.jit_train_step(
                 model, loss_fn, tx, mesh, shardings, online=LOSSES[name].online
             )
         rng = jax.random.PRNGKey(1)
         shards = mesh.shape["data"] * mesh.shape["fsdp"]
         sampler = {  # rows -> jitted sampler; EOS never ends a row (-1): full length
-            rows: jax.jit(functools.partial(online.policy_batch, model, rows=rows,
-                                            max_len=args.target_len, eos_id=-1))
-            for rows in {args.batch, online.num_sampled_rows(args.batch, args.alpha, shards)}
-        }  # fmt: skip
-        policy_rows = online.num_sampled_rows(args.batch, args.alpha, shards)
+            rows: jax.jit(
+                functools.partial(
+                    policy_sampler.policy_batch,
+                    model,
+                    rows=rows,
+                    max_len=args.target_len,
+                    eos_id=-1,
+                )
+            )
+            for rows in {
+                args.batch,
+                policy_sampler.num_sampled_rows(args.batch, args.alpha, shards),
+            }
+        }
+        policy_rows = policy_sampler.num_sampled_rows(args.batch, args.alpha, shards)
         policy = sampler[policy_rows](states["mle"].params, batch, rng)
 
         def run(name):

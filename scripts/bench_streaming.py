@@ -40,7 +40,7 @@ config.task.num_train_examples = 0
 config.batch_size = 8
 base = rss_mb()
 start = time.perf_counter()
-batch = next(pipeline.TrainIterator(config))
+batch = next(pipeline.TrainIterator(pipeline.train_data(config)))
 seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds, "peak_mb": rss_mb(), "import_mb": base}))
 """

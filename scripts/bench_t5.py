@@ -26,10 +26,12 @@ import torch
 import transformers
 from bench_step import parse_args, random_batch
 
-from irl_lm import sharding, train_step
+from irl_lm import sharding
 from irl_lm.config_utils import trainer_defaults
+from irl_lm.learners import common, policy
 from irl_lm.losses import make_loss
-from irl_lm.models import PRESETS, load_hf
+from irl_lm.models import PRESETS
+from irl_lm.models.hf import load_hf
 
 
 def hf_model(args) -> transformers.T5ForConditionalGeneration:
@@ -94,13 +96,13 @@ def main(argv=None):
     config.total_steps = 10_000
     config.schedule.name, config.schedule.warmup_steps = "constant", 0
     config.optimizer.learning_rate = 1e-4
-    tx = train_step.make_optimizer(config)
+    tx = common.make_optimizer(config.optimizer, config.schedule, config.total_steps)
     mesh = sharding.make_mesh({"data": -1}, jax.devices()[:1])
     with sharding.use_mesh(mesh):
         example = {k: v[:1] for k, v in batch_np.items()}
-        _, shardings = train_step.state_shardings(model, tx, example, mesh)
-        state = train_step.state_from_params(tx, params, shardings)
-        step_fn = train_step.jit_train_step(model, make_loss({"name": "mle"}), tx, mesh, shardings)
+        _, shardings = common.state_shardings(model, tx, example, mesh)
+        state = common.state_from_params(tx, params, shardings)
+        step_fn = policy.jit_train_step(model, make_loss({"name": "mle"}), tx, mesh, shardings)
         batch = sharding.shard_host_batch(batch_np, mesh)
         rng = jax.random.PRNGKey(0)
         torch_step = torch_step_fn(reference, batch_np, args)

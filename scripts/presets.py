@@ -41,10 +41,14 @@ def transformers_count(family: str, fields: dict) -> int | None:
 def rows() -> list[tuple[str, int, int, int | None]]:
     """(preset, our count, public count, transformers' count or None)."""
     return [
-        (name, num_params(build_model({"name": name})), PUBLIC_PARAM_COUNTS[name],
-         transformers_count(family, fields))
+        (
+            name,
+            num_params(build_model({"name": name})),
+            PUBLIC_PARAM_COUNTS[name],
+            transformers_count(family, fields),
+        )
         for name, (family, fields) in PRESETS.items()
-    ]  # fmt: skip
+    ]
 
 
 def main() -> bool:

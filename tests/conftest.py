@@ -1,6 +1,7 @@
 """Test set-up: 8 fake CPU devices (before jax is imported) and tiny shared fixtures."""
 
 import contextlib
+import itertools
 import os
 
 os.environ["XLA_FLAGS"] = (
@@ -88,6 +89,127 @@ def write_tiny_sweep_config(folder) -> str:
     return path
 
 
+# Every process the tests start, and every process those start, carries this variable in its
+# environment (value: this pytest process's id, then `:<n>` for a `processes` fixture's): a
+# sweep starts its points in their own sessions, so no process group holds them all, and an
+# orphan leaves the process tree, but /proc/<pid>/environ still names them.
+PROCESS_TAG = "IRL_LM_TEST_PROCESS"
+os.environ[PROCESS_TAG] = str(os.getpid())
+
+# Run before the command, in the child: a shell that starts `pytest &` (no job control) makes
+# it ignore SIGINT, an ignored signal stays ignored across fork and exec, and Python then
+# raises no KeyboardInterrupt. (Not Popen's preexec_fn: unsafe in a process with threads.)
+_DEFAULT_SIGNALS = (
+    "import os, signal, sys\n"
+    "for signum in (signal.SIGINT, signal.SIGTERM):\n"
+    "    signal.signal(signum, signal.SIG_DFL)\n"
+    "os.execvp(sys.argv[1], sys.argv[1:])\n"
+)
+
+
+def _tagged_processes(tag: str) -> list[int]:
+    """Processes (not this one) whose environment has PROCESS_TAG=tag or PROCESS_TAG=tag:…"""
+    exact, prefix = f"{PROCESS_TAG}={tag}".encode(), f"{PROCESS_TAG}={tag}:".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+        except OSError:  # gone, or another user's
+            continue
+        if any(entry == exact or entry.startswith(prefix) for entry in environ):
+            found.append(int(name))
+    return found
+
+
+def kill_tagged_processes(tag: str) -> list[int]:
+    """SIGKILLs the processes `_tagged_processes(tag)` finds until none is left (a dead one
+    reads as an empty environment); their ids."""
+    import signal
+    import time
+
+    killed = []
+    for _ in range(100):
+        pids = _tagged_processes(tag)
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        killed += pids
+        time.sleep(0.05)
+    return killed
+
+
+class Processes:
+    """Starts a test's processes like subprocess.Popen / subprocess.run, each in its own
+    session with SIGINT and SIGTERM at their defaults; `kill()` (at the test's teardown)
+    SIGKILLs them and everything they started."""
+
+    def __init__(self, tag: str):
+        self.tag, self.started = tag, []
+
+    def start(self, command, *, env=None, **kwargs):
+        import subprocess
+        import sys
+
+        env = dict(os.environ if env is None else env) | {PROCESS_TAG: self.tag}
+        launcher = [sys.executable, "-c", _DEFAULT_SIGNALS]
+        proc = subprocess.Popen([*launcher, *command], env=env, start_new_session=True, **kwargs)
+        self.started.append(proc)
+        return proc
+
+    def run(self, command, *, timeout: float, **kwargs):
+        """subprocess.run(command, capture_output=True, text=True); past `timeout` it kills
+        all the test's processes and fails with the end of their output."""
+        import subprocess
+
+        proc = self.start(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+        )
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            out, err = proc.communicate()
+            pytest.fail(f"ran past {timeout} s: {command}\n{out[-2000:]}\n{err[-3000:]}")
+        return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+    def kill(self) -> list[int]:
+        import signal
+
+        killed = kill_tagged_processes(self.tag)
+        for proc in self.started:
+            if proc.returncode is None:  # not reaped: its id is still its group's
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        return killed
+
+
+_fixture_numbers = itertools.count()
+
+
+@pytest.fixture
+def processes():
+    """A Processes for this test, killed at its teardown."""
+    started = Processes(f"{os.getpid()}:{next(_fixture_numbers)}")
+    yield started
+    started.kill()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _kill_left_processes():
+    """At the end of the session: any process the tests left (a point of an in-process
+    sweep included)."""
+    yield
+    left = kill_tagged_processes(str(os.getpid()))
+    if left:
+        print(f"\nconftest: killed {len(left)} processes the tests left: {left}")
+
+
 # Subprocesses that only train a point run on one CPU device: 8 fake devices cost each one
 # about 5 s more start-up (sharding itself is tested in-process).
 SINGLE_DEVICE_ENV = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
@@ -165,19 +287,20 @@ def train_tiny(model, batch, *, steps: int = 1, logits_chunk_size: int = 0):
     `batch`, from the same initial parameters, on all devices."""
     import jax
 
-    from irl_lm import sharding, train_step
+    from irl_lm import sharding
     from irl_lm.config_utils import trainer_defaults
+    from irl_lm.learners import common, policy
     from irl_lm.losses import loss_fields, make_loss
 
     config = trainer_defaults()
     config.total_steps, config.schedule.warmup_steps = 10, 0
     config.optimizer.learning_rate = 1e-2
-    tx = train_step.make_optimizer(config)
+    tx = common.make_optimizer(config.optimizer, config.schedule, config.total_steps)
     mesh = sharding.make_mesh({"data": -1})
     loss_fn = make_loss(loss_fields("iqlearn", lam=0.5, gamma=0.9))
     with sharding.use_mesh(mesh):
         example = {k: v[:1] for k, v in batch.items()}
-        learner = train_step.policy_learner(
+        learner = policy.policy_learner(
             model,
             loss_fn,
             tx,

@@ -20,10 +20,11 @@ from conftest import tiny_config
 from ml_collections import config_flags
 
 from configs import demo
-from irl_lm import config_utils, evaluation, sharding, sweep, train
+from irl_lm import config_utils, evaluators, sharding, sweep, train
 from irl_lm.data import tasks, text_tasks
 from irl_lm.losses import loss_fields, make_loss
-from irl_lm.models import build_model, export_hf
+from irl_lm.models import build_model
+from irl_lm.models.hf import export_hf
 from irl_lm.models.safetensors_io import read_file, write_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -375,9 +376,9 @@ def test_unknown_name_in_the_config(make_config, tmp_path, field, value, match):
 def test_unknown_evaluator_or_decoding_method(evals, match):
     """Raised by make_evaluators before the evaluator does any work (so no model is needed)."""
     config = tiny_config("iqlearn", evals={"e": evals})
-    ctx = evaluation.EvalContext(config, model=None, mesh=None, loss_fn=None, eos_id=1)
+    ctx = evaluators.EvalContext(task=None, model=None, mesh=None)
     with pytest.raises(ValueError, match=match):
-        evaluation.make_evaluators(ctx)
+        evaluators.make_evaluators(ctx, config.evals)
 
 
 def test_misspelled_field_on_the_command_line():

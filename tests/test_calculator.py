@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import seqio
 
-from irl_lm import calculator, decoding
+from irl_lm import decoding
+from irl_lm.data import calculator
 
 GSM8K = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "gsm8k", "test.jsonl")
 
@@ -34,9 +35,19 @@ def test_every_gsm8k_test_annotation_is_recomputed():
 
 @pytest.mark.parametrize(
     "expression",
-    ["__import__('os').system('ls')", "x + 1", "open('f')", "2**10000", "1/0", "'a' * 3",
-     "(lambda: 1)()", "[1, 2]", "9**9**9", ""],
-)  # fmt: skip
+    [
+        "__import__('os').system('ls')",
+        "x + 1",
+        "open('f')",
+        "2**10000",
+        "1/0",
+        "'a' * 3",
+        "(lambda: 1)()",
+        "[1, 2]",
+        "9**9**9",
+        "",
+    ],
+)
 def test_non_arithmetic_is_refused(expression):
     assert calculator.evaluate(expression) is None
 
@@ -74,7 +85,9 @@ def test_greedy_with_calculator_inserts_the_result():
     plain = jax.device_get(decoding.greedy(model, {}, batch, max_len=16))
     assert vocab.decode(plain["tokens"][0, 0].tolist()) == "<<3*14=??>>42"
     out = jax.device_get(
-        decoding.greedy_with_calculator(model, {}, batch, vocab, max_len=16, eos_id=1)
+        decoding.greedy_with_insertions(
+            model, {}, batch, vocab, calculator.insertion, max_len=16, eos_id=1
+        )
     )
     assert vocab.decode(out["tokens"][0, 0].tolist()) == "<<3*14=42>>42"
     assert out["calls"].tolist() == [1, 1] and out["lengths"][0, 0] == len(script)

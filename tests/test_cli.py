@@ -33,9 +33,11 @@ def run_main(*args):
 def test_main_trains_with_overrides(tmp_path):
     workdir = str(tmp_path / "run")
     proc = run_main(
-        "--config=configs/demo.py:loss=iqlearn,lam=0.3", f"--workdir={workdir}",
-        "--config.loss.gamma=0.9", *TINY,
-    )  # fmt: skip
+        "--config=configs/demo.py:loss=iqlearn,lam=0.3",
+        f"--workdir={workdir}",
+        "--config.loss.gamma=0.9",
+        *TINY,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = json.load(open(os.path.join(workdir, "config.json")))
     assert config["loss"] == {"name": "iqlearn", "lam": 0.3, "gamma": 0.9}
@@ -46,8 +48,10 @@ def test_main_trains_with_overrides(tmp_path):
 
 def test_main_rejects_bad_gamma_naming_the_field(tmp_path):
     proc = run_main(
-        "--config=configs/demo.py:loss=iqlearn", f"--workdir={tmp_path}",
-        "--config.loss.gamma=1.5", *TINY,
-    )  # fmt: skip
+        "--config=configs/demo.py:loss=iqlearn",
+        f"--workdir={tmp_path}",
+        "--config.loss.gamma=1.5",
+        *TINY,
+    )
     assert proc.returncode != 0
     assert "config.loss.gamma=1.5 is invalid; allowed: a number in (0, 1]" in proc.stderr

@@ -31,9 +31,9 @@ def test_num_train_examples_sets_the_epoch_size(make_config):
 
 def test_train_iterator_resumes_at_its_position(make_config):
     config = make_config()
-    straight = pipeline.TrainIterator(config)
+    straight = pipeline.TrainIterator(pipeline.train_data(config))
     batches = [next(straight) for _ in range(5)]
-    resumed = pipeline.TrainIterator(config, position=3)
+    resumed = pipeline.TrainIterator(pipeline.train_data(config), position=3)
     assert resumed.position == 3
     for want in batches[3:]:
         got = next(resumed)
@@ -53,14 +53,18 @@ def test_iterator_state_restores_the_stream_or_says_why_it_cannot(make_config, t
     import shutil
 
     config = make_config()
-    straight = pipeline.TrainIterator(config)
+    straight = pipeline.TrainIterator(pipeline.train_data(config))
     want = [next(straight) for _ in range(6)]
-    skipped = pipeline.TrainIterator(config, position=2)  # no state: skips 2 batches
+    skipped = pipeline.TrainIterator(
+        pipeline.train_data(config), position=2
+    )  # no state: skips 2 batches
     assert_same_batch(next(skipped), want[2])
     skipped.save(tmp_path / "at3")  # a state saved after a skip restores like any other
 
     caplog.set_level("INFO")
-    restored = pipeline.TrainIterator(config, position=3, saved=tmp_path / "at3")
+    restored = pipeline.TrainIterator(
+        pipeline.train_data(config), position=3, saved=tmp_path / "at3"
+    )
     assert "cannot be used" not in caplog.text and "skipping" not in caplog.text
     for batch in want[3:]:
         assert_same_batch(next(restored), batch)
@@ -69,7 +73,9 @@ def test_iterator_state_restores_the_stream_or_says_why_it_cannot(make_config, t
     os.mkdir(tmp_path / "two")
     for name in os.listdir(tmp_path / "at3"):
         shutil.copy(tmp_path / "at3" / name, tmp_path / "two" / name.replace("-of-1", "-of-2"))
-    restored = pipeline.TrainIterator(config, position=3, saved=tmp_path / "two")
+    restored = pipeline.TrainIterator(
+        pipeline.train_data(config), position=3, saved=tmp_path / "two"
+    )
     assert "cannot be used" not in caplog.text
     assert_same_batch(next(restored), want[3])
 
@@ -80,7 +86,9 @@ def test_iterator_state_restores_the_stream_or_says_why_it_cannot(make_config, t
     }
     for why, (other, position, expected) in cases.items():
         caplog.clear()
-        resumed = pipeline.TrainIterator(other, position=position, saved=tmp_path / "at3")
+        resumed = pipeline.TrainIterator(
+            pipeline.train_data(other), position=position, saved=tmp_path / "at3"
+        )
         assert why in caplog.text and "skipping" in caplog.text
         batch = next(resumed)
         if expected is not None:
@@ -89,7 +97,7 @@ def test_iterator_state_restores_the_stream_or_says_why_it_cannot(make_config, t
 
 def test_packed_batches_keep_every_target_token(make_config):
     config = make_config(**{"data.pack": True, "task.max_target_len": 24, "task.max_input_len": 24})
-    batch = next(pipeline.TrainIterator(config))
+    batch = next(pipeline.TrainIterator(pipeline.train_data(config)))
     targets, segments = batch["decoder_target_tokens"], batch["decoder_segment_ids"]
     assert targets.shape[0] == config.batch_size
     assert segments.max() >= 2, "several examples share a row"

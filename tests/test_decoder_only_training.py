@@ -66,7 +66,7 @@ def test_iqlearn_on_prefix_lm_batches_matches_numpy_with_prompt_masking_and_pack
 
     losses = {}
     for pack in (False, True):
-        converter = pipeline.feature_converter(config, decoder_only=True, pack=pack)
+        converter = pipeline.feature_converter(vocab, decoder_only=True, pack=pack)
         batch = next(converter(dataset, lengths).batch(16).as_numpy_iterator())
         if not pack:  # the prompt (inputs + their EOS) carries no loss; every target does
             for row, ex in enumerate(examples):
@@ -78,15 +78,25 @@ def test_iqlearn_on_prefix_lm_batches_matches_numpy_with_prompt_masking_and_pack
         else:
             assert len(batch["decoder_input_tokens"]) < len(examples)  # rows hold several
             assert batch["decoder_segment_ids"].max() >= 2
-        inputs = {k: batch[k] for k in ("decoder_input_tokens", "decoder_segment_ids",
-                                         "decoder_positions") if k in batch}  # fmt: skip
+        inputs = {
+            k: batch[k]
+            for k in ("decoder_input_tokens", "decoder_segment_ids", "decoder_positions")
+            if k in batch
+        }
         logits = model.apply({"params": params}, inputs)
         losses[pack], _ = iqlearn_loss(
-            logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"], lam=lam,
-            gamma=gamma, eos_id=vocab.eos_id, segment_ids=batch.get("decoder_segment_ids"),
-        )  # fmt: skip
-    print(f"\ndecoder-only IQLearn: numpy {expected:.6f} unpacked {float(losses[False]):.6f} "
-          f"packed {float(losses[True]):.6f}")  # fmt: skip
+            logits,
+            batch["decoder_target_tokens"],
+            batch["decoder_loss_weights"],
+            lam=lam,
+            gamma=gamma,
+            eos_id=vocab.eos_id,
+            segment_ids=batch.get("decoder_segment_ids"),
+        )
+    print(
+        f"\ndecoder-only IQLearn: numpy {expected:.6f} unpacked {float(losses[False]):.6f} "
+        f"packed {float(losses[True]):.6f}"
+    )
     np.testing.assert_allclose(float(losses[False]), expected, rtol=2e-5)
     np.testing.assert_allclose(float(losses[True]), expected, rtol=2e-5)
 
@@ -114,10 +124,18 @@ def test_gsm8k_tiny_decoder_only_trains_decodes_and_exports(loss, tmp_path):
     assert whole
     with open(tmp_path / "in.jsonl", "w") as f:
         f.writelines(json.dumps({"inputs": r["input"]}) + "\n" for r in whole)
-    sample.main([
-        "--workdir", str(tmp_path), "--input-file", str(tmp_path / "in.jsonl"),
-        "--output-file", str(tmp_path / "out.jsonl"), "--max-decode-len", "48",
-    ])  # fmt: skip
+    sample.main(
+        [
+            "--workdir",
+            str(tmp_path),
+            "--input-file",
+            str(tmp_path / "in.jsonl"),
+            "--output-file",
+            str(tmp_path / "out.jsonl"),
+            "--max-decode-len",
+            "48",
+        ]
+    )
     outputs = [json.loads(line)["outputs"][0] for line in open(tmp_path / "out.jsonl")]
     assert outputs == [r["predictions"][0] for r in whole]
 
@@ -125,7 +143,7 @@ def test_gsm8k_tiny_decoder_only_trains_decodes_and_exports(loss, tmp_path):
     transformers = pytest.importorskip("transformers")
     torch = pytest.importorskip("torch")
     from irl_lm.convert import convert
-    from irl_lm.models import load_hf
+    from irl_lm.models.hf import load_hf
 
     convert(str(tmp_path), "hf:" + str(tmp_path / "hf"))
     model, params = load_hf(str(tmp_path / "hf"))

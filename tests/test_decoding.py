@@ -38,11 +38,23 @@ def teacher_forced_log_probs(params, batch, tokens, model=MODEL):
 
 @pytest.mark.parametrize(
     "config",
-    [CONFIG, T5Config(vocab_size=11, d_model=12, d_kv=5, d_ff=16, num_heads=3, num_layers=2,
-                      feed_forward_proj="relu", tie_word_embeddings=True,
-                      relative_attention_num_buckets=6, relative_attention_max_distance=9)],
+    [
+        CONFIG,
+        T5Config(
+            vocab_size=11,
+            d_model=12,
+            d_kv=5,
+            d_ff=16,
+            num_heads=3,
+            num_layers=2,
+            feed_forward_proj="relu",
+            tie_word_embeddings=True,
+            relative_attention_num_buckets=6,
+            relative_attention_max_distance=9,
+        ),
+    ],
     ids=["v1_1", "original"],
-)  # fmt: skip
+)
 def test_cached_steps_equal_the_teacher_forced_pass(config):
     """Logits position by position through the cache == one full forward over the tokens
     (14 steps: past the exact relative-position buckets, into the log-spaced ones)."""
@@ -107,9 +119,18 @@ def test_sampling_frequencies_follow_the_filtered_tempered_distribution():
     params, batch = setup(batch=1)
     rows, temperature, top_k, top_p = 4000, 0.7, 6, 0.9
     out = jax.device_get(
-        decoding.sample(MODEL, params, batch, jax.random.PRNGKey(3), max_len=1,
-                        num_decodes=rows, temperature=temperature, top_k=top_k, top_p=top_p)
-    )  # fmt: skip
+        decoding.sample(
+            MODEL,
+            params,
+            batch,
+            jax.random.PRNGKey(3),
+            max_len=1,
+            num_decodes=rows,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+        )
+    )
     log_p = teacher_forced_log_probs(params, batch, np.zeros((1, 1), np.int32))[0, 0]
     filtered = np_filter(log_p / temperature, top_k, top_p)
     expected = np.exp(filtered - filtered.max())
@@ -124,9 +145,10 @@ def test_sampling_frequencies_follow_the_filtered_tempered_distribution():
 def test_seeds_temperature_zero_limit_and_top_k_one():
     params, batch = setup()
     draw = lambda seed, **kw: jax.device_get(
-        decoding.sample(MODEL, params, batch, jax.random.PRNGKey(seed), max_len=6,
-                        num_decodes=3, **kw)
-    )["tokens"]  # fmt: skip
+        decoding.sample(
+            MODEL, params, batch, jax.random.PRNGKey(seed), max_len=6, num_decodes=3, **kw
+        )
+    )["tokens"]
     np.testing.assert_array_equal(draw(1), draw(1))
     assert not np.array_equal(draw(1), draw(2))
     greedy = jax.device_get(decoding.greedy(MODEL, params, batch, max_len=6))["tokens"]
@@ -151,13 +173,18 @@ def test_beam_search_finds_the_best_sequences_by_enumeration():
         decoding.beam_search(model, params, batch, max_len=max_len, num_beams=32, alpha=alpha)
     )
     candidates = [
-        y for length in range(1, max_len + 1) for y in itertools.product(range(5), repeat=length)
+        y
+        for length in range(1, max_len + 1)
+        for y in itertools.product(range(5), repeat=length)
         if 1 not in y[:-1] and (y[-1] == 1 or length == max_len)
-    ]  # fmt: skip
+    ]
     tokens = np.array([list(y) + [0] * (max_len - len(y)) for y in candidates], np.int32)
     for row in range(3):
-        rows = {"encoder_input_tokens": np.repeat(batch["encoder_input_tokens"][row : row + 1],
-                                                  len(candidates), axis=0)}  # fmt: skip
+        rows = {
+            "encoder_input_tokens": np.repeat(
+                batch["encoder_input_tokens"][row : row + 1], len(candidates), axis=0
+            )
+        }
         log_p = teacher_forced_log_probs(params, rows, tokens, model)
         scores = [
             np.take_along_axis(log_p[i, : len(y)], np.array(y)[:, None], -1).sum()
@@ -191,9 +218,14 @@ def test_options_are_arrays_and_the_loop_stops_at_the_last_eos():
 # ----------------------------------------------------------------------------- decoder-only
 
 LLAMA = DecoderOnlyConfig(
-    vocab_size=17, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
-    num_attention_heads=4, num_key_value_heads=2, rope_theta=50.0,
-)  # fmt: skip
+    vocab_size=17,
+    hidden_size=16,
+    intermediate_size=24,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    rope_theta=50.0,
+)
 
 
 def decoder_only_setup(config=LLAMA, seed=0):
@@ -216,8 +248,9 @@ def test_decoder_only_cached_steps_equal_the_teacher_forced_pass(tied):
     model, params, prompts, lengths = decoder_only_setup(config)
     steps = 9
     continuation = np.random.default_rng(1).integers(2, 17, (4, steps)).astype(np.int32)
-    cache = model.apply({"params": params}, {"decoder_input_tokens": prompts}, steps,
-                        method=model.prefill)  # fmt: skip
+    cache = model.apply(
+        {"params": params}, {"decoder_input_tokens": prompts}, steps, method=model.prefill
+    )
     step = jax.jit(functools.partial(model.apply, method=model.decode_step))
     previous = np.zeros(4, np.int32)
     got = []

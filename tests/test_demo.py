@@ -15,18 +15,36 @@ ROOT = os.path.join(os.path.dirname(__file__), "..")
 def test_demo_prints_table_and_fills_workdirs(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
     proc = subprocess.run(
-        [sys.executable, "-m", "irl_lm.demo", f"--workdir={tmp_path}", "--total_steps=6",
-         "--run=loss=mle", "--run=loss=iqlearn,lam=0.1",
-         "--run=loss=iqlearn_online,lam=0.1,alpha=0.1", "--run=loss=gail"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "irl_lm.demo",
+            f"--workdir={tmp_path}",
+            "--total_steps=6",
+            "--run=loss=mle",
+            "--run=loss=iqlearn,lam=0.1",
+            "--run=loss=iqlearn_online,lam=0.1,alpha=0.1",
+            "--run=loss=gail",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     header = lines.index(next(line for line in lines if line.strip().startswith("method")))
     assert lines[header].split() == [
-        "method", "setting", "validity", "forward_kl", "reverse_kl", "self_bleu", "entropy",
+        "method",
+        "setting",
+        "validity",
+        "forward_kl",
+        "reverse_kl",
+        "self_bleu",
+        "entropy",
         "steps/s",
-    ]  # fmt: skip
+    ]
     table = lines[header + 1 : lines.index("", header)]  # the report's path follows
     methods = [line.split()[0] for line in table]
     assert methods == ["mle", "iqlearn", "iqlearn_online", "gail", "expert"]
@@ -45,8 +63,9 @@ def test_demo_prints_table_and_fills_workdirs(tmp_path):
         assert [s for s, _ in events["train/loss"]][-1] == 6
         validity = dict(events["eval/expert/validity"])[6]
         assert validity == results["eval"]["expert"]["validity"]
-        assert 6 in dict(events["eval/validation/mle/nll" if run == "mle" else
-                                "eval/validation/iqlearn/nll"])  # fmt: skip
+        assert 6 in dict(
+            events["eval/validation/mle/nll" if run == "mle" else "eval/validation/iqlearn/nll"]
+        )
     # The runs read back as a report, with the expert's row in the performance-vs-diversity plot.
     assert f"Report (tables, pareto.png, curves.png): {tmp_path}/report/" in proc.stdout
     with open(os.path.join(tmp_path, "report", "groups.csv")) as f:

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from test_trainer import _Recorder, read_events
 
-from irl_lm import checkpointing, gail, sharding, train, train_step
+from irl_lm import checkpointing, sharding, train
+from irl_lm.learners import common, gail
 from irl_lm.losses import loss_fields
 from irl_lm.losses.gail import discounted_returns, discriminator_loss, policy_loss
 from irl_lm.models import build_model
@@ -51,14 +52,23 @@ def test_policy_and_discriminator_losses_match_numpy():
     pg = -(((returns - baseline) * taken) * mask).sum() / n
     kl = ((np.exp(log_p) * (log_p - log_ref)).sum(-1) * mask).sum() / n
     entropy = ((-np.exp(log_p) * log_p).sum(-1) * mask).sum() / n
-    loss, metrics = policy_loss(logits, ref_logits, tokens, mask, rewards, gamma=gamma,
-                                kl_coef=kl_coef, entropy_coef=entropy_coef)  # fmt: skip
+    loss, metrics = policy_loss(
+        logits,
+        ref_logits,
+        tokens,
+        mask,
+        rewards,
+        gamma=gamma,
+        kl_coef=kl_coef,
+        entropy_coef=entropy_coef,
+    )
     np.testing.assert_allclose(loss, pg + kl_coef * kl - entropy_coef * entropy, rtol=1e-5)
     np.testing.assert_allclose(metrics["gail/kl_to_reference"], kl, rtol=1e-5)
     np.testing.assert_allclose(metrics["gail/policy_entropy"], entropy, rtol=1e-5)
     # The advantage is a constant: the gradient is −A_t ∇ log π(a_t) (+ KL and entropy).
-    pg_only = lambda x: policy_loss(x, ref_logits, tokens, mask, rewards, gamma=gamma,
-                                    kl_coef=0.0, entropy_coef=0.0)[0]  # fmt: skip
+    pg_only = lambda x: policy_loss(
+        x, ref_logits, tokens, mask, rewards, gamma=gamma, kl_coef=0.0, entropy_coef=0.0
+    )[0]
     grad = jax.grad(pg_only)(jnp.asarray(logits))
     one_hot = np.eye(vocab)[tokens]
     expected = -((returns - baseline) * mask)[..., None] * (one_hot - np.exp(log_p)) / n
@@ -82,8 +92,9 @@ def gail_config(make_config, **overrides):
 
 
 def test_discriminator_separates_data_from_untrained_policy_samples(make_config, tmp_path):
-    config = gail_config(make_config, total_steps=200, log_every=10, evals={},
-                         **{"checkpoint.every": 200})  # fmt: skip
+    config = gail_config(
+        make_config, total_steps=200, log_every=10, evals={}, **{"checkpoint.every": 200}
+    )
     config.optimizer.learning_rate = 0.0  # the policy stays untrained
     config.discriminator.update(init="scratch", learning_rate=3e-3)
     train.train_and_evaluate(config, str(tmp_path))
@@ -91,21 +102,32 @@ def test_discriminator_separates_data_from_untrained_policy_samples(make_config,
     data = [v for _, v in events["train/gail/disc_accuracy_data"]]
     policy = [v for _, v in events["train/gail/disc_accuracy_policy"]]
     last_data, last_policy = np.mean(data[-5:]), np.mean(policy[-5:])
-    print(f"\ndiscriminator accuracy, data / policy tokens: first {data[0]:.2f} / "
-          f"{policy[0]:.2f}, last 5 logs {last_data:.2f} / {last_policy:.2f}")  # fmt: skip
+    print(
+        f"\ndiscriminator accuracy, data / policy tokens: first {data[0]:.2f} / "
+        f"{policy[0]:.2f}, last 5 logs {last_data:.2f} / {last_policy:.2f}"
+    )
     assert last_data > 0.8 and last_policy > 0.8
 
 
 def final_state(workdir, config):
     model = build_model(train.resolve_model_config(config))
-    tx, disc_tx = train_step.make_optimizer(config), gail.discriminator_optimizer(config)
+    tx, disc_tx = (
+        common.make_optimizer(config.optimizer, config.schedule, config.total_steps),
+        gail.discriminator_optimizer(
+            config.optimizer,
+            config.schedule,
+            config.total_steps,
+            config.discriminator.learning_rate,
+        ),
+    )
     mesh = sharding.make_mesh(config.mesh)
     with sharding.use_mesh(mesh):
         example = train.dummy_batch(config, model, 1)
         abstract, shardings = gail.state_shardings(model, model, tx, disc_tx, example, mesh)
         ckpt = checkpointing.Checkpointer(workdir, keep=5)
-        state, _ = ckpt.restore(ckpt.latest_step(),
-                                checkpointing.abstract_like(abstract, shardings))  # fmt: skip
+        state, _ = ckpt.restore(
+            ckpt.latest_step(), checkpointing.abstract_like(abstract, shardings)
+        )
         ckpt.close()
     return jax.device_get(state)
 
@@ -137,15 +159,24 @@ def test_gail_lowers_the_reverse_kl_of_a_briefly_trained_policy(tmp_path):
     (0.102 -> 0.126)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "experiments", "gail_from_mle", "run.py"),
-         f"--workdir={tmp_path}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        [
+            sys.executable,
+            os.path.join(ROOT, "experiments", "gail_from_mle", "run.py"),
+            f"--workdir={tmp_path}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     start, end = result["start"], result["end"]
-    print(f"\nGAIL from MLE@500: reverse KL {start['reverse_kl']:.4f} -> {end['reverse_kl']:.4f}"
-          f", validity {start['validity']:.3f} -> {end['validity']:.3f}")  # fmt: skip
+    print(
+        f"\nGAIL from MLE@500: reverse KL {start['reverse_kl']:.4f} -> {end['reverse_kl']:.4f}"
+        f", validity {start['validity']:.3f} -> {end['validity']:.3f}"
+    )
     assert end["reverse_kl"] < start["reverse_kl"]
     assert end["validity"] > 1.1 * start["validity"]
     assert end["forward_kl"] < start["forward_kl"]

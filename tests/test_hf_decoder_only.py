@@ -10,7 +10,8 @@ import pytest
 from hf_fixtures import torch, transformers
 
 from irl_lm import decoding, sharding
-from irl_lm.models import DecoderOnly, DecoderOnlyConfig, export_hf, load_hf
+from irl_lm.models import DecoderOnly, DecoderOnlyConfig
+from irl_lm.models.hf import export_hf, load_hf
 from irl_lm.models.layers import AttentionMask
 
 ATOL = 1e-4  # float32
@@ -21,24 +22,59 @@ VARIANTS = {
     "gqa": ("LlamaConfig", dict(_LLAMA, num_key_value_heads=2, tie_word_embeddings=False)),
     "mqa_tied": ("LlamaConfig", dict(_LLAMA, num_key_value_heads=1, tie_word_embeddings=True)),
     "mha": ("LlamaConfig", dict(num_key_value_heads=4, tie_word_embeddings=False)),
-    "llama3_rope": ("LlamaConfig", dict(num_key_value_heads=2, rope_parameters=dict(
-        rope_type="llama3", rope_theta=500.0, factor=4.0, low_freq_factor=1.0,
-        high_freq_factor=4.0, original_max_position_embeddings=16))),
+    "llama3_rope": (
+        "LlamaConfig",
+        dict(
+            num_key_value_heads=2,
+            rope_parameters=dict(
+                rope_type="llama3",
+                rope_theta=500.0,
+                factor=4.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=16,
+            ),
+        ),
+    ),
     # Gemma 3: q/k norms, query_pre_attn_scalar != head_dim, sliding layers (window 4 < the
     # 11 tokens) with their own rope base, linear-scaled global rope, logit soft-capping
-    "gemma3": ("Gemma3TextConfig", dict(
-        num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=12, sliding_window=4,
-        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
-        final_logit_softcapping=6.0, hidden_activation="gelu_pytorch_tanh",
-        rope_parameters={"full_attention": dict(rope_type="linear", factor=4.0, rope_theta=1e4),
-                         "sliding_attention": dict(rope_type="default", rope_theta=50.0)})),
+    "gemma3": (
+        "Gemma3TextConfig",
+        dict(
+            num_key_value_heads=2,
+            head_dim=8,
+            query_pre_attn_scalar=12,
+            sliding_window=4,
+            layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+            final_logit_softcapping=6.0,
+            hidden_activation="gelu_pytorch_tanh",
+            rope_parameters={
+                "full_attention": dict(rope_type="linear", factor=4.0, rope_theta=1e4),
+                "sliding_attention": dict(rope_type="default", rope_theta=50.0),
+            },
+        ),
+    ),
     # Gemma 2: attention-score soft-capping, alternating sliding layers, no q/k norms
-    "gemma2": ("Gemma2Config", dict(
-        num_key_value_heads=1, head_dim=8, query_pre_attn_scalar=12, sliding_window=3,
-        attn_logit_softcapping=4.0, final_logit_softcapping=6.0)),
-}  # fmt: skip
-_BASE = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-             num_attention_heads=4, rms_norm_eps=1e-6)  # fmt: skip
+    "gemma2": (
+        "Gemma2Config",
+        dict(
+            num_key_value_heads=1,
+            head_dim=8,
+            query_pre_attn_scalar=12,
+            sliding_window=3,
+            attn_logit_softcapping=4.0,
+            final_logit_softcapping=6.0,
+        ),
+    ),
+}
+_BASE = dict(
+    vocab_size=128,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    rms_norm_eps=1e-6,
+)
 
 
 def save_hf_decoder(folder, variant, seed=0, **overrides):
@@ -118,8 +154,11 @@ def test_greedy_decoding_equals_transformers_generate(variant, tmp_path):
         with torch.no_grad():
             expected = reference.generate(
                 input_ids=torch.tensor(prompts[row : row + 1, :n], dtype=torch.long),
-                do_sample=False, max_new_tokens=10, eos_token_id=None, pad_token_id=0,
-            )[0, n:].numpy()  # fmt: skip
+                do_sample=False,
+                max_new_tokens=10,
+                eos_token_id=None,
+                pad_token_id=0,
+            )[0, n:].numpy()
         np.testing.assert_array_equal(out["tokens"][row, 0], expected)
 
 
@@ -132,16 +171,30 @@ def test_sample_cli_continues_prompts_of_a_llama_folder(tmp_path):
     prompts = [[5, 9, 17, 3], [44], [7, 7, 8]]
     with open(tmp_path / "in.jsonl", "w") as f:
         f.writelines(json.dumps({"input_ids": p}) + "\n" for p in prompts)
-    sample.main(["--hf", str(tmp_path), "--input-file", str(tmp_path / "in.jsonl"),
-                 "--output-file", str(tmp_path / "out.jsonl"), "--max-decode-len", "5",
-                 "--eos-id", "2"])  # fmt: skip
+    sample.main(
+        [
+            "--hf",
+            str(tmp_path),
+            "--input-file",
+            str(tmp_path / "in.jsonl"),
+            "--output-file",
+            str(tmp_path / "out.jsonl"),
+            "--max-decode-len",
+            "5",
+            "--eos-id",
+            "2",
+        ]
+    )
     outputs = [json.loads(line) for line in open(tmp_path / "out.jsonl")]
     for prompt, out in zip(prompts, outputs, strict=True):
         with torch.no_grad():
             expected = reference.generate(
-                input_ids=torch.tensor([prompt]), do_sample=False, max_new_tokens=5,
-                eos_token_id=2, pad_token_id=0,
-            )[0, len(prompt) :].tolist()  # fmt: skip
+                input_ids=torch.tensor([prompt]),
+                do_sample=False,
+                max_new_tokens=5,
+                eos_token_id=2,
+                pad_token_id=0,
+            )[0, len(prompt) :].tolist()
         assert out["output_ids"] == [expected]
 
 
@@ -159,9 +212,13 @@ def test_presets_have_the_public_checkpoints_parameter_counts():
 def test_parallel_block_is_palm_style(tmp_path):
     """x + attention(norm(x)) + mlp(norm(x)), with the attention and MLP of the layer itself."""
     config = DecoderOnlyConfig(
-        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, parallel_block=True,
-    )  # fmt: skip
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        parallel_block=True,
+    )
     model = DecoderOnly(config)
     tokens = np.random.default_rng(0).integers(1, 64, (2, 7))
     params = model.init(jax.random.PRNGKey(0), {"decoder_input_tokens": tokens})["params"]
@@ -193,7 +250,7 @@ def test_decoder_only_folders_give_their_tokenizer_as_a_seqio_vocabulary(tmp_pat
     from hf_fixtures import XSUM
 
     from irl_lm.data.tokenizer_json import TokenizerJsonVocabulary
-    from irl_lm.models import load_vocabulary
+    from irl_lm.data.vocabularies import load_vocabulary
 
     if not os.path.exists(XSUM):
         pytest.skip(f"shared data not found at {XSUM} (see shared/data/README.md)")
@@ -205,9 +262,15 @@ def test_decoder_only_folders_give_their_tokenizer_as_a_seqio_vocabulary(tmp_pat
     spm_dir.mkdir(), json_dir.mkdir()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(row["document"] for row in rows[:200]),
-        model_prefix=str(spm_dir / "tokenizer"), vocab_size=200, pad_id=0, eos_id=1, bos_id=2,
-        unk_id=3, model_type="bpe", minloglevel=2,
-    )  # fmt: skip
+        model_prefix=str(spm_dir / "tokenizer"),
+        vocab_size=200,
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        model_type="bpe",
+        minloglevel=2,
+    )
     vocab = load_vocabulary(str(spm_dir))
     reference = spm.SentencePieceProcessor(model_file=str(spm_dir / "tokenizer.model"))
     assert (vocab.vocab_size, vocab.eos_id) == (reference.get_piece_size(), 1)  # no extra ids

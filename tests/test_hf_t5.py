@@ -19,7 +19,8 @@ from hf_fixtures import (
 from jax.sharding import PartitionSpec as P
 
 from irl_lm import sharding
-from irl_lm.models import export_hf, load_hf, load_vocabulary
+from irl_lm.data.vocabularies import load_vocabulary
+from irl_lm.models.hf import export_hf, load_hf
 from irl_lm.models.safetensors_io import read_file, write_file
 
 ATOL = 1e-4  # float32
@@ -178,9 +179,12 @@ def test_greedy_decoding_equals_transformers_generate(variant, tmp_path):
     batch = random_batch(128, seed=4, batch=3, enc_len=9)
     enc = torch.tensor(batch["encoder_input_tokens"], dtype=torch.long)
     generate = lambda: reference.generate(
-        input_ids=enc, attention_mask=(enc > 0).long(), do_sample=False, num_beams=1,
+        input_ids=enc,
+        attention_mask=(enc > 0).long(),
+        do_sample=False,
+        num_beams=1,
         max_new_tokens=12,
-    ).numpy()[:, 1:]  # fmt: skip
+    ).numpy()[:, 1:]
     # EOS takes over the most frequent greedy token, so rows stop at different lengths.
     with torch.no_grad():
         counts = np.bincount(generate().ravel(), minlength=128)

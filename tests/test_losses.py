@@ -233,8 +233,16 @@ def test_online_iqlearn_matches_numpy_reference():
     np.testing.assert_allclose(loss, offline + alpha * (sampled - expert), rtol=1e-5)
 
     # χ² on the mixture: (1 − α) on data + α on samples (terminal at their last token).
-    mixed, _ = iqlearn_online_loss(logits, targets, weights, lam=lam, gamma=gamma, alpha=alpha,
-                                   chi2_on_mixture=1, policy=policy)  # fmt: skip
+    mixed, _ = iqlearn_online_loss(
+        logits,
+        targets,
+        weights,
+        lam=lam,
+        gamma=gamma,
+        alpha=alpha,
+        chi2_on_mixture=1,
+        policy=policy,
+    )
     _, nll, td2 = reference_iqlearn(logits, targets, weights, lam, gamma)
     p_logits = np.asarray(policy["logits"], np.float64)
     p_v = np.log(np.exp(p_logits).sum(-1))
@@ -270,8 +278,15 @@ def test_online_gradient_reaches_the_policy_logits_only_through_values():
     alpha, gamma = 0.5, 0.9
 
     def loss_of_policy_logits(p_logits):
-        return iqlearn_online_loss(logits, targets, weights, lam=0.1, gamma=gamma, alpha=alpha,
-                                   policy=policy | {"logits": p_logits})[0]  # fmt: skip
+        return iqlearn_online_loss(
+            logits,
+            targets,
+            weights,
+            lam=0.1,
+            gamma=gamma,
+            alpha=alpha,
+            policy=policy | {"logits": p_logits},
+        )[0]
 
     grad = np.asarray(jax.grad(loss_of_policy_logits)(jnp.asarray(policy["logits"])))
     x = np.asarray(policy["logits"], np.float64)

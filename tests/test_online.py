@@ -5,16 +5,19 @@ import numpy as np
 import pytest
 from test_trainer import TINY_DECODER_ONLY, read_events
 
-from irl_lm import decoding, online, sharding, train
+from irl_lm import decoding, sharding, train
+from irl_lm.learners import sampler
 from irl_lm.models import build_model
 
 EOS = 1
 
 
 def tiny_model(family):
-    fields = TINY_DECODER_ONLY if family == "decoder_only" else dict(
-        name="t5", d_model=16, d_kv=4, d_ff=32, num_heads=4, num_layers=1
-    )  # fmt: skip
+    fields = (
+        TINY_DECODER_ONLY
+        if family == "decoder_only"
+        else dict(name="t5", d_model=16, d_kv=4, d_ff=32, num_heads=4, num_layers=1)
+    )
     model = build_model(fields | {"vocab_size": 23})
     features = {k: np.ones((1, 4), np.int32) for k in type(model).input_features}
     params = sharding.unbox(model.init(jax.random.PRNGKey(0), features)["params"])
@@ -42,13 +45,15 @@ def test_policy_batch_scores_the_samples_the_sampler_drew(family):
     model, params = tiny_model(family)
     batch = training_batch(family)
     rng = jax.random.PRNGKey(3)
-    policy = online.policy_batch(model, params, batch, rng, rows=2, max_len=6, eos_id=EOS)
-    drawn = decoding.sample(model, params, online.prompts(model, batch, 2), rng, max_len=6,
-                            eos_id=EOS)  # fmt: skip
+    policy = sampler.policy_batch(model, params, batch, rng, rows=2, max_len=6, eos_id=EOS)
+    drawn = decoding.sample(
+        model, params, sampler.prompts(model, batch, 2), rng, max_len=6, eos_id=EOS
+    )
     features = {k: policy[k] for k in type(model).input_features}
     log_p = jax.nn.log_softmax(model.apply({"params": params}, features))
-    scored = np.take_along_axis(np.asarray(log_p), policy["decoder_target_tokens"][..., None],
-                                -1)[..., 0]  # fmt: skip
+    scored = np.take_along_axis(np.asarray(log_p), policy["decoder_target_tokens"][..., None], -1)[
+        ..., 0
+    ]
     weights = np.asarray(policy["decoder_loss_weights"])
     for row in range(2):
         n = int(drawn["lengths"][row, 0])

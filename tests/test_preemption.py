@@ -16,8 +16,9 @@ import jax
 import numpy as np
 import pytest
 
-from irl_lm import checkpointing, sharding, train, train_step
+from irl_lm import checkpointing, sharding, train
 from irl_lm.data import pipeline
+from irl_lm.learners import common
 from irl_lm.models import build_model, is_decoder_only
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,8 +130,8 @@ def tmp_dirs(workdir) -> list[str]:
 def restore_target(config, mesh):
     """The abstract train state of `config` on `mesh`: what a checkpoint restores into."""
     model = build_model(train.resolve_model_config(config))
-    tx = train_step.make_optimizer(config)
-    abstract, shardings = train_step.state_shardings(
+    tx = common.make_optimizer(config.optimizer, config.schedule, config.total_steps)
+    abstract, shardings = common.state_shardings(
         model, tx, train.dummy_batch(config, model, 1), mesh
     )
     return checkpointing.abstract_like(abstract, shardings)
@@ -145,10 +146,10 @@ def restore_final(workdir, config, mesh=None):
         state, metadata = ckpt.restore(step, restore_target(config, mesh))
         saved_data = ckpt.data_dir(step)
         ckpt.close()
+    decoder_only = is_decoder_only(build_model(train.resolve_model_config(config)))
     iterator = pipeline.TrainIterator(
-        config,
+        pipeline.train_data(config, decoder_only=decoder_only),
         metadata["data_position"],
-        decoder_only=is_decoder_only(build_model(train.resolve_model_config(config))),
         saved=saved_data,
     )
     return jax.device_get(state), metadata, next(iterator)
@@ -202,7 +203,7 @@ def test_sigkill_at_random_moments_resumes_bit_identically(tmp_path):
     assert len(preempted) == 1 and int(preempted[0]) in saved_steps(killed_dir), run.log()
     notes.append(f"SIGTERM saved step {preempted[0]}")
 
-    # 4. Just after an evaluation boundary (steps 24 or 32): inside the save or evaluation.
+    # 4. Just after an evaluation boundary (steps 24 or 32): inside the save or evaluators.
     resumed_at = max(saved_steps(killed_dir), default=0)
     run = Run(*killed_dir_args)
     target = rng.choice([s for s in (24, 32) if s > resumed_at + 4])

@@ -9,7 +9,7 @@ import pytest
 import scipy.stats
 from test_configs import CONFIG_DIR, load
 
-from irl_lm import evaluation, reward, sharding, train
+from irl_lm import evaluators, reward, sharding, train
 from irl_lm.data import pipeline, tasks
 from irl_lm.data.synthetic import EOS_ID
 from irl_lm.losses import make_loss
@@ -68,7 +68,7 @@ def test_rank_correlations_match_scipy_loops():
     rewards = scores + rng.normal(size=60) + groups * 0.3
     scores[[3, 17]] = np.nan  # left out
     scores[20:25] = 1.0  # one input's scores all equal: no within-input ρ
-    out = evaluation.rank_correlations(rewards, scores, groups, num_bootstrap=400)
+    out = evaluators.reward.rank_correlations(rewards, scores, groups, num_bootstrap=400)
     keep = np.isfinite(scores)
     assert out["spearman"] == pytest.approx(
         scipy.stats.spearmanr(rewards[keep], scores[keep]).statistic
@@ -87,9 +87,10 @@ def test_rank_correlations_match_scipy_loops():
 
 def _context(config, model, tmp_path):
     mesh = sharding.make_mesh({"data": -1})
-    eos_id = tasks.get_task(config.task).output_features["targets"].vocabulary.eos_id
-    return evaluation.EvalContext(
-        config, model, mesh, make_loss(config.loss), eos_id, str(tmp_path)
+    task = tasks.build(config.task)
+    assert task.eos_id == task.seqio_task.output_features["targets"].vocabulary.eos_id
+    return evaluators.EvalContext.from_config(
+        config, task, model, mesh, loss_fn=make_loss(config.loss), workdir=str(tmp_path)
     )
 
 
@@ -120,7 +121,7 @@ def test_reward_evaluator_matches_numpy_on_its_own_samples(family, make_config, 
     params = _scaled_params(config, model)
     ctx = _context(config, model, tmp_path)
     with sharding.use_mesh(ctx.mesh):
-        evaluator = evaluation.RewardEvaluator(
+        evaluator = evaluators.RewardEvaluator(
             ctx, "reward", num_examples=3, num_samples=3, num_bootstrap=50
         )
         scalars, _ = evaluator(params, 7)

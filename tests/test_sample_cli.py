@@ -8,7 +8,8 @@ import pytest
 from hf_fixtures import save_hf_model, torch, train_sentencepiece
 
 from irl_lm import checkpointing, decoding, sample, sharding, train
-from irl_lm.models import build_model, load_vocabulary
+from irl_lm.data.vocabularies import load_vocabulary
+from irl_lm.models import build_model
 
 
 def write_jsonl(path, records):
@@ -29,8 +30,20 @@ def test_hf_folder_text_inputs_match_transformers_generate(tmp_path):
     records = [{"inputs": t} for t in texts[:-1]] + [{"input_ids": [5, 9, 17]}]
     inputs = write_jsonl(tmp_path / "in.jsonl", records)
     out_path = str(tmp_path / "out.jsonl")
-    sample.main(["--hf", str(tmp_path), "--input-file", inputs, "--output-file", out_path,
-                 "--max-decode-len", "7", "--batch-size", "8"])  # fmt: skip
+    sample.main(
+        [
+            "--hf",
+            str(tmp_path),
+            "--input-file",
+            inputs,
+            "--output-file",
+            out_path,
+            "--max-decode-len",
+            "7",
+            "--batch-size",
+            "8",
+        ]
+    )
     outputs = read_jsonl(out_path)
     assert len(outputs) == 11
 
@@ -48,8 +61,22 @@ def test_hf_folder_text_inputs_match_transformers_generate(tmp_path):
         assert out["outputs"] == [vocab.decode(expected)]  # vocab checked against HF elsewhere
         assert out["lengths"] == [len(expected)]
 
-    sample.main(["--hf", str(tmp_path), "--input-file", inputs, "--output-file", out_path,
-                 "--method", "beam", "--num-beams", "3", "--max-decode-len", "7"])  # fmt: skip
+    sample.main(
+        [
+            "--hf",
+            str(tmp_path),
+            "--input-file",
+            inputs,
+            "--output-file",
+            out_path,
+            "--method",
+            "beam",
+            "--num-beams",
+            "3",
+            "--max-decode-len",
+            "7",
+        ]
+    )
     for out in read_jsonl(out_path):
         assert len(out["output_ids"]) == 3 and out["scores"] == sorted(out["scores"])[::-1]
 
@@ -63,9 +90,22 @@ def test_workdir_token_inputs_round_trip(make_config, tmp_path):
     records = [{"input_ids": rng.integers(3, 20, rng.integers(2, 6)).tolist()} for _ in range(5)]
     inputs = write_jsonl(tmp_path / "in.jsonl", records)
     out_path = str(tmp_path / "out.jsonl")
-    argv = ["--workdir", workdir, "--input-file", inputs, "--output-file", out_path,
-            "--method", "temperature", "--num-decodes", "3", "--seed", "4",
-            "--max-decode-len", "6"]  # fmt: skip
+    argv = [
+        "--workdir",
+        workdir,
+        "--input-file",
+        inputs,
+        "--output-file",
+        out_path,
+        "--method",
+        "temperature",
+        "--num-decodes",
+        "3",
+        "--seed",
+        "4",
+        "--max-decode-len",
+        "6",
+    ]
     summary = sample.main(argv)
     assert summary["inputs"] == 5 and summary["truncated_inputs"] == 0
     outputs = read_jsonl(out_path)
@@ -102,5 +142,13 @@ def test_bad_input_lines_are_named(make_config, tmp_path):
     for content, message in cases.items():
         (tmp_path / "in.jsonl").write_text(content)
         with pytest.raises(ValueError, match=message):
-            sample.main(["--hf", str(tmp_path), "--input-file", str(tmp_path / "in.jsonl"),
-                         "--output-file", str(tmp_path / "out.jsonl")])  # fmt: skip
+            sample.main(
+                [
+                    "--hf",
+                    str(tmp_path),
+                    "--input-file",
+                    str(tmp_path / "in.jsonl"),
+                    "--output-file",
+                    str(tmp_path / "out.jsonl"),
+                ]
+            )

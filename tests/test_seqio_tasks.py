@@ -169,7 +169,7 @@ def test_mixture_trains_with_its_rates_and_evaluates_per_subtask(tmp_path, make_
     try:
         config = seqio_task.get_config("task=mix_ab,modules=mix_tasks,inputs=8,targets=8")
         config.batch_size = 16
-        iterator = pipeline.TrainIterator(config)
+        iterator = pipeline.TrainIterator(pipeline.train_data(config))
         vocab = seqio.ByteVocabulary()
         rows = [
             vocab.decode(row.tolist())
@@ -262,13 +262,13 @@ def test_jsonl_source_streams_with_a_limit_and_saved_state(tmp_path, make_config
         max_target_len=16,
     )
     config.batch_size = 4
-    first = pipeline.TrainIterator(config)
+    first = pipeline.TrainIterator(pipeline.train_data(config))
     seen = [next(first) for _ in range(5)]  # 20 rows: two epochs of the first 10
     vocab = seqio.ByteVocabulary()
     texts = {vocab.decode(r.tolist()) for b in seen for r in b["encoder_input_tokens"]}
     assert texts == {f"q{i}" for i in range(10)}
     first.save(tmp_path / "state")
-    resumed = pipeline.TrainIterator(config, 5, saved=tmp_path / "state")
+    resumed = pipeline.TrainIterator(pipeline.train_data(config), 5, saved=tmp_path / "state")
     np.testing.assert_array_equal(
         next(resumed)["decoder_target_tokens"], next(first)["decoder_target_tokens"]
     )
@@ -360,7 +360,7 @@ def test_shard_by_host_splits_the_files_between_hosts(tmp_path, monkeypatch):
     monkeypatch.setattr("jax.process_count", lambda: 2)
     for host in range(2):
         monkeypatch.setattr("jax.process_index", lambda host=host: host)
-        iterator = pipeline.TrainIterator(config)
+        iterator = pipeline.TrainIterator(pipeline.train_data(config))
         assert iterator.per_host
         # seqio shuffles after repeating, so epochs mix: 240 rows show each host's 16.
         batches = [next(iterator)["encoder_input_tokens"] for _ in range(60)]
@@ -373,7 +373,7 @@ def test_shard_by_host_splits_the_files_between_hosts(tmp_path, monkeypatch):
     limited = []
     for host in range(2):
         monkeypatch.setattr("jax.process_index", lambda host=host: host)
-        iterator = pipeline.TrainIterator(config)
+        iterator = pipeline.TrainIterator(pipeline.train_data(config))
         limited.append(
             {
                 vocab.decode(r.tolist())

@@ -66,11 +66,11 @@ def test_sweep_runs_each_point_once_and_reruns_only_an_unfinished_one(finished_s
     assert [p["skipped"] for p in record["points"]] == [True, True, True, False]
 
 
-def test_main_on_a_finished_workdir_exits_at_once(finished_sweep):
+def test_main_on_a_finished_workdir_exits_at_once(finished_sweep, processes):
     config, workdir, _, _ = finished_sweep
     point = os.path.join(workdir, "lam=0,seed=0")
     before = mtimes(point)
-    proc = subprocess.run(
+    proc = processes.run(
         [
             sys.executable,
             "-m",
@@ -82,8 +82,6 @@ def test_main_on_a_finished_workdir_exits_at_once(finished_sweep):
         ],
         cwd=ROOT,
         env=SINGLE_DEVICE_ENV,
-        capture_output=True,
-        text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -92,10 +90,10 @@ def test_main_on_a_finished_workdir_exits_at_once(finished_sweep):
     assert mtimes(point) == before
 
 
-def test_a_failing_point_does_not_stop_the_others(tmp_path):
+def test_a_failing_point_does_not_stop_the_others(tmp_path, processes):
     config = write_tiny_sweep_config(tmp_path)
     workdir = str(tmp_path / "broken")
-    proc = subprocess.run(
+    proc = processes.run(
         [
             sys.executable,
             "-m",
@@ -107,8 +105,6 @@ def test_a_failing_point_does_not_stop_the_others(tmp_path):
         ],
         cwd=ROOT,
         env=SINGLE_DEVICE_ENV,
-        capture_output=True,
-        text=True,
         timeout=300,
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr[-2000:]
@@ -293,7 +289,7 @@ def test_config_file_arg_merges_with_the_points_config_arg(tmp_path):
         sweep.build_points(f"{xsum}:mode=tiny", str(tmp_path))
 
 
-def test_ctrl_c_stops_the_running_points_with_a_checkpoint(tmp_path):
+def test_ctrl_c_stops_the_running_points_with_a_checkpoint(tmp_path, processes):
     """SIGINT to the sweep (a Ctrl-C): the points, in their own session, get SIGTERM from
     the runner, save a checkpoint and are marked interrupted; the sweep exits 1."""
     import signal
@@ -305,7 +301,7 @@ def test_ctrl_c_stops_the_running_points_with_a_checkpoint(tmp_path):
     flags = [f"--config={config}", f"--workdir={workdir}", "--only=^lam=0,seed=0$"]
     overrides = ["--config.total_steps=100000", "--config.log_every=20"]
     command = [sys.executable, "-m", "irl_lm.sweep", *flags, *overrides]
-    proc = subprocess.Popen(
+    proc = processes.start(
         command,
         cwd=ROOT,
         env=SINGLE_DEVICE_ENV,

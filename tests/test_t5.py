@@ -10,9 +10,16 @@ from irl_lm.models import T5, T5Config, build_model
 from irl_lm.models.t5 import relative_position_bucket
 
 CONFIG = T5Config(
-    vocab_size=37, d_model=16, d_kv=6, d_ff=24, num_heads=3, num_layers=2, num_decoder_layers=3,
-    relative_attention_num_buckets=8, relative_attention_max_distance=12,
-)  # fmt: skip
+    vocab_size=37,
+    d_model=16,
+    d_kv=6,
+    d_ff=24,
+    num_heads=3,
+    num_layers=2,
+    num_decoder_layers=3,
+    relative_attention_num_buckets=8,
+    relative_attention_max_distance=12,
+)
 
 
 def bucket_reference(rel: int, bidirectional: bool, num_buckets: int, max_distance: int) -> int:
@@ -73,8 +80,12 @@ def np_relpos(table, q_len, k_len, bidirectional):
     out = np.zeros((CONFIG.num_heads, q_len, k_len))
     for i in range(q_len):
         for j in range(k_len):
-            b = bucket_reference(j - i, bidirectional, CONFIG.relative_attention_num_buckets,
-                                 CONFIG.relative_attention_max_distance)  # fmt: skip
+            b = bucket_reference(
+                j - i,
+                bidirectional,
+                CONFIG.relative_attention_num_buckets,
+                CONFIG.relative_attention_max_distance,
+            )
             out[:, i, j] = table[b]
     return out
 
@@ -118,8 +129,11 @@ def test_t5_matches_numpy_reference_with_padding():
     enc[1, 4:] = 0  # padding
     dec_targets[1, 3:] = 0
     dec_inputs = np.pad(dec_targets[:, :-1], ((0, 0), (1, 0)))
-    batch = {"encoder_input_tokens": enc, "decoder_input_tokens": dec_inputs,
-             "decoder_target_tokens": dec_targets}  # fmt: skip
+    batch = {
+        "encoder_input_tokens": enc,
+        "decoder_input_tokens": dec_inputs,
+        "decoder_target_tokens": dec_targets,
+    }
     model = T5(CONFIG)
     params = init(model, batch)
     logits = np.asarray(model.apply({"params": params}, batch))
@@ -145,8 +159,11 @@ def test_packed_rows_equal_unpacked_rows():
     params = init(model, packed)
     packed_logits = np.asarray(model.apply({"params": params}, packed))[0]
     for enc, tgt, rows in [(a_enc, a_tgt, slice(0, 2)), (b_enc, b_tgt, slice(2, 5))]:
-        single = {"encoder_input_tokens": enc[None], "decoder_input_tokens": shift(tgt)[None],
-                  "decoder_target_tokens": tgt[None]}  # fmt: skip
+        single = {
+            "encoder_input_tokens": enc[None],
+            "decoder_input_tokens": shift(tgt)[None],
+            "decoder_target_tokens": tgt[None],
+        }
         logits = np.asarray(model.apply({"params": params}, single))[0]
         np.testing.assert_allclose(packed_logits[rows], logits, atol=1e-5)
 

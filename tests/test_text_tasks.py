@@ -19,8 +19,15 @@ FILES = {
 
 
 def task_config(name, files, **overrides):
-    return {"name": name, "source": "jsonl", "files": files, "vocabulary": "byte",
-            "max_input_len": 0, "max_target_len": 0, **overrides}  # fmt: skip
+    return {
+        "name": name,
+        "source": "jsonl",
+        "files": files,
+        "vocabulary": "byte",
+        "max_input_len": 0,
+        "max_target_len": 0,
+        **overrides,
+    }
 
 
 @pytest.mark.parametrize("name", sorted(FILES))
@@ -38,10 +45,16 @@ def test_jsonl_source_reads_the_whole_shared_file_and_batches(name):
 
     batch = next(
         seqio.get_dataset(
-            task.name, task_feature_lengths=lengths, dataset_split="validation", shuffle=False,
-            use_cached=False, feature_converter=seqio.EncDecFeatureConverter(pack=False),
-        ).batch(4).as_numpy_iterator()
-    )  # fmt: skip
+            task.name,
+            task_feature_lengths=lengths,
+            dataset_split="validation",
+            shuffle=False,
+            use_cached=False,
+            feature_converter=seqio.EncDecFeatureConverter(pack=False),
+        )
+        .batch(4)
+        .as_numpy_iterator()
+    )
     assert batch["encoder_input_tokens"].shape == (4, lengths["inputs"])
     assert batch["decoder_target_tokens"].shape == (4, lengths["targets"])
     # The first example's target, decoded back, is the start of the preprocessed text.
@@ -56,8 +69,9 @@ def test_jsonl_source_reads_the_whole_shared_file_and_batches(name):
 
 def test_num_train_examples_takes_the_first_n(tmp_path):
     path = tmp_path / "train.jsonl"
-    path.write_text("".join(json.dumps({"question": f"q{i}", "answer": f"#### {i}"}) + "\n"
-                            for i in range(10)))  # fmt: skip
+    path.write_text(
+        "".join(json.dumps({"question": f"q{i}", "answer": f"#### {i}"}) + "\n" for i in range(10))
+    )
     config = task_config("gsm8k", {"train": str(path)}, num_train_examples=3)
     dataset = tasks.get_task(config).get_dataset(
         tasks.feature_lengths(config), split="train", shuffle=False, use_cached=False

@@ -4,8 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from irl_lm import sharding, train, train_step
+from irl_lm import sharding, train
 from irl_lm.data import pipeline
+from irl_lm.learners import common, policy
 from irl_lm.losses import make_loss
 from irl_lm.models import build_model
 
@@ -14,20 +15,22 @@ def run_steps(config, mesh_shape, devices, num_steps=2):
     """Returns (params, per-step metrics, param shardings) after `num_steps` updates."""
     mesh = sharding.make_mesh(mesh_shape, devices)
     model = build_model(train.resolve_model_config(config))
-    tx = train_step.make_optimizer(config)
-    batches = pipeline.TrainIterator(config)
+    tx = common.make_optimizer(config.optimizer, config.schedule, config.total_steps)
+    batches = pipeline.TrainIterator(pipeline.train_data(config))
     history = []
     with sharding.use_mesh(mesh):
-        _, shardings = train_step.state_shardings(
-            model, tx, train.dummy_batch(config, model, 1), mesh
-        )
-        state = train_step.init_state(
+        _, shardings = common.state_shardings(model, tx, train.dummy_batch(config, model, 1), mesh)
+        state = common.init_state(
             model, tx, train.dummy_batch(config, model, 1), shardings, jax.random.PRNGKey(0)
         )
-        step = train_step.jit_train_step(
-            model, make_loss(config.loss), tx, mesh, shardings,
+        step = policy.jit_train_step(
+            model,
+            make_loss(config.loss),
+            tx,
+            mesh,
+            shardings,
             grad_accum_steps=config.grad_accum_steps,
-        )  # fmt: skip
+        )
         for _ in range(num_steps):
             batch = sharding.shard_host_batch(next(batches), mesh)
             state, metrics = step(state, batch, jax.random.PRNGKey(1))
@@ -70,14 +73,18 @@ def test_schedule_warms_up_linearly_then_decays(make_config):
     config = make_config(total_steps=110)
     config.optimizer.learning_rate = 1e-3
     config.schedule.update(name="cosine", warmup_steps=10, final_fraction=0.1)
-    schedule = train_step.make_schedule(config)
+    schedule = common.make_schedule(config.optimizer, config.schedule, config.total_steps)
     np.testing.assert_allclose(float(schedule(5)), 0.5e-3, rtol=1e-6)
     np.testing.assert_allclose(float(schedule(10)), 1e-3, rtol=1e-6)
     # Cosine from peak to 10% of it over the remaining 100 steps: halfway is the mean.
     np.testing.assert_allclose(float(schedule(60)), 0.55e-3, rtol=1e-5)
     np.testing.assert_allclose(float(schedule(110)), 1e-4, rtol=1e-5)
     config.schedule.name = "linear"
-    np.testing.assert_allclose(float(train_step.make_schedule(config)(60)), 0.55e-3, rtol=1e-5)
+    np.testing.assert_allclose(
+        float(common.make_schedule(config.optimizer, config.schedule, config.total_steps)(60)),
+        0.55e-3,
+        rtol=1e-5,
+    )
 
 
 def test_adafactor_step_updates_parameters(make_config):

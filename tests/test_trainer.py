@@ -11,8 +11,9 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.util import tensor_util
 
-from irl_lm import checkpointing, perf, sharding, train, train_step
-from irl_lm.data import pipeline
+from irl_lm import checkpointing, perf, sharding, train
+from irl_lm.data import pipeline, tasks
+from irl_lm.learners import common
 from irl_lm.models import build_model
 
 
@@ -53,7 +54,7 @@ def test_workdir_holds_config_model_info_checkpoints_and_events(make_config, tmp
 
     # Throughput: the step's model FLOPs from the model and the batch's padded shapes.
     model = build_model(train.resolve_model_config(config))
-    lengths = pipeline.model_feature_lengths(config, decoder_only=False)
+    lengths = pipeline.model_feature_lengths(tasks.build(config.task), decoder_only=False)
     shapes = {k: (8, lengths[k]) for k in ("encoder_input_tokens", "decoder_target_tokens")}
     got = saved["perf"]
     assert got["model_flops_per_step"] == perf.train_flops_per_step(model, shapes) > 0
@@ -92,10 +93,10 @@ def final_params(workdir, config):
     from irl_lm.models import build_model
 
     model = build_model(train.resolve_model_config(config))
-    tx = train_step.make_optimizer(config)
+    tx = common.make_optimizer(config.optimizer, config.schedule, config.total_steps)
     mesh = train.sharding.make_mesh(config.mesh)
     with train.sharding.use_mesh(mesh):
-        abstract, shardings = train_step.state_shardings(
+        abstract, shardings = common.state_shardings(
             model, tx, train.dummy_batch(config, model, 1), mesh
         )
         ckpt = checkpointing.Checkpointer(workdir, keep=5)
@@ -218,9 +219,13 @@ def test_sigterm_saves_a_checkpoint_and_stops(make_config, tmp_path, monkeypatch
 
 
 TINY_DECODER_ONLY = dict(
-    name="decoder_only", vocab_size=0, hidden_size=16, intermediate_size=32,
-    num_hidden_layers=1, num_attention_heads=2,
-)  # fmt: skip
+    name="decoder_only",
+    vocab_size=0,
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+)
 
 
 def test_decoder_only_model_trains_on_the_synthetic_expert(make_config, tmp_path):
@@ -235,7 +240,8 @@ def test_decoder_only_model_trains_on_the_synthetic_expert(make_config, tmp_path
 def _scaled_model_and_context(config):
     """A model of `config` with its initial parameters × 4 (peakier than at init), and an
     evaluation context on all devices."""
-    from irl_lm import evaluation
+    from irl_lm import evaluators
+    from irl_lm.data import tasks
     from irl_lm.data.synthetic import EOS_ID
     from irl_lm.losses import make_loss
     from irl_lm.models import build_model
@@ -244,14 +250,18 @@ def _scaled_model_and_context(config):
     params = model.init(jax.random.PRNGKey(1), train.dummy_batch(config, model, 1))["params"]
     params = jax.tree.map(lambda p: 4 * p, sharding.unbox(params))
     mesh = sharding.make_mesh({"data": -1})
-    ctx = evaluation.EvalContext(config, model, mesh, make_loss(config.loss), EOS_ID)
+    task = tasks.build(config.task)
+    assert task.eos_id == EOS_ID
+    ctx = evaluators.EvalContext.from_config(
+        config, task, model, mesh, loss_fn=make_loss(config.loss)
+    )
     return model, params, ctx
 
 
 def test_expert_evaluator_scores_a_decoder_only_model_as_a_direct_computation(make_config):
     """Forward KL: the evaluator's batched prompt + sample rows give the log-probabilities of
     one unpadded BOS + x + EOS + y sequence at a time."""
-    from irl_lm import evaluation
+    from irl_lm import evaluators
     from irl_lm.data import pipeline, tasks
     from irl_lm.data.synthetic import EOS_ID
 
@@ -259,7 +269,7 @@ def test_expert_evaluator_scores_a_decoder_only_model_as_a_direct_computation(ma
     config.model = TINY_DECODER_ONLY
     model, params, ctx = _scaled_model_and_context(config)
     with sharding.use_mesh(ctx.mesh):
-        evaluator = evaluation.ExpertEvaluator(ctx, "expert", num_examples=3, num_samples=2)
+        evaluator = evaluators.ExpertEvaluator(ctx, "expert", num_examples=3, num_samples=2)
         scalars, _ = evaluator(params, 0)
     bos = pipeline.bos_id(tasks.get_task(config.task).output_features["targets"].vocabulary)
     terms, tokens = 0.0, 0
@@ -280,12 +290,12 @@ def test_expert_evaluator_scores_a_decoder_only_model_as_a_direct_computation(ma
 def test_expert_evaluator_scores_greedy_and_beam_outputs(make_config, method):
     """One output per input (the best beam): validity and the reverse KL of a point mass,
     −log p_E per token of the valid outputs (+ log P(valid)), from the decoder's outputs."""
-    from irl_lm import decoding, evaluation
+    from irl_lm import decoding, evaluators
     from irl_lm.data.synthetic import EOS_ID
 
     model, params, ctx = _scaled_model_and_context(make_config())
     with sharding.use_mesh(ctx.mesh):
-        evaluator = evaluation.ExpertEvaluator(
+        evaluator = evaluators.ExpertEvaluator(
             ctx, "expert", num_examples=8, num_samples=2, method=method
         )
         scalars, _ = evaluator(params, 0)
@@ -314,21 +324,41 @@ def test_step_cost_counts_online_samples_and_every_gail_pass(make_config):
     apart; GAIL: 2 discriminator updates over data and samples with the reference policy
     ("log_ratio"), the samples' rewards and reference logits, the policy update with its
     NLL term, each pass counted by `perf` on the data's shapes."""
+    from irl_lm import learners
+    from irl_lm.data import tasks
+
     config = make_config("iqlearn_online")
     model_config = train.resolve_model_config(config)
     model = build_model(model_config)
-    lengths = pipeline.model_feature_lengths(config, decoder_only=False)
+    task = tasks.build(config.task)
+    lengths = pipeline.model_feature_lengths(task, decoder_only=False)
     features = ("encoder_input_tokens", "decoder_target_tokens")
     shapes = lambda rows: {k: (rows, lengths[k]) for k in features}
     train_flops = lambda rows: perf.train_flops_per_step(model, shapes(rows))
-    cost = train.step_cost(config, model, model_config, sampled_rows=2)
+    mesh = sharding.make_mesh({"data": 2}, jax.devices()[:2])  # α·8 rows, rounded up to 2
+
+    def learner_for(config):
+        with sharding.use_mesh(mesh):
+            return learners.make_learner(
+                config,
+                model,
+                model_config,
+                mesh,
+                batch_lengths=lengths,
+                lengths=task.lengths,
+                eos_id=task.eos_id,
+                rng=jax.random.PRNGKey(0),
+            )
+
+    cost = learner_for(config)
+    assert cost.sampled_rows == 2
     assert cost.update_flops == train_flops(8) + train_flops(2)
     inputs, targets = lengths["encoder_input_tokens"], lengths["decoder_target_tokens"]
     assert cost.sampling_flops == perf.sampling_flops(model, 2, inputs, targets) > 0
-    assert cost.tokens == 8 * (inputs + targets)
 
     config = make_config("gail", **{"loss.mle_weight": 0.5, "discriminator.updates_per_step": 2})
-    cost = train.step_cost(config, model, model_config, sampled_rows=8)
+    cost = learner_for(config)
+    assert cost.sampled_rows == 8
     forward = train_flops(8) / 3  # the discriminator is the policy's shape here
     disc_updates = 2 * (2 * 3 * forward + 2 * forward)  # 2 x (D fwd+bwd, reference fwd) x 2
     rewards, reference_logits, policy_update = 2 * forward, forward, 2 * 3 * forward

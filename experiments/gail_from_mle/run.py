@@ -40,13 +40,15 @@ def main(argv):
     mle = demo.get_config("loss=mle")
     shorten(mle, _MLE_STEPS.value)
     start = train.train_and_evaluate(mle, os.path.join(_WORKDIR.value, "mle"))
-    config = demo.get_config(f"loss=gail,gamma=0.9,kl_coef={_KL.value},"
-                             f"entropy_coef={_ENTROPY.value}")  # fmt: skip
+    config = demo.get_config(
+        f"loss=gail,gamma=0.9,kl_coef={_KL.value},entropy_coef={_ENTROPY.value}"
+    )
     shorten(config, _GAIL_STEPS.value)
     config.init_from = os.path.join(_WORKDIR.value, "mle")
     config.optimizer.learning_rate, config.schedule.warmup_steps = 1e-4, 10
-    config.discriminator.update(init="policy", head="log_ratio", learning_rate=1e-3,
-                                warmup_steps=_WARMUP.value)  # fmt: skip
+    config.discriminator.update(
+        init="policy", head="log_ratio", learning_rate=1e-3, warmup_steps=_WARMUP.value
+    )
     end = train.train_and_evaluate(config, os.path.join(_WORKDIR.value, "gail"))
     print(json.dumps({"start": start["eval"]["expert"], "end": end["eval"]["expert"]}))
 

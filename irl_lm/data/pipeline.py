@@ -14,6 +14,7 @@ Either way no example is replayed or lost. Evaluation batches are split across h
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -29,7 +30,6 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from irl_lm.data import tasks, text_tasks
-from irl_lm.data.tasks import feature_lengths, get_task
 
 
 def vocabulary_bos_id(vocabulary: seqio.Vocabulary) -> int | None:
@@ -54,38 +54,76 @@ def prompt_prefix(decoder_only: bool, vocabulary: seqio.Vocabulary) -> list[int]
     return [bos_id(vocabulary)] if decoder_only else []
 
 
-def feature_converter(config, *, decoder_only: bool, pack: bool) -> seqio.FeatureConverter:
+def feature_converter(
+    vocabulary: seqio.Vocabulary, *, decoder_only: bool, pack: bool
+) -> seqio.FeatureConverter:
     """Encoder-decoder batches (T5), or prefix-LM batches for a decoder-only model: inputs and
     targets concatenated, loss weights on the targets only, BOS (`bos_id`) first. The
     `decoder_causal_attention` feature it adds is unused: our decoder-only models are causal
     over the prompt too (as Llama, Gemma and PaLM are)."""
     if not decoder_only:
         return seqio.EncDecFeatureConverter(pack=pack)
-    vocabulary = tasks.vocabulary(config.task)
     return seqio.DecoderFeatureConverter(
         loss_on_targets_only=True, pack=pack, bos_id=bos_id(vocabulary)
     )
 
 
-def model_feature_lengths(config, *, decoder_only: bool) -> dict[str, int]:
+def model_feature_lengths(task: tasks.Task, *, decoder_only: bool) -> dict[str, int]:
     """Lengths of the model's batch features (a decoder-only row holds inputs + targets)."""
-    converter = feature_converter(config, decoder_only=decoder_only, pack=False)
-    return dict(converter.get_model_feature_lengths(feature_lengths(config.task)))
+    converter = feature_converter(task.vocabulary, decoder_only=decoder_only, pack=False)
+    return dict(converter.get_model_feature_lengths(task.lengths))
 
 
-def _dataset(config, split, *, shuffle, num_epochs, pack, decoder_only, shard_info, task=None):
-    task = task or get_task(config.task)
+def _dataset(
+    task: tasks.Task,
+    name: str,
+    split,
+    *,
+    shuffle,
+    num_epochs,
+    pack,
+    decoder_only,
+    shard_info,
+    seed=None,
+):
+    """seqio's batches of the task or sub-task `name` (the feature converter's features)."""
+    converter = feature_converter(task.vocabulary, decoder_only=decoder_only, pack=pack)
     return seqio.get_dataset(
-        task.name,
-        task_feature_lengths=feature_lengths(config.task),
-        feature_converter=feature_converter(config, decoder_only=decoder_only, pack=pack),
+        name,
+        task_feature_lengths=dict(task.lengths),
+        feature_converter=converter,
         dataset_split=split,
         shuffle=shuffle,
         num_epochs=num_epochs,
         shard_info=shard_info,
-        seed=config.seed,
+        seed=seed,
         use_cached=False,
         verbose=False,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainData:
+    """What the training stream is a function of: the task, `config.batch_size`,
+    `config.seed`, `config.data` (`pack`, `shard_by_host`) and the model family."""
+
+    task: tasks.Task
+    batch_size: int
+    seed: int
+    pack: bool = False
+    shard_by_host: bool = False
+    decoder_only: bool = False
+
+
+def train_data(config, task: tasks.Task | None = None, *, decoder_only=False) -> TrainData:
+    """`TrainData` from a config (its task built from `config.task` unless given)."""
+    return TrainData(
+        task=task or tasks.build(config.task),
+        batch_size=config.batch_size,
+        seed=config.seed,
+        pack=bool(config.data.pack),
+        shard_by_host=bool(config.data.get("shard_by_host")),
+        decoder_only=decoder_only,
     )
 
 
@@ -97,44 +135,45 @@ class TrainIterator(Iterator):
     rebuilt and `position` batches are skipped, saying why.
     """
 
-    def __init__(self, config, position: int = 0, *, decoder_only=False, saved=None):
-        self.per_host = bool(config.data.get("shard_by_host"))
-        if self.per_host and config.batch_size % jax.process_count():
+    def __init__(self, data: TrainData, position: int = 0, *, saved=None):
+        self.per_host = data.shard_by_host
+        if self.per_host and data.batch_size % jax.process_count():
             raise ValueError(
-                f"config.data.shard_by_host: config.batch_size={config.batch_size} must be "
+                f"config.data.shard_by_host: config.batch_size={data.batch_size} must be "
                 f"divisible by the {jax.process_count()} hosts"
             )
-        self.fingerprint = data_fingerprint(config, decoder_only)
+        self.fingerprint = data_fingerprint(data)
         self.position = position
         started = time.perf_counter()
         # A fresh dataset each time: a second iterator over one dataset reshuffles.
         restored = False
         if position and saved is not None:
-            self._iterator = self._stream(config, decoder_only)
+            self._iterator = self._stream(data)
             restored = self._restore(epath.Path(saved))
         if not restored:
             if position:
                 logging.info("Data: skipping %d batches to reach the saved position", position)
-            self._iterator = self._stream(config, decoder_only, skip=position)
+            self._iterator = self._stream(data, skip=position)
         if position:
             seconds = time.perf_counter() - started
             logging.info("Data resumed at batch %d in %.2f s", position, seconds)
 
     @staticmethod
-    def _stream(config, decoder_only: bool, skip: int = 0, shuffle: bool = True):
-        per_host = bool(config.data.get("shard_by_host"))
-        hosts = jax.process_count() if per_host else 1
-        index = jax.process_index() if per_host else 0
+    def _stream(data: TrainData, skip: int = 0, shuffle: bool = True):
+        hosts = jax.process_count() if data.shard_by_host else 1
+        index = jax.process_index() if data.shard_by_host else 0
         ds = _dataset(
-            config,
+            data.task,
+            data.task.name,
             "train",
             shuffle=shuffle,
             num_epochs=None,
-            pack=config.data.pack,
-            decoder_only=decoder_only,
+            pack=data.pack,
+            decoder_only=data.decoder_only,
             shard_info=seqio.ShardInfo(index, hosts),  # hosts=1: every host reads it all
+            seed=data.seed,
         )
-        ds = ds.batch(config.batch_size // hosts, drop_remainder=True).skip(skip).prefetch(2)
+        ds = ds.batch(data.batch_size // hosts, drop_remainder=True).skip(skip).prefetch(2)
         # One structure whatever `skip` is (tf.data would drop a skip(0)), so a state saved
         # after skipping restores into the stream of a later start.
         options = tf.data.Options()
@@ -188,23 +227,31 @@ class TrainIterator(Iterator):
         return False
 
 
-def data_fingerprint(config, decoder_only: bool) -> str:
+def data_fingerprint(data: TrainData) -> str:
     """A digest of the settings that define the training stream."""
     settings = {
         # The task by what it means (old workdirs name ours without "irl_lm.").
-        "task": config.task.to_dict() | {"name": tasks.task_name(config.task)},
-        "data": {k: v for k, v in config.data.items() if k != "shard_by_host"},
-        "seed": config.seed,
-        "batch_size": config.batch_size,
-        "decoder_only": decoder_only,
+        "task": dict(data.task.settings) | {"name": data.task.name},
+        "data": {"pack": data.pack},
+        "seed": data.seed,
+        "batch_size": data.batch_size,
+        "decoder_only": data.decoder_only,
     }
-    if config.data.get("shard_by_host"):  # then each host's stream depends on the host count
+    if data.shard_by_host:  # then each host's stream depends on the host count
         settings["hosts"] = jax.process_count()
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def eval_batches(config, split: str, max_examples: int | None = None, *, decoder_only=False):
-    """Host-local eval batches padded to `config.eval_batch_size` rows (padding has weight 0):
+def eval_batches(
+    task: tasks.Task,
+    split: str,
+    batch_size: int,
+    max_examples: int | None = None,
+    *,
+    decoder_only=False,
+    seed: int | None = None,
+):
+    """Host-local eval batches padded to `batch_size` rows (padding has weight 0):
     this host's share of the split's first `max_examples` examples (0: all), every example
     of each sub-task of a mixture. Every host yields as many batches (hosts with fewer
     examples, as sharding by file can leave them, add empty ones), so a collective per
@@ -213,24 +260,25 @@ def eval_batches(config, split: str, max_examples: int | None = None, *, decoder
     Yields (batch, number of real rows).
     """
     hosts = jax.process_count()
-    per_host = config.eval_batch_size // hosts
+    per_host = batch_size // hosts
     shard = seqio.ShardInfo(index=jax.process_index(), num_shards=hosts)
     datasets = [
         _dataset(
-            config,
+            task,
+            sub.name,
             split,
             shuffle=False,
             num_epochs=1,
             pack=False,
             decoder_only=decoder_only,
             shard_info=shard,
-            task=task,
+            seed=seed,
         )
-        for task in tasks.subtasks(get_task(config.task))
-        if split in task.splits
+        for sub in task.subtasks
+        if split in sub.splits
     ]
     if not datasets:
-        raise ValueError(f"task {config.task.name!r} has no {split!r} split")
+        raise ValueError(f"task {task.name!r} has no {split!r} split")
     ds = functools.reduce(lambda a, b: a.concatenate(b), datasets)
     if max_examples:
         ds = ds.take(-(-max_examples // hosts))
@@ -253,6 +301,7 @@ def pad_rows(batch: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray
 
 
 __all__ = [
+    "TrainData",
     "TrainIterator",
     "bos_id",
     "vocabulary_bos_id",
@@ -261,4 +310,5 @@ __all__ = [
     "model_feature_lengths",
     "pad_rows",
     "prompt_prefix",
+    "train_data",
 ]

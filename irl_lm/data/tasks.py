@@ -8,7 +8,7 @@
 - **Ours**, registered when this module is imported, as ordinary seqio tasks:
   `irl_lm.xsum`, `irl_lm.gsm8k`, `irl_lm.tldr`, `irl_lm.wmt22_<source>_<target>` (TFDS or
   Hugging Face sources, T5's SentencePiece vocabulary) and `irl_lm.synthetic_expert` (the
-  demo's expert). Their settings in `config.task` (`BUILDERS[name].fields`: source, files,
+  demo's expert). Their settings in `config.task` (`DEFINITIONS[name].fields`: source, files,
   vocabulary, num_train_examples, expert, ...) pick a run's data and vocabulary. A vocabulary
   and a source are parts of a seqio Task (its output features and its source), so a config
   that changes them gets its own task, registered on first use as
@@ -40,11 +40,12 @@ from irl_lm.data.vocabularies import load_vocabulary
 
 SPLITS = text_tasks.SPLITS
 LENGTH_FIELDS = text_tasks.LENGTH_FIELDS
-# config.task fields of every task; the others are settings of our tasks (`Builder.fields`).
+# config.task fields of every task; the others are settings of our tasks (`TaskDefinition.fields`).
 GENERAL_FIELDS = ("name", "modules", *LENGTH_FIELDS.values())
 # The vocabulary of the registered text tasks: T5's SentencePiece model (read when used).
 T5_VOCABULARY = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
 T5_EXTRA_IDS = 100
+SYNTHETIC_EXPERT = "irl_lm.synthetic_expert"
 
 
 def expert_from_config(task_config: Mapping) -> SyntheticExpert:
@@ -167,8 +168,8 @@ def jsonl_task(settings: Mapping) -> text_tasks.TextTask:
 
 
 @dataclasses.dataclass(frozen=True)
-class Builder:
-    """One of our tasks: `build(settings)` -> seqio.TaskRegistry.add arguments, for the
+class TaskDefinition:
+    """One of irl-lm's tasks: `build(settings)` -> seqio.TaskRegistry.add arguments, for the
     settings `fields` allows (`defaults`: those of the registered task)."""
 
     build: Callable[[Mapping], dict]
@@ -188,9 +189,9 @@ _TEXT_FIELDS = (
 )
 
 
-def _text_builder(name: str, task: text_tasks.TextTask) -> Builder:
+def _text_definition(name: str, task: text_tasks.TextTask) -> TaskDefinition:
     max_in, max_out = task.max_lengths
-    return Builder(
+    return TaskDefinition(
         build=functools.partial(_text_task, task),
         lengths=lambda settings: {"inputs": max_in, "targets": max_out},
         defaults={"name": f"irl_lm.{name}", "source": task.source},
@@ -198,8 +199,8 @@ def _text_builder(name: str, task: text_tasks.TextTask) -> Builder:
     )
 
 
-BUILDERS: dict[str, Builder] = {
-    "irl_lm.synthetic_expert": Builder(
+DEFINITIONS: dict[str, TaskDefinition] = {
+    "irl_lm.synthetic_expert": TaskDefinition(
         build=_synthetic_expert_task,
         lengths=_synthetic_expert_lengths,
         defaults={
@@ -210,8 +211,11 @@ BUILDERS: dict[str, Builder] = {
         },
         fields=("num_train_examples", "num_eval_examples", "expert", "vocabulary"),
     ),
-    **{f"irl_lm.{name}": _text_builder(name, task) for name, task in text_tasks.TEXT_TASKS.items()},
-    "jsonl": Builder(
+    **{
+        f"irl_lm.{name}": _text_definition(name, task)
+        for name, task in text_tasks.TEXT_TASKS.items()
+    },
+    "jsonl": TaskDefinition(
         build=functools.partial(_text_task, None),
         lengths=lambda settings: {"inputs": 0, "targets": 0},
         defaults={"name": "jsonl", "source": "jsonl"},
@@ -219,9 +223,9 @@ BUILDERS: dict[str, Builder] = {
     ),
 }
 
-for _name, _builder in BUILDERS.items():
+for _name, _definition in DEFINITIONS.items():
     if _name != "jsonl" and _name not in seqio.TaskRegistry.names():
-        seqio.TaskRegistry.add(_name, **_builder.build(_builder.defaults))
+        seqio.TaskRegistry.add(_name, **_definition.build(_definition.defaults))
 
 
 # ----------------------------------------------------------------------------- names
@@ -257,18 +261,18 @@ def task_name(task_config: Mapping) -> str:
     import_modules(task_config)
     name = str(task_config.get("name") or "")
     registered = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
-    if name in BUILDERS or name in registered:
+    if name in DEFINITIONS or name in registered:
         return name
-    if f"irl_lm.{name}" in BUILDERS:  # our names before they were seqio's (old workdirs)
+    if f"irl_lm.{name}" in DEFINITIONS:  # our names before they were seqio's (old workdirs)
         return f"irl_lm.{name}"
-    known = {n: n for n in registered | set(BUILDERS) if "#" not in n}
+    known = {n: n for n in registered | set(DEFINITIONS) if "#" not in n}
     known |= {n.removeprefix("irl_lm."): n for n in known if n.startswith("irl_lm.")}
     matches = difflib.get_close_matches(name, sorted(known), n=5, cutoff=0.75)
     close = list(dict.fromkeys(known[m] for m in matches))
     raise ValueError(
         f"config.task.name={name!r} is not a registered seqio task or mixture"
         + (f"; close matches: {close}" if close else "")
-        + f". Ours: {sorted(BUILDERS)}. A task registered in your own module needs that "
+        + f". Ours: {sorted(DEFINITIONS)}. A task registered in your own module needs that "
         f"module in config.task.modules (now {_modules(task_config)})"
     )
 
@@ -291,10 +295,10 @@ def _settings(task_config: Mapping, name: str) -> dict:
         for k, v in task_config.items()
         if k not in GENERAL_FIELDS and v not in ("", 0, None) and _to_plain(v) not in ({}, [])
     }
-    builder = BUILDERS.get(name)
-    allowed = builder.fields if builder else ()
+    definition = DEFINITIONS.get(name)
+    allowed = definition.fields if definition else ()
     unknown = sorted(set(given) - set(allowed))
-    if unknown and builder is None:
+    if unknown and definition is None:
         raise ValueError(
             f"config.task: {unknown} are not fields of {name!r}, a seqio task registered "
             "elsewhere, whose source, vocabulary and metrics are its own (source, files, "
@@ -306,23 +310,23 @@ def _settings(task_config: Mapping, name: str) -> dict:
             f"config.task: unknown fields {unknown} for task {name!r}; allowed: "
             f"{sorted({*GENERAL_FIELDS, *allowed})}"
         )
-    return {**builder.defaults, **given} if builder else {}
+    return {**definition.defaults, **given} if definition else {}
 
 
 def get_task(task_config: Mapping) -> seqio.Task | seqio.Mixture:
     """The seqio task or mixture `config.task` names (ours with its settings registered on
     first use, see the module's docstring)."""
     name = task_name(task_config)
-    builder = BUILDERS.get(name)
+    definition = DEFINITIONS.get(name)
     settings = _settings(task_config, name)
-    if builder is None:
+    if definition is None:
         return seqio.get_mixture_or_task(name)
-    if name != "jsonl" and settings == _to_plain(builder.defaults):
+    if name != "jsonl" and settings == _to_plain(definition.defaults):
         return seqio.TaskRegistry.get(name)
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     registry_name = f"{name}#{digest}"
     if registry_name not in seqio.TaskRegistry.names():
-        seqio.TaskRegistry.add(registry_name, **builder.build(settings))
+        seqio.TaskRegistry.add(registry_name, **definition.build(settings))
     return seqio.TaskRegistry.get(registry_name)
 
 
@@ -365,20 +369,20 @@ def vocabulary(task_config: Mapping) -> seqio.Vocabulary:
 
 def takes_vocabulary(task_config: Mapping) -> bool:
     """Whether `config.task.vocabulary` is a setting of this task (ours)."""
-    builder = BUILDERS.get(task_name(task_config))
-    return builder is not None and "vocabulary" in builder.fields
+    definition = DEFINITIONS.get(task_name(task_config))
+    return definition is not None and "vocabulary" in definition.fields
 
 
 def is_synthetic_expert(task_config: Mapping) -> bool:
-    return task_name(task_config) == "irl_lm.synthetic_expert"
+    return task_name(task_config) == SYNTHETIC_EXPERT
 
 
 def feature_lengths(task_config: Mapping) -> dict[str, int]:
     """Batch lengths: `config.task.max_input_len` / `max_target_len` when set (> 0, e.g.
     longer rows for packing), else our task's own maxima; required for other tasks."""
     name = task_name(task_config)
-    builder = BUILDERS.get(name)
-    natural = builder.lengths(_settings(task_config, name)) if builder else {}
+    definition = DEFINITIONS.get(name)
+    natural = definition.lengths(_settings(task_config, name)) if definition else {}
     lengths = {}
     for feature, field in LENGTH_FIELDS.items():
         lengths[feature] = int(task_config.get(field) or 0) or natural.get(feature, 0)
@@ -388,6 +392,42 @@ def feature_lengths(task_config: Mapping) -> dict[str, int]:
                 "task whose lengths only its config knows"
             )
     return lengths
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A run's task, looked up once from `config.task` and handed to the data pipeline, the
+    learners and the evaluators: the registered name it means, the seqio task or mixture,
+    their one vocabulary, the batch lengths, and for the synthetic expert its exact p_E."""
+
+    name: str
+    seqio_task: seqio.Task | seqio.Mixture
+    vocabulary: seqio.Vocabulary
+    lengths: Mapping[str, int]  # {"inputs": ..., "targets": ...}, before the feature converter
+    settings: Mapping  # `config.task` as given, plain (what the data fingerprint reads)
+    expert: SyntheticExpert | None = None
+
+    @property
+    def subtasks(self) -> list[seqio.Task]:
+        return subtasks(self.seqio_task)
+
+    @property
+    def eos_id(self) -> int:
+        return self.vocabulary.eos_id
+
+
+def build(task_config: Mapping) -> Task:
+    """The `Task` `config.task` describes; fails naming the field on a bad one."""
+    name = task_name(task_config)
+    expert = expert_from_config(task_config) if name == SYNTHETIC_EXPERT else None
+    return Task(
+        name=name,
+        seqio_task=get_task(task_config),
+        vocabulary=vocabulary(task_config),
+        lengths=feature_lengths(task_config),
+        settings=_to_plain(task_config),
+        expert=expert,
+    )
 
 
 # ----------------------------------------------------------------------------- checks

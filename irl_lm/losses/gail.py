@@ -39,13 +39,24 @@ def discounted_returns(rewards_BxT, mask_BxT, gamma: float) -> jax.Array:
         g_B = reward_B + gamma * carry_B * mask_B
         return g_B, g_B
 
-    _, returns_TxB = jax.lax.scan(back, jnp.zeros(rewards_BxT.shape[0]),
-                                  (rewards_BxT.T, mask_BxT.T), reverse=True)  # fmt: skip
+    _, returns_TxB = jax.lax.scan(
+        back, jnp.zeros(rewards_BxT.shape[0]), (rewards_BxT.T, mask_BxT.T), reverse=True
+    )
     return returns_TxB.T * mask_BxT
 
 
-def policy_loss(logits_BxTxV, ref_logits_BxTxV, tokens_BxT, mask_BxT, rewards_BxT, *, gamma,
-                kl_coef, entropy_coef, normalize_advantages=False):  # fmt: skip
+def policy_loss(
+    logits_BxTxV,
+    ref_logits_BxTxV,
+    tokens_BxT,
+    mask_BxT,
+    rewards_BxT,
+    *,
+    gamma,
+    kl_coef,
+    entropy_coef,
+    normalize_advantages=False,
+):
     """Policy gradient with a per-position batch-mean baseline (advantages optionally divided
     by their standard deviation over the sampled tokens), KL to the reference policy and an
     entropy bonus, on sampled tokens (`mask`: 1 on them). Returns (loss, metrics)."""

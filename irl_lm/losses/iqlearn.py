@@ -21,8 +21,9 @@ def _shift_left(x_BxT: jax.Array, fill) -> jax.Array:
     return jnp.concatenate([x_BxT[:, 1:], jnp.full_like(x_BxT[:, :1], fill)], axis=1)
 
 
-def next_values(v_BxT, targets_BxT, weights_BxT, *, eos_id, segment_ids_BxT=None,
-                terminal_at_end=False):  # fmt: skip
+def next_values(
+    v_BxT, targets_BxT, weights_BxT, *, eos_id, segment_ids_BxT=None, terminal_at_end=False
+):
     """Returns (V_{t+1} `[B, T]`, mask `[B, T]` of the positions where it is known).
 
     V_{t+1} is 0 after EOS, and is read only from a real target token of the same packed
@@ -117,9 +118,13 @@ def iqlearn_loss(
 ):
     """Offline IQLearn loss; `lam=0` is `mle_loss` exactly (same NLL code, no TD term added)."""
     nll, v_BxT, _, delta_BxT, td_mask_BxT, td2 = data_terms(
-        logits_BxTxV, targets_BxT, weights_BxT, gamma=gamma, eos_id=eos_id,
+        logits_BxTxV,
+        targets_BxT,
+        weights_BxT,
+        gamma=gamma,
+        eos_id=eos_id,
         segment_ids_BxT=segment_ids,
-    )  # fmt: skip
+    )
     static_zero = isinstance(lam, int | float) and lam == 0
     loss = nll if static_zero else nll + lam * td2
     metrics = {
@@ -156,12 +161,23 @@ def iqlearn_online_loss(
     without samples (the validation loss: the offline terms on held-out data).
     """
     if policy is None or (isinstance(alpha, int | float) and alpha == 0):
-        return iqlearn_loss(logits_BxTxV, targets_BxT, weights_BxT, lam=lam, gamma=gamma,
-                            eos_id=eos_id, segment_ids=segment_ids)  # fmt: skip
+        return iqlearn_loss(
+            logits_BxTxV,
+            targets_BxT,
+            weights_BxT,
+            lam=lam,
+            gamma=gamma,
+            eos_id=eos_id,
+            segment_ids=segment_ids,
+        )
     nll, v_BxT, next_v_BxT, _, mask_BxT, td2 = data_terms(
-        logits_BxTxV, targets_BxT, weights_BxT, gamma=gamma, eos_id=eos_id,
+        logits_BxTxV,
+        targets_BxT,
+        weights_BxT,
+        gamma=gamma,
+        eos_id=eos_id,
         segment_ids_BxT=segment_ids,
-    )  # fmt: skip
+    )
     expert_diff = token_mean(v_BxT - gamma * next_v_BxT, mask_BxT)
 
     p_weights_BxT = policy["weights"]

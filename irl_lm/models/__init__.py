@@ -14,23 +14,14 @@ from collections.abc import Mapping
 import flax.linen as nn
 import jax
 
-from irl_lm.models.decoder_only import (
-    DECODER_ONLY_PRESETS,
-    DECODER_ONLY_PUBLIC_PARAM_COUNTS,
-    DecoderOnly,
-    DecoderOnlyConfig,
-)
-from irl_lm.models.t5 import T5, T5_PRESETS, T5_PUBLIC_PARAM_COUNTS, T5Config
+from irl_lm import sharding
+from irl_lm.losses.common import ChunkedLogits
+from irl_lm.models.decoder_only import DecoderOnly, DecoderOnlyConfig
+from irl_lm.models.presets import PRESETS, PUBLIC_PARAM_COUNTS
+from irl_lm.models.t5 import T5, T5Config
 
 # name -> (config dataclass, module class)
 MODELS = {"t5": (T5Config, T5), "decoder_only": (DecoderOnlyConfig, DecoderOnly)}
-# preset name -> (family, fields)
-PRESETS = {
-    **{name: ("t5", fields) for name, fields in T5_PRESETS.items()},
-    **{name: ("decoder_only", fields) for name, fields in DECODER_ONLY_PRESETS.items()},
-}
-# preset name -> parameter count of the public checkpoint it mirrors
-PUBLIC_PARAM_COUNTS = {**T5_PUBLIC_PARAM_COUNTS, **DECODER_ONLY_PUBLIC_PARAM_COUNTS}
 
 
 def resolve_preset(model_config: Mapping) -> dict:
@@ -70,15 +61,26 @@ def is_decoder_only(model: nn.Module) -> bool:
 
 def num_params(model: nn.Module) -> int:
     """Parameter count, from shapes only (nothing is allocated)."""
-    from irl_lm import sharding
-
     mesh = sharding.make_mesh({"data": -1}, jax.devices()[:1])
     with sharding.use_mesh(mesh):
         shapes, _ = sharding.abstract_params(model, mesh)
     return sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
 
 
-from irl_lm.models.hf import export_hf, load_hf, load_vocabulary  # noqa: E402
+def model_logits(model, params, features, dropout_rng=None, logits_chunk_size: int = 0):
+    """The teacher-forced forward pass: logits `[B, T, V]`, or with `logits_chunk_size` > 0
+    the final states and the head as `ChunkedLogits` (the losses apply it that many
+    positions at a time). Dropout with `dropout_rng`; none (evaluation) without."""
+    variables = {"params": params}
+    kwargs = {"deterministic": dropout_rng is None}
+    if dropout_rng is not None:
+        kwargs["rngs"] = {"dropout": dropout_rng}
+    if not logits_chunk_size:
+        return model.apply(variables, features, **kwargs)
+    hidden = model.apply(variables, features, method="hidden", **kwargs)
+    head = lambda hidden_BxCxD: model.apply(variables, hidden_BxCxD, method="logits")
+    return ChunkedLogits(hidden, head, logits_chunk_size)
+
 
 __all__ = [
     "DecoderOnly",
@@ -89,10 +91,8 @@ __all__ = [
     "T5",
     "T5Config",
     "build_model",
-    "export_hf",
     "is_decoder_only",
-    "load_hf",
-    "load_vocabulary",
+    "model_logits",
     "num_params",
     "resolve_preset",
 ]

@@ -38,6 +38,8 @@ from irl_lm.models.layers import (
     normal,
     param,
     remat,
+    rotary,
+    softcap,
     vocab_logits,
     write_kv,
 )
@@ -94,23 +96,43 @@ class DecoderOnlyConfig:
         if self.layer_types is not None:  # JSON gives a list; the config must stay hashable
             object.__setattr__(self, "layer_types", tuple(self.layer_types))
         checks = [
-            (self.hidden_act in ACTIVATIONS, f"hidden_act={self.hidden_act!r}",
-             sorted(ACTIVATIONS)),
+            (
+                self.hidden_act in ACTIVATIONS,
+                f"hidden_act={self.hidden_act!r}",
+                sorted(ACTIVATIONS),
+            ),
             (self.rope_type in ROPE_TYPES, f"rope_type={self.rope_type!r}", ROPE_TYPES),
-            (self.model_type in HF_MODEL_TYPES, f"model_type={self.model_type!r}",
-             sorted(HF_MODEL_TYPES)),
-            (self.num_attention_heads % self.kv_heads == 0,
-             f"num_attention_heads={self.num_attention_heads} with num_key_value_heads="
-             f"{self.kv_heads}", "a multiple of num_key_value_heads"),
-            (self.layer_types is None or (len(self.layer_types) == self.num_hidden_layers
-             and set(self.layer_types) <= {FULL, SLIDING}),
-             f"layer_types={self.layer_types}",
-             f"{self.num_hidden_layers} entries of {FULL!r} / {SLIDING!r}"),
-            (SLIDING not in (self.layer_types or ()) or (self.sliding_window or 0) > 0,
-             f"sliding_window={self.sliding_window}", "> 0 when a layer is sliding_attention"),
-            (not (self.parallel_block and self.post_norms),
-             "parallel_block with post_norms", "one of the two"),
-        ]  # fmt: skip
+            (
+                self.model_type in HF_MODEL_TYPES,
+                f"model_type={self.model_type!r}",
+                sorted(HF_MODEL_TYPES),
+            ),
+            (
+                self.num_attention_heads % self.kv_heads == 0,
+                f"num_attention_heads={self.num_attention_heads} with num_key_value_heads="
+                f"{self.kv_heads}",
+                "a multiple of num_key_value_heads",
+            ),
+            (
+                self.layer_types is None
+                or (
+                    len(self.layer_types) == self.num_hidden_layers
+                    and set(self.layer_types) <= {FULL, SLIDING}
+                ),
+                f"layer_types={self.layer_types}",
+                f"{self.num_hidden_layers} entries of {FULL!r} / {SLIDING!r}",
+            ),
+            (
+                SLIDING not in (self.layer_types or ()) or (self.sliding_window or 0) > 0,
+                f"sliding_window={self.sliding_window}",
+                "> 0 when a layer is sliding_attention",
+            ),
+            (
+                not (self.parallel_block and self.post_norms),
+                "parallel_block with post_norms",
+                "one of the two",
+            ),
+        ]
         for ok, what, allowed in checks:
             if not ok:
                 raise ValueError(f"DecoderOnlyConfig.{what} is not supported; allowed: {allowed}")
@@ -125,45 +147,6 @@ class DecoderOnlyConfig:
 
     def layer_type(self, i: int) -> str:
         return self.layer_types[i] if self.layer_types else FULL
-
-
-def _gemma3_layer_types(num_layers: int) -> tuple[str, ...]:
-    """Gemma 3: five sliding-window layers, then one global, repeated."""
-    return tuple(FULL if (i + 1) % 6 == 0 else SLIDING for i in range(num_layers))
-
-
-_GEMMA3 = dict(
-    model_type="gemma3_text", vocab_size=262_144, num_attention_heads=4, num_key_value_heads=1,
-    head_dim=256, query_pre_attn_scalar=256, rms_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh",
-    tie_word_embeddings=True, rope_theta=1_000_000.0, rope_local_base_freq=10_000.0,
-    sliding_window=512, max_position_embeddings=32_768, norm_plus_one=True,
-    scale_embeddings=True, post_norms=True, qk_norm=True,
-)  # fmt: skip
-# The shapes of public checkpoints (their config.json); `config.model.name` picks one.
-DECODER_ONLY_PRESETS = {
-    "gemma3_270m": dict(_GEMMA3, hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
-                        layer_types=_gemma3_layer_types(18)),
-    "gemma3_1b": dict(_GEMMA3, hidden_size=1152, intermediate_size=6912, num_hidden_layers=26,
-                      layer_types=_gemma3_layer_types(26)),
-    "llama3_2_1b": dict(
-        vocab_size=128_256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-        num_attention_heads=32, num_key_value_heads=8, head_dim=64, tie_word_embeddings=True,
-        rope_theta=500_000.0, rope_type="llama3", rope_factor=32.0, rope_low_freq_factor=1.0,
-        rope_high_freq_factor=4.0, rope_original_max_position_embeddings=8192,
-        max_position_embeddings=131_072),
-    "tinyllama_1_1b": dict(
-        vocab_size=32_000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
-        num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048),
-}  # fmt: skip
-# Parameters of google/gemma-3-{270m,1b}-pt, meta-llama/Llama-3.2-1B and
-# TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T (their safetensors totals; tied heads
-# counted once).
-DECODER_ONLY_PUBLIC_PARAM_COUNTS = {
-    "gemma3_270m": 268_098_176,
-    "gemma3_1b": 999_885_952,
-    "llama3_2_1b": 1_235_814_400,
-    "tinyllama_1_1b": 1_100_048_384,
-}
 
 
 def inverse_frequencies(cfg: DecoderOnlyConfig, layer_type: str) -> np.ndarray:
@@ -182,28 +165,14 @@ def inverse_frequencies(cfg: DecoderOnlyConfig, layer_type: str) -> np.ndarray:
         smooth = (context / wavelength - cfg.rope_low_freq_factor) / (
             cfg.rope_high_freq_factor - cfg.rope_low_freq_factor
         )
-        scaled = np.where(wavelength > context / cfg.rope_low_freq_factor,
-                          inv_freq / cfg.rope_factor, inv_freq)  # fmt: skip
+        scaled = np.where(
+            wavelength > context / cfg.rope_low_freq_factor, inv_freq / cfg.rope_factor, inv_freq
+        )
         medium = (wavelength >= context / cfg.rope_high_freq_factor) & (
             wavelength <= context / cfg.rope_low_freq_factor
         )
         return np.where(medium, (1 - smooth) * scaled / cfg.rope_factor + smooth * scaled, scaled)
     return inv_freq
-
-
-def rotary(x_BxTxHxD, positions_BxT, inv_freq):
-    """Rotary embedding, rotate-half layout: the two halves of each head are the pairs."""
-    half = x_BxTxHxD.shape[-1] // 2
-    angles = positions_BxT[..., None].astype(jnp.float32) * inv_freq.astype(np.float32)
-    cos, sin = jnp.cos(angles)[:, :, None], jnp.sin(angles)[:, :, None]
-    x = x_BxTxHxD.astype(jnp.float32)
-    x1, x2 = x[..., :half], x[..., half:]
-    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return rotated.astype(x_BxTxHxD.dtype)
-
-
-def softcap(x, cap: float | None):
-    return x if cap is None else cap * jnp.tanh(x / cap)
 
 
 def layer_masks(cfg, mask: AttentionMask, query_positions_BxQ, key_positions_BxK):
@@ -470,8 +439,10 @@ def _rope_fields(rope: Mapping, where: str, *, scaled: bool) -> dict:
     """Our rope fields from one Hugging Face `rope_parameters` entry."""
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ROPE_TYPES or (rope_type != "default" and not scaled):
-        raise ValueError(f"config.json: {where} rope type {rope_type!r} is not supported "
-                         f"(supported: {list(ROPE_TYPES) if scaled else ['default']})")  # fmt: skip
+        raise ValueError(
+            f"config.json: {where} rope type {rope_type!r} is not supported "
+            f"(supported: {list(ROPE_TYPES) if scaled else ['default']})"
+        )
     fields = {"rope_type": rope_type}
     if rope_type != "default":
         fields["rope_factor"] = float(rope["factor"])
@@ -502,8 +473,9 @@ def from_hf_config(hf: dict, tensors: Mapping[str, np.ndarray]) -> dict:
         layer_types = hf.get("layer_types")
         if layer_types is None:  # transformers 4: every `sliding_window_pattern`-th is full
             pattern = hf.get("sliding_window_pattern", 2 if model_type == "gemma2" else 6)
-            layer_types = [FULL if (i + 1) % pattern == 0 else SLIDING
-                           for i in range(hf["num_hidden_layers"])]  # fmt: skip
+            layer_types = [
+                FULL if (i + 1) % pattern == 0 else SLIDING for i in range(hf["num_hidden_layers"])
+            ]
         fields["layer_types"] = tuple(layer_types)
         if model_type == "gemma2":  # transformers ignores attn_logit_softcapping for Gemma 3
             fields["attn_logit_softcapping"] = hf.get("attn_logit_softcapping")
@@ -530,14 +502,21 @@ def from_hf_config(hf: dict, tensors: Mapping[str, np.ndarray]) -> dict:
 def to_hf_config(cfg: DecoderOnlyConfig) -> dict:
     """The `config.json` of `cfg`, in transformers 5's spelling."""
     if cfg.parallel_block:
-        raise ValueError("parallel_block=True has no Hugging Face layout (export is for the "
-                         "Llama and Gemma families)")  # fmt: skip
+        raise ValueError(
+            "parallel_block=True has no Hugging Face layout (export is for the "
+            "Llama and Gemma families)"
+        )
     expected = HF_MODEL_TYPES[cfg.model_type][1]
-    mismatched = {k: getattr(cfg, k) for k in set(_GEMMA) | {"qk_norm"}
-                  if getattr(cfg, k) != expected.get(k, False)}  # fmt: skip
+    mismatched = {
+        k: getattr(cfg, k)
+        for k in set(_GEMMA) | {"qk_norm"}
+        if getattr(cfg, k) != expected.get(k, False)
+    }
     if mismatched:
-        raise ValueError(f"model_type={cfg.model_type!r} cannot store {mismatched}; "
-                         "pick the model_type whose family has these features")  # fmt: skip
+        raise ValueError(
+            f"model_type={cfg.model_type!r} cannot store {mismatched}; "
+            "pick the model_type whose family has these features"
+        )
     full = {"rope_type": cfg.rope_type, "rope_theta": cfg.rope_theta}
     if cfg.rope_type != "default":
         full["factor"] = cfg.rope_factor
@@ -586,9 +565,11 @@ def hf_tensor_names(cfg: DecoderOnlyConfig) -> dict[tuple[str, ...], tuple[str, 
         names[("lm_head", "kernel")] = ("lm_head.weight", 1)
     norms = {"pre_attention_norm": "input_layernorm"}  # ours -> theirs, per family
     if cfg.post_norms:  # Gemma: "post_attention_layernorm" norms the attention output
-        norms |= {"post_attention_norm": "post_attention_layernorm",
-                  "pre_mlp_norm": "pre_feedforward_layernorm",
-                  "post_mlp_norm": "post_feedforward_layernorm"}  # fmt: skip
+        norms |= {
+            "post_attention_norm": "post_attention_layernorm",
+            "pre_mlp_norm": "pre_feedforward_layernorm",
+            "post_mlp_norm": "post_feedforward_layernorm",
+        }
     elif not cfg.parallel_block:  # Llama: "post_attention_layernorm" is the MLP's input norm
         norms["pre_mlp_norm"] = "post_attention_layernorm"
     for i in range(cfg.num_hidden_layers):

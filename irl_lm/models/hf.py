@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints in and out: `load_hf`, `export_hf`, `load_vocabulary`.
+"""Hugging Face checkpoints in and out: `load_hf`, `export_hf`.
 
 A Hugging Face folder is `config.json` + `model.safetensors` (or shards and
 `model.safetensors.index.json`) + the tokenizer (`spiece.model`). Import maps every tensor
@@ -19,8 +19,7 @@ import jax
 import numpy as np
 
 from irl_lm import files, sharding
-from irl_lm.data.vocabularies import has_vocabulary, load_vocabulary  # noqa: F401 (re-exported)
-from irl_lm.models import decoder_only, t5
+from irl_lm.models import MODELS, build_model, decoder_only, t5
 from irl_lm.models.safetensors_io import read_folder, write_folder
 
 
@@ -38,12 +37,25 @@ class HFLayout:
 
 
 LAYOUTS = (
-    HFLayout("t5", t5.HF_MODEL_TYPES, t5.from_hf_config, t5.to_hf_config, t5.hf_tensor_names,
-             t5.hf_aliases, "num_layers / num_decoder_layers / feed_forward_proj"),
-    HFLayout("decoder_only", decoder_only.HF_MODEL_TYPES, decoder_only.from_hf_config,
-             decoder_only.to_hf_config, decoder_only.hf_tensor_names, decoder_only.hf_aliases,
-             "model_type / num_hidden_layers / tie_word_embeddings"),
-)  # fmt: skip
+    HFLayout(
+        "t5",
+        t5.HF_MODEL_TYPES,
+        t5.from_hf_config,
+        t5.to_hf_config,
+        t5.hf_tensor_names,
+        t5.hf_aliases,
+        "num_layers / num_decoder_layers / feed_forward_proj",
+    ),
+    HFLayout(
+        "decoder_only",
+        decoder_only.HF_MODEL_TYPES,
+        decoder_only.from_hf_config,
+        decoder_only.to_hf_config,
+        decoder_only.hf_tensor_names,
+        decoder_only.hf_aliases,
+        "model_type / num_hidden_layers / tie_word_embeddings",
+    ),
+)
 
 # Fields a user may change on an imported model: how it runs, not what it is.
 RUNTIME_FIELDS = ("dtype", "param_dtype", "attention_impl", "remat", "dropout_rate")
@@ -59,7 +71,6 @@ TOKENIZER_FILES = (
 
 def _layout_for(model) -> HFLayout:
     """The layout of the family `model` belongs to."""
-    from irl_lm.models import MODELS
 
     names = [name for name, (_, module_cls) in MODELS.items() if isinstance(model, module_cls)]
     for layout in LAYOUTS:
@@ -97,7 +108,6 @@ def load_hf(folder: str, mesh=None, **overrides):
     dropout); the architecture comes from the folder. Without a mesh, parameters are
     replicated over all devices.
     """
-    from irl_lm.models import build_model
 
     bad = sorted(set(overrides) - set(RUNTIME_FIELDS))
     if bad:

@@ -13,6 +13,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 
 NEG_INF = -1e10  # finite, so fully masked rows (padding) give a uniform softmax, never NaN
@@ -386,3 +387,18 @@ def write_kv(kv: dict, k_new, v_new, slot) -> dict:
 def attention_bias(mask_BxQxK: jax.Array) -> jax.Array:
     """Boolean mask `[B, Q, K]` -> additive float32 bias `[B, 1, Q, K]`."""
     return jnp.where(mask_BxQxK, 0.0, NEG_INF).astype(jnp.float32)[:, None]
+
+
+def rotary(x_BxTxHxD, positions_BxT, inv_freq):
+    """Rotary embedding, rotate-half layout: the two halves of each head are the pairs."""
+    half = x_BxTxHxD.shape[-1] // 2
+    angles = positions_BxT[..., None].astype(jnp.float32) * inv_freq.astype(np.float32)
+    cos, sin = jnp.cos(angles)[:, :, None], jnp.sin(angles)[:, :, None]
+    x = x_BxTxHxD.astype(jnp.float32)
+    x1, x2 = x[..., :half], x[..., half:]
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x_BxTxHxD.dtype)
+
+
+def softcap(x, cap: float | None):
+    return x if cap is None else cap * jnp.tanh(x / cap)

@@ -87,25 +87,6 @@ class T5Config:
         return self.scale_decoder_outputs
 
 
-# v1.1 shapes (also FLAN-T5's); parameter counts equal the public google/t5-v1_1-* checkpoints.
-T5_PRESETS = {
-    "t5_small": dict(d_model=512, d_kv=64, d_ff=1024, num_heads=6, num_layers=8),
-    "t5_base": dict(d_model=768, d_kv=64, d_ff=2048, num_heads=12, num_layers=12),
-    "t5_large": dict(d_model=1024, d_kv=64, d_ff=2816, num_heads=16, num_layers=24),
-    "t5_xl": dict(d_model=2048, d_kv=64, d_ff=5120, num_heads=32, num_layers=24),
-    "t5_xxl": dict(d_model=4096, d_kv=64, d_ff=10240, num_heads=64, num_layers=24),
-}
-# Parameters of the public google/t5-v1_1-{small,...,xxl} checkpoints (shared embedding, untied
-# head, both stacks), as published with KerasHub's T5 1.1 presets and the HF model pages.
-T5_PUBLIC_PARAM_COUNTS = {
-    "t5_small": 76_961_152,
-    "t5_base": 247_577_856,
-    "t5_large": 783_150_080,
-    "t5_xl": 2_849_757_184,
-    "t5_xxl": 11_135_332_352,
-}
-
-
 def relative_position_bucket(
     relative_position, *, bidirectional: bool, num_buckets: int, max_distance: int
 ) -> jax.Array:
@@ -343,8 +324,9 @@ class T5(nn.Module):
         encoded = self.encode(tokens)
         batch_size, dtype = tokens.shape[0], jnp.dtype(self.config.dtype)
         empty = jnp.zeros((batch_size, max_len, self.config.num_heads, self.config.d_kv), dtype)
-        cross = [dict(zip("kv", layer.cross_kv(encoded), strict=True))
-                 for layer in self.decoder_layers]  # fmt: skip
+        cross = [
+            dict(zip("kv", layer.cross_kv(encoded), strict=True)) for layer in self.decoder_layers
+        ]
         return {
             "inputs": {"encoder_input_tokens": tokens, "cross": cross},
             "decode": {"layers": [{"k": empty, "v": empty} for _ in self.decoder_layers]},

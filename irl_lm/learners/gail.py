@@ -23,18 +23,25 @@ tokens from policy samples, and the policy trained on its own samples by policy 
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
-from irl_lm import perf, sharding, train_step
+from irl_lm import perf, sharding
+from irl_lm.learners.common import (
+    Learner,
+    TrainState,
+    init_state,
+    make_optimizer,
+    state_from_params,
+)
+from irl_lm.learners.common import state_shardings as policy_state_shardings
 from irl_lm.losses.common import negative_log_likelihood
 from irl_lm.losses.gail import REWARDS, discriminator_loss, policy_loss
-from irl_lm.models import build_model
 
 
 @flax.struct.dataclass
@@ -45,7 +52,7 @@ class GAILState:
     step: jax.Array
     params: Any
     opt_state: Any
-    discriminator: train_step.TrainState
+    discriminator: TrainState
     reference: Any
 
 
@@ -80,71 +87,97 @@ def discriminator_logits(disc_model, disc_params, model, reference, batch, head:
 # ----------------------------------------------------------------------------- state
 
 
-def discriminator_optimizer(config) -> optax.GradientTransformation:
-    """The policy's optimizer and schedule with `config.discriminator.learning_rate` (0: the
-    policy's)."""
-    config = ml_collections.ConfigDict(config.to_dict())
-    if config.discriminator.learning_rate:
-        config.optimizer.learning_rate = config.discriminator.learning_rate
-    return train_step.make_optimizer(config)
+def discriminator_optimizer(
+    optimizer: Mapping, schedule: Mapping, total_steps: int, learning_rate: float
+) -> optax.GradientTransformation:
+    """The policy's optimizer and schedule with `config.discriminator.learning_rate`
+    (`learning_rate`; 0: the policy's)."""
+    if learning_rate:
+        optimizer = dict(optimizer) | {"learning_rate": learning_rate}
+    return make_optimizer(optimizer, schedule, total_steps)
 
 
 def state_shardings(model, disc_model, tx, disc_tx, example_batch, mesh):
     """(abstract GAILState, its shardings), from the two models' train states."""
-    policy, policy_shardings = train_step.state_shardings(model, tx, example_batch, mesh)
-    disc, disc_shardings = train_step.state_shardings(disc_model, disc_tx, example_batch, mesh)
+    policy, policy_shardings = policy_state_shardings(model, tx, example_batch, mesh)
+    disc, disc_shardings = policy_state_shardings(disc_model, disc_tx, example_batch, mesh)
 
     def combine(p, d):
-        return GAILState(step=p.step, params=p.params, opt_state=p.opt_state, discriminator=d,
-                         reference=p.params)  # fmt: skip
+        return GAILState(
+            step=p.step, params=p.params, opt_state=p.opt_state, discriminator=d, reference=p.params
+        )
 
     return combine(policy, disc), combine(policy_shardings, disc_shardings)
 
 
-def initial_state(model, disc_model, tx, disc_tx, example, shardings, rng, *, policy_params=None,
-                  disc_from_policy: bool):  # fmt: skip
+def initial_state(
+    model,
+    disc_model,
+    tx,
+    disc_tx,
+    example,
+    shardings,
+    rng,
+    *,
+    policy_params=None,
+    disc_from_policy: bool,
+):
     """Step 0: the policy from `policy_params` (else a fresh initialisation), the reference a
     copy of it, the discriminator a copy too (`disc_from_policy`) or freshly initialised."""
-    policy_shardings = train_step.TrainState(shardings.step, shardings.params, shardings.opt_state)
+    policy_shardings = TrainState(shardings.step, shardings.params, shardings.opt_state)
     if policy_params is None:
-        policy = train_step.init_state(model, tx, example, policy_shardings, rng)
+        policy = init_state(model, tx, example, policy_shardings, rng)
     else:
-        policy = train_step.state_from_params(tx, policy_params, policy_shardings)
+        policy = state_from_params(tx, policy_params, policy_shardings)
     copy = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings.params)
     if disc_from_policy:
-        disc = train_step.state_from_params(disc_tx, copy(policy.params), shardings.discriminator)
+        disc = state_from_params(disc_tx, copy(policy.params), shardings.discriminator)
     else:
-        disc = train_step.init_state(disc_model, disc_tx, example, shardings.discriminator,
-                                     jax.random.fold_in(rng, 7))  # fmt: skip
-    return GAILState(step=policy.step, params=policy.params, opt_state=policy.opt_state,
-                     discriminator=disc, reference=copy(policy.params))  # fmt: skip
+        disc = init_state(
+            disc_model, disc_tx, example, shardings.discriminator, jax.random.fold_in(rng, 7)
+        )
+    return GAILState(
+        step=policy.step,
+        params=policy.params,
+        opt_state=policy.opt_state,
+        discriminator=disc,
+        reference=copy(policy.params),
+    )
 
 
 # ----------------------------------------------------------------------------- the step
 
 
-def step_flops(config, model, model_config: dict, data_shapes) -> float:
+def step_flops(model, disc_model, data_shapes, *, updates_per_step: int, head: str, mle_weight):
     """Model FLOPs of one `gail_step` (`irl_lm.perf`'s convention; a forward and backward
     pass counts 3 forward passes; the samples have the data's shapes): each discriminator
     update's passes over data and samples (and the reference policy's, for "log_ratio"),
     the rewards of the samples, the reference logits of the samples, and the policy update
     (with its NLL on the data when `mle_weight`). Drawing the samples is counted apart."""
-    disc_model = build_model(model_config | dict(config.discriminator.model))
     policy = perf.train_flops_per_step(model, data_shapes) / 3  # one forward pass
     disc = perf.train_flops_per_step(disc_model, data_shapes) / 3
-    reference = policy if config.discriminator.head == "log_ratio" else 0.0
+    reference = policy if head == "log_ratio" else 0.0
     disc_update = 2 * (3 * disc + reference)  # data and samples
-    policy_update = 3 * policy * (2 if config.loss.mle_weight else 1)
+    policy_update = 3 * policy * (2 if mle_weight else 1)
     rewards_and_reference = disc + reference + policy
-    return (
-        config.discriminator.updates_per_step * disc_update + rewards_and_reference + policy_update
-    )
+    return updates_per_step * disc_update + rewards_and_reference + policy_update
 
 
 def gail_step(
-    state: GAILState, batch, rng, samples, *, model, disc_model, tx, disc_tx, loss_config,
-    updates_per_step: int, warmup_steps: int, head: str,
-):  # fmt: skip
+    state: GAILState,
+    batch,
+    rng,
+    samples,
+    *,
+    model,
+    disc_model,
+    tx,
+    disc_tx,
+    loss_config,
+    updates_per_step: int,
+    warmup_steps: int,
+    head: str,
+):
     """Discriminator update(s) on (data, samples), then one policy update on the samples."""
     samples_mask = samples["decoder_loss_weights"]
 
@@ -160,14 +193,14 @@ def gail_step(
         disc, _ = carry
         (_, metrics), grads = jax.value_and_grad(disc_objective, has_aux=True)(disc.params)
         updates, opt_state = disc_tx.update(grads, disc.opt_state, disc.params)
-        disc = train_step.TrainState(disc.step + 1, optax.apply_updates(disc.params, updates),
-                                     opt_state)  # fmt: skip
+        disc = TrainState(disc.step + 1, optax.apply_updates(disc.params, updates), opt_state)
         return disc, metrics
 
     _, metric_shapes = jax.eval_shape(disc_objective, state.discriminator.params)
     zero = jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metric_shapes)
-    disc, disc_metrics = jax.lax.fori_loop(0, updates_per_step, disc_update,
-                                           (state.discriminator, zero))  # fmt: skip
+    disc, disc_metrics = jax.lax.fori_loop(
+        0, updates_per_step, disc_update, (state.discriminator, zero)
+    )
     rewards = REWARDS[loss_config["reward"]](z(disc.params, samples))
     rewards = jax.lax.stop_gradient(rewards)
     features = {k: samples[k] for k in type(model).input_features}
@@ -177,19 +210,26 @@ def gail_step(
     rng = jax.random.fold_in(rng, state.step)
 
     def policy_objective(params):
-        apply = lambda f, key: model.apply({"params": params}, f, deterministic=False,
-                                           rngs={"dropout": key})  # fmt: skip
+        apply = lambda f, key: model.apply(
+            {"params": params}, f, deterministic=False, rngs={"dropout": key}
+        )
         loss, metrics = policy_loss(
-            apply(features, rng), ref_logits, samples["decoder_target_tokens"], samples_mask,
-            rewards, gamma=loss_config["gamma"], kl_coef=loss_config["kl_coef"],
+            apply(features, rng),
+            ref_logits,
+            samples["decoder_target_tokens"],
+            samples_mask,
+            rewards,
+            gamma=loss_config["gamma"],
+            kl_coef=loss_config["kl_coef"],
             entropy_coef=loss_config["entropy_coef"],
             normalize_advantages=bool(loss_config["normalize_advantages"]),
-        )  # fmt: skip
+        )
         if loss_config["mle_weight"]:
             nll, _, _ = negative_log_likelihood(
-                apply(batch, jax.random.fold_in(rng, 1)), batch["decoder_target_tokens"],
+                apply(batch, jax.random.fold_in(rng, 1)),
+                batch["decoder_target_tokens"],
                 batch["decoder_loss_weights"],
-            )  # fmt: skip
+            )
             loss = loss + loss_config["mle_weight"] * nll
             metrics = metrics | {"gail/nll": nll}
         return loss, metrics | {"loss": loss}
@@ -216,13 +256,30 @@ def gail_step(
     return state, metrics
 
 
-def jit_gail_step(model, disc_model, tx, disc_tx, mesh, shardings, *, loss_config,
-                  updates_per_step: int, warmup_steps: int, head: str):  # fmt: skip
+def jit_gail_step(
+    model,
+    disc_model,
+    tx,
+    disc_tx,
+    mesh,
+    shardings,
+    *,
+    loss_config,
+    updates_per_step: int,
+    warmup_steps: int,
+    head: str,
+):
     step_fn = functools.partial(
-        gail_step, model=model, disc_model=disc_model, tx=tx, disc_tx=disc_tx,
-        loss_config=dict(loss_config), updates_per_step=updates_per_step,
-        warmup_steps=warmup_steps, head=head,
-    )  # fmt: skip
+        gail_step,
+        model=model,
+        disc_model=disc_model,
+        tx=tx,
+        disc_tx=disc_tx,
+        loss_config=dict(loss_config),
+        updates_per_step=updates_per_step,
+        warmup_steps=warmup_steps,
+        head=head,
+    )
     batch_sharding = sharding.batch_sharding(mesh)
     return jax.jit(
         step_fn,
@@ -232,11 +289,12 @@ def jit_gail_step(model, disc_model, tx, disc_tx, mesh, shardings, *, loss_confi
     )
 
 
-def gail_learner(config, model, model_config: dict, tx, example, mesh, rng, *, sampler):
+def gail_learner(
+    model, disc_model, tx, disc_tx, example, mesh, rng, *, loss, discriminator, sampler
+):
     """Policy, discriminator and reference policy in one `GAILState`; each step samples the
-    whole batch's inputs (`sampler`)."""
-    disc_model = build_model(model_config | dict(config.discriminator.model))
-    disc_tx = discriminator_optimizer(config)
+    whole batch's inputs (`sampler`). `loss`: `config.loss`; `discriminator`:
+    `config.discriminator`."""
     abstract, shardings = state_shardings(model, disc_model, tx, disc_tx, example, mesh)
     init = functools.partial(
         initial_state,
@@ -247,7 +305,7 @@ def gail_learner(config, model, model_config: dict, tx, example, mesh, rng, *, s
         example,
         shardings,
         rng,
-        disc_from_policy=config.discriminator.init == "policy",
+        disc_from_policy=discriminator["init"] == "policy",
     )
     step = jit_gail_step(
         model,
@@ -256,12 +314,12 @@ def gail_learner(config, model, model_config: dict, tx, example, mesh, rng, *, s
         disc_tx,
         mesh,
         shardings,
-        loss_config=config.loss,
-        updates_per_step=config.discriminator.updates_per_step,
-        warmup_steps=config.discriminator.warmup_steps,
-        head=config.discriminator.head,
+        loss_config=loss,
+        updates_per_step=discriminator["updates_per_step"],
+        warmup_steps=discriminator["warmup_steps"],
+        head=discriminator["head"],
     )
-    return train_step.Learner(
+    return Learner(
         abstract_state=abstract,
         shardings=shardings,
         init=init,

@@ -1,4 +1,5 @@
-"""Optimizer, train state and the jitted train step: everything an update needs, no data.
+"""The policy learner of MLE, MLE + entropy, and offline and online IQLearn: one model, its
+optimizer and the jitted train step.
 
 `train_step(state, batch, rng) -> (state, metrics)` works for any loss of `irl_lm.losses`
 and any model family whose `apply({'params': p}, batch)` returns logits `[B, T, V]`.
@@ -7,122 +8,23 @@ The step imports no input pipeline, so benchmarks run it on machines without Ten
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from collections.abc import Callable
-from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax
-from jax.tree_util import DictKey
 
 from irl_lm import sharding
-from irl_lm.losses.common import ChunkedLogits
-
-# ----------------------------------------------------------------------------- optimizer
-
-
-def make_schedule(config) -> optax.Schedule:
-    """Linear warmup to `optimizer.learning_rate`, then the decay named by `schedule.name`."""
-    peak, warmup = config.optimizer.learning_rate, config.schedule.warmup_steps
-    decay_steps = max(config.total_steps - warmup, 1)
-    end = peak * config.schedule.final_fraction
-    decay = {
-        "constant": optax.constant_schedule(peak),
-        "cosine": optax.cosine_decay_schedule(peak, decay_steps, alpha=end / peak if peak else 0),
-        "linear": optax.linear_schedule(peak, end, decay_steps),
-        "rsqrt": lambda step: peak * jax.lax.rsqrt(1.0 + step / max(warmup, 1)),
-    }[config.schedule.name]
-    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
-
-
-def make_optimizer(config) -> optax.GradientTransformation:
-    schedule = make_schedule(config)
-    opt = config.optimizer
-    if opt.name == "adamw":
-        core = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay)
-    else:
-        core = optax.adafactor(schedule, weight_decay_rate=opt.weight_decay or None)
-    parts = [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip else []
-    return optax.chain(*parts, core)
-
-
-# ----------------------------------------------------------------------------- state
-
-
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array
-    params: Any
-    opt_state: Any
-
-
-def state_shardings(model, tx, example_batch, mesh):
-    """Abstract state and its shardings: eval_shape -> logical specs -> NamedShardings."""
-    abstract_params, param_shardings = sharding.abstract_params(model, mesh, example_batch)
-    abstract_state = jax.eval_shape(
-        lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p)),
-        abstract_params,
-    )
-    # Optimizer leaves that mirror a parameter (Adam moments) take its sharding.
-    by_path = {
-        tuple(k.key for k in path): (leaf.shape, s)
-        for (path, leaf), s in zip(
-            jax.tree_util.tree_flatten_with_path(abstract_params)[0],
-            jax.tree.leaves(param_shardings),
-            strict=True,
-        )
-    }
-
-    def opt_leaf_sharding(path, leaf):
-        keys = tuple(k.key for k in path if isinstance(k, DictKey))
-        shape, param_sharding = by_path.get(keys, (None, None))
-        return param_sharding if shape == leaf.shape else sharding.replicated(mesh)
-
-    shardings = TrainState(
-        step=sharding.replicated(mesh),
-        params=param_shardings,
-        opt_state=jax.tree_util.tree_map_with_path(opt_leaf_sharding, abstract_state.opt_state),
-    )
-    return abstract_state, shardings
-
-
-def init_state(model, tx, example_batch, shardings, rng) -> TrainState:
-    def init(rng):
-        variables = model.init(rng, example_batch, deterministic=True)
-        params = sharding.cast_params(model, sharding.unbox(variables["params"]))
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
-    return jax.jit(init, out_shardings=shardings)(rng)
-
-
-def state_from_params(tx, params, shardings) -> TrainState:
-    """Step 0 with given (already placed) parameters and a fresh optimizer state."""
-
-    def init(params):
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
-    return jax.jit(init, out_shardings=shardings, donate_argnums=0)(params)
-
+from irl_lm.learners.common import (
+    Learner,
+    TrainState,
+    init_state,
+    state_from_params,
+    state_shardings,
+)
+from irl_lm.models import model_logits
 
 # ----------------------------------------------------------------------------- train step
-
-
-def model_logits(model, params, features, dropout_rng=None, logits_chunk_size: int = 0):
-    """The teacher-forced forward pass: logits `[B, T, V]`, or with `logits_chunk_size` > 0
-    the final states and the head as `ChunkedLogits` (the losses apply it that many
-    positions at a time). Dropout with `dropout_rng`; none (evaluation) without."""
-    variables = {"params": params}
-    kwargs = {"deterministic": dropout_rng is None}
-    if dropout_rng is not None:
-        kwargs["rngs"] = {"dropout": dropout_rng}
-    if not logits_chunk_size:
-        return model.apply(variables, features, **kwargs)
-    hidden = model.apply(variables, features, method="hidden", **kwargs)
-    head = lambda hidden_BxCxD: model.apply(variables, hidden_BxCxD, method="logits")
-    return ChunkedLogits(hidden, head, logits_chunk_size)
 
 
 def train_step(
@@ -236,23 +138,6 @@ def jit_train_step(
         out_shardings=(shardings, sharding.replicated(mesh)),
         donate_argnums=(0,),
     )
-
-
-@dataclasses.dataclass(frozen=True)
-class Learner:
-    """What the train loop needs of one kind of learner: its state's shape and shardings,
-    a fresh state, a state from given policy parameters (`config.init_from`), the jitted
-    step, and the policy sampler its step takes (None: it learns from data only).
-
-    `step(state, batch, rng)`, or `step(state, batch, rng, policy)` with a sampler.
-    """
-
-    abstract_state: Any
-    shardings: Any
-    init: Callable[[], Any]
-    from_params: Callable[[Any], Any]
-    step: Callable
-    sampler: Callable | None = None
 
 
 def policy_learner(
