@@ -13,12 +13,13 @@ fine-tuned T5-base reaches about 35-40 ROUGE-1 on XSUM.
 
 The paper's λ grid × 3 seeds (mode=full; `--sweep_arg=tiny`: the same on mode=tiny); the
 five studies of experiments/README.md with `--sweep_arg=study=lambda_entropy|model_size|
-decoding|data_size|reward_correlation[,mode=tiny]` (`irl_lm.config_utils.text_task_sweep`):
+decoding|data_size|reward_correlation[,mode=tiny]` (`irl_lm.studies.text_task_sweep`):
     python -m irl_lm.sweep --config=configs/xsum.py --workdir=workdirs/xsum_lambda \
         --config.init_from=hf:/ckpts/t5-v1_1-base --parallel=1
 """
 
-from irl_lm.config_utils import text_task_config, text_task_sweep
+from irl_lm.config_utils import text_task_config
+from irl_lm.studies import text_task_sweep
 
 
 def get_config(arg=None):

@@ -27,6 +27,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from irl_lm import files
+from irl_lm.data.vocabularies import has_vocabulary
 from irl_lm.models import hf
 from irl_lm.models.safetensors_io import read_folder
 
@@ -270,7 +271,7 @@ class InitSource:
 
     def vocabulary_folder(self) -> str | None:
         """The folder whose tokenizer the run should use, if the source has one."""
-        return self.folder if hf.has_vocabulary(self.folder) else None
+        return self.folder if has_vocabulary(self.folder) else None
 
     def load_params(self, model, abstract_params, param_shardings):
         """The source's parameters, placed on `param_shardings`."""

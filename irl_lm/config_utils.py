@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+from typing import Any
+
 import ml_collections
 
 
@@ -238,6 +242,43 @@ def text_task_config(
 # `sweep(arg)` in a config file lists its points (`python -m irl_lm.sweep`): dicts of dotted
 # config fields, optionally with the point's `config_arg`.
 
+
+def format_value(value: Any) -> str:
+    """A value as `--config.x=` takes it (and as it reads in a point name)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        short = format(value, "g")
+        return short if float(short) == value else repr(value)
+    return str(value)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
+
+
+def point_names(points: Sequence[dict]) -> list[str]:
+    """Readable, filesystem-safe names: `lam=0.3,seed=1`. A field is named by its last
+    component unless two swept fields share it; the `config_arg` leads when points differ
+    in it; an explicit `name` wins."""
+    fields = {k for p in points for k in p if k not in ("config_arg", "name")}
+    leaves = [k.rsplit(".", 1)[-1] for k in fields]
+    label = {
+        k: k if leaves.count(k.rsplit(".", 1)[-1]) > 1 else k.rsplit(".", 1)[-1] for k in fields
+    }
+    varied_arg = len({p.get("config_arg") for p in points}) > 1
+    names = []
+    for p in points:
+        if "name" in p:
+            names.append(_UNSAFE.sub("_", str(p["name"])))
+            continue
+        parts = [p["config_arg"]] if varied_arg and p.get("config_arg") else []
+        parts += [
+            f"{label[k]}={format_value(v)}" for k, v in p.items() if k not in ("config_arg", "name")
+        ]
+        names.append(_UNSAFE.sub("_", ",".join(parts)) or "default")
+    return names
+
+
 PAPER_LAMBDAS = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0)  # IQLearn's λ grid (PAPER.md; 0 is MLE)
 SEEDS = (0, 1, 2)
 
@@ -253,9 +294,6 @@ def grid(config_arg: str | None = None, **axes) -> list[dict]:
 
 ENTROPY_BETAS = (0.01, 0.03, 0.1, 0.3)  # MLE + entropy's grid in the studies
 TEMPERATURES = (0.1, 0.25, 0.5, 0.75, 1.0)  # the decoding study's
-# The model-size study's T5 presets and the Hugging Face folders (under `ckpts=`) they load
-T5_SIZES = {"t5_base": "t5-v1_1-base", "t5_large": "t5-v1_1-large", "t5_xl": "t5-v1_1-xl"}
-STUDIES = ("lambda", "lambda_entropy", "model_size", "decoding", "data_size", "reward_correlation")
 
 
 def decoders() -> list[tuple[str, str, float]]:
@@ -265,124 +303,4 @@ def decoders() -> list[tuple[str, str, float]]:
         ("greedy", "greedy", 0.0),
         ("beam4", "beam", 0.0),
         *((f"t={t:g}", "temperature", t) for t in TEMPERATURES),
-    ]
-
-
-def text_task_sweep(arg: str | None = None) -> list[dict]:
-    """The sweeps of the paper-task configs, the synthetic-expert studies' layout
-    (experiments/README.md) for a real task. `arg` keys:
-
-    study   "lambda" (the default): the paper's λ grid × 3 seeds of IQLearn;
-            "lambda_entropy": that grid and MLE + entropy β ∈ `ENTROPY_BETAS`;
-            "model_size": MLE and IQLearn at `lam` for each of `T5_SIZES` (mode=full
-            fine-tunes `ckpts`/<folder>; mode=tiny widens the tiny T5: d_model 32/64/128);
-            "decoding": `source`'s MLE and IQLearn-at-`lam` runs evaluated (no training) by
-            the decode evaluator with each of `decoders()`;
-            "data_size": MLE, IQLearn at `lam` and MLE + entropy at `beta` on 250 / 1000 /
-            4000 / all training examples (mode=tiny: 32 / 64 / 128 / 256);
-            "reward_correlation": `source`'s λ grid evaluated by the reward evaluator,
-            plus online IQLearn (α = 0.1) at `lam`.
-    mode    "full" (the default) or "tiny" (the smoke config; "tiny" alone is
-            study=lambda,mode=tiny).
-    lam, beta  the λ and β of the studies after the first (default 0.1, 0.01);
-    source  the lambda_entropy sweep folder that decoding and reward_correlation evaluate;
-    ckpts   the folder of the Hugging Face checkpoints of `T5_SIZES` (default /ckpts).
-    Each point of a seed: 3 seeds each.
-    """
-    arg = "study=lambda,mode=tiny" if arg == "tiny" else arg
-    args = parse_arg(
-        arg,
-        study="lambda",
-        mode="full",
-        lam="0.1",
-        beta="0.01",
-        source="workdirs/lambda_entropy",
-        ckpts="/ckpts",
-    )
-    study, mode = args["study"], args["mode"]
-    if study not in STUDIES:
-        raise ValueError(f"sweep arg study={study!r}; allowed: {', '.join(STUDIES)}")
-    if mode not in ("full", "tiny"):
-        raise ValueError(f"sweep arg mode={mode!r}; allowed: full, tiny")
-    lam, beta = float(args["lam"]), float(args["beta"])
-    iqlearn, entropy = f"mode={mode},loss=iqlearn", f"mode={mode},loss=mle_entropy"
-    seeds = {"seed": SEEDS}
-    lambdas = grid(iqlearn, **{"loss.lam": PAPER_LAMBDAS, **seeds})
-    lambda_entropy = lambdas + grid(entropy, **{"loss.beta": ENTROPY_BETAS, **seeds})
-    if study == "lambda":
-        return lambdas
-    if study == "lambda_entropy":
-        return lambda_entropy
-    if study == "model_size":
-        return [
-            {"name": f"{size},lam={p['loss.lam']:g},seed={p['seed']}", **p, **fields}
-            for size, model_arg, fields in _model_sizes(mode, args["ckpts"])
-            for p in grid(iqlearn + model_arg, **{"loss.lam": (0.0, lam), **seeds})
-        ]
-    if study == "data_size":
-        sizes = (250, 1000, 4000, 0) if mode == "full" else (32, 64, 128, 256)
-        axes = {"task.num_train_examples": sizes, **seeds}
-        return grid(iqlearn, **{"loss.lam": (0.0, lam)}, **axes) + grid(
-            entropy, **{"loss.beta": (beta,)}, **axes
-        )
-    # decoding and reward_correlation evaluate the runs of study lambda_entropy in `source`,
-    # named as that sweep named them (its λ points come first)
-    from irl_lm.sweep import point_names
-
-    run_names = point_names(lambda_entropy)[: len(lambdas)]
-    source_names = {(p["loss.lam"], p["seed"]): n for p, n in zip(lambdas, run_names, strict=True)}
-
-    def evaluate(lam_value, seed, evals, **fields):
-        source = f"{args['source']}/{source_names[(lam_value, seed)]}"
-        return {
-            "config_arg": f"{iqlearn},evals={evals}",
-            "init_from": source,
-            "total_steps": 0,
-            "loss.lam": lam_value,
-            "seed": seed,
-            **fields,
-        }
-
-    if study == "decoding":
-        return [
-            evaluate(
-                lam_value,
-                seed,
-                "decode",
-                name=f"lam={lam_value:g},seed={seed},{name}",
-                **{
-                    "evals.decode.method": method,
-                    "evals.decode.temperature": temperature,
-                    "evals.decode.num_decodes": 4 if method == "temperature" else 1,
-                },
-            )
-            for lam_value in (0.0, lam)
-            for seed in SEEDS
-            for name, method, temperature in decoders()
-        ]
-    offline = [
-        evaluate(p["loss.lam"], p["seed"], "reward", name=f"lam={p['loss.lam']:g},seed={p['seed']}")
-        for p in lambdas
-    ]
-    online = [
-        p | {"name": f"online,lam={lam:g},alpha=0.1,seed={p['seed']}"}
-        for p in grid(
-            f"mode={mode},loss=iqlearn_online,evals=reward",
-            **{"loss.lam": (lam,), "loss.alpha": (0.1,), **seeds},
-        )
-    ]
-    return offline + online
-
-
-def _model_sizes(mode: str, ckpts: str) -> list[tuple[str, str, dict]]:
-    """(name, config_arg suffix, fields) per size: `T5_SIZES` fine-tuned from `ckpts`, or
-    (mode=tiny) the tiny T5 at d_model 32 / 64 / 128."""
-    if mode == "full":
-        return [
-            (preset, f",model={preset}", {"init_from": f"hf:{ckpts}/{folder}"})
-            for preset, folder in T5_SIZES.items()
-        ]
-    return [
-        (f"d_model={d}", "", {"model.d_model": d, "model.d_ff": 2 * d, "model.d_kv": d // 4})
-        for d in (32, 64, 128)
     ]

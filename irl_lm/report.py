@@ -32,8 +32,8 @@ from absl import app, flags, logging
 from scipy import stats
 
 from irl_lm import files
+from irl_lm.config_utils import format_value as _fmt_value
 from irl_lm.sweep import SWEEP_FILE
-from irl_lm.sweep import format_value as _fmt_value
 
 REPORT_DIR = "report"
 # Task metrics in the order the x axis takes them by default, with their units.

@@ -41,6 +41,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from irl_lm import files
+from irl_lm.config_utils import format_value, point_names
 
 SWEEP_FILE = "sweep.json"
 LOG_FILE = "log.txt"
@@ -104,42 +105,6 @@ def sweep_definition(module, config_file: str, sweep_arg: str | None) -> list[di
             f"{config_file}: sweep({sweep_arg!r}) must return a non-empty list of dicts"
         )
     return [dict(p) for p in points]
-
-
-def format_value(value: Any) -> str:
-    """A value as `--config.x=` takes it (and as it reads in a point name)."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        short = format(value, "g")
-        return short if float(short) == value else repr(value)
-    return str(value)
-
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]")
-
-
-def point_names(points: Sequence[dict]) -> list[str]:
-    """Readable, filesystem-safe names: `lam=0.3,seed=1`. A field is named by its last
-    component unless two swept fields share it; the `config_arg` leads when points differ
-    in it; an explicit `name` wins."""
-    fields = {k for p in points for k in p if k not in ("config_arg", "name")}
-    leaves = [k.rsplit(".", 1)[-1] for k in fields]
-    label = {
-        k: k if leaves.count(k.rsplit(".", 1)[-1]) > 1 else k.rsplit(".", 1)[-1] for k in fields
-    }
-    varied_arg = len({p.get("config_arg") for p in points}) > 1
-    names = []
-    for p in points:
-        if "name" in p:
-            names.append(_UNSAFE.sub("_", str(p["name"])))
-            continue
-        parts = [p["config_arg"]] if varied_arg and p.get("config_arg") else []
-        parts += [
-            f"{label[k]}={format_value(v)}" for k, v in p.items() if k not in ("config_arg", "name")
-        ]
-        names.append(_UNSAFE.sub("_", ",".join(parts)) or "default")
-    return names
 
 
 def merge_config_args(base: str | None, point: str | None, where: str) -> str | None:

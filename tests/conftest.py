@@ -12,35 +12,67 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pytest  # noqa: E402
 
+# The demo config shrunk to run a few steps in seconds: d_model 32, one layer a side, batches
+# of 8, inputs of 4-5 symbols. `tiny_config` builds it here; the tests that run `irl_lm.main`
+# or `irl_lm.sweep` in a subprocess write it as a config file (`write_tiny_config_file`).
+TINY = {
+    "total_steps": 4,
+    "batch_size": 8,
+    "eval_batch_size": 8,
+    "log_every": 1,
+    "schedule.warmup_steps": 1,
+    "checkpoint.every": 2,
+    "task.num_train_examples": 64,
+    "task.num_eval_examples": 16,
+    "task.expert.max_input_len": 5,
+    "model.d_model": 32,
+    "model.d_kv": 8,
+    "model.d_ff": 64,
+    "model.num_heads": 4,
+    "model.num_layers": 1,
+    "model.num_decoder_layers": 1,
+    "evals": dict(
+        validation=dict(kind="loss", every=2, max_examples=16),
+        expert=dict(kind="synthetic_expert", every=4, num_examples=4, num_samples=2),
+    ),
+}
+
 
 def tiny_config(loss: str = "iqlearn", **overrides):
-    """The demo config shrunk to run a few steps in seconds."""
+    """TINY, then `overrides` (dotted keys: `**{"loss.gamma": 0.9}`), on the demo config."""
     from configs import demo
 
     config = demo.get_config(f"loss={loss}")
-    config.total_steps = 4
-    config.batch_size = 8
-    config.eval_batch_size = 8
-    config.log_every = 1
-    config.schedule.warmup_steps = 1
-    config.checkpoint.every = 2
-    config.task.num_train_examples = 64
-    config.task.num_eval_examples = 16
-    config.task.expert.max_input_len = 5
-    config.model.update(
-        d_model=32, d_kv=8, d_ff=64, num_heads=4, num_layers=1, num_decoder_layers=1
-    )
-    config.evals = dict(
-        validation=dict(kind="loss", every=2, max_examples=16),
-        expert=dict(kind="synthetic_expert", every=4, num_examples=4, num_samples=2),
-    )
-    for key, value in overrides.items():
-        target = config
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
+    config.update_from_flattened_dict(TINY | overrides)
     return config
+
+
+_TINY_CONFIG_FILE = """
+import sys
+
+sys.path.insert(0, {root!r})  # configs/ of this checkout, from any working directory
+
+from configs import demo
+
+OVERRIDES = {overrides!r}
+
+
+def get_config(arg=None):
+    config = demo.get_config(arg)
+    config.update_from_flattened_dict(OVERRIDES)
+    return config
+"""
+
+
+def write_tiny_config_file(folder, name: str, more_source: str = "", **overrides) -> str:
+    """`folder/<name>.py`: a config file whose get_config(arg) is the demo's with TINY and
+    `overrides`, followed by `more_source` (a sweep function, say); its path."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    source = _TINY_CONFIG_FILE.format(root=root, overrides=TINY | overrides) + more_source
+    path = os.path.join(str(folder), f"{name}.py")
+    with open(path, "w") as f:
+        f.write(source)
+    return path
 
 
 @pytest.fixture
@@ -48,30 +80,21 @@ def make_config():
     return tiny_config
 
 
-# A config file with a 2 λ × 2 seed sweep of a few steps per point (tests/test_sweep.py,
-# tests/test_report.py).
-TINY_SWEEP_CONFIG = """
-import sys
+# `config.model` of a decoder-only tiny_config run (its vocabulary is the task's).
+TINY_DECODER_ONLY = dict(
+    name="decoder_only",
+    vocab_size=0,
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+)
 
-sys.path.insert(0, ROOT)  # configs/ of this checkout, from any working directory
 
-from configs import demo
+# A 2 λ × 2 seed sweep of 6 steps a point (tests/test_sweep.py, tests/test_report.py).
+_TINY_SWEEP = """
+
 from irl_lm.config_utils import grid
-
-
-def get_config(arg=None):
-    config = demo.get_config(arg)
-    config.total_steps, config.batch_size, config.eval_batch_size = 6, 8, 8
-    config.log_every, config.checkpoint.every = 2, 3
-    config.schedule.warmup_steps = 1
-    config.task.num_train_examples, config.task.num_eval_examples = 64, 16
-    config.task.expert.max_input_len = 5
-    config.model.update(d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=1)
-    config.evals = dict(
-        validation=dict(kind="loss", every=3, max_examples=16),
-        expert=dict(kind="synthetic_expert", every=3, num_examples=8, num_samples=2),
-    )
-    return config
 
 
 def sweep(arg=None):
@@ -82,11 +105,14 @@ def sweep(arg=None):
 
 
 def write_tiny_sweep_config(folder) -> str:
-    path = os.path.join(str(folder), "tiny_sweep.py")
-    with open(path, "w") as f:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        f.write(TINY_SWEEP_CONFIG.replace("ROOT)", f"{root!r})"))
-    return path
+    evals = dict(
+        validation=dict(kind="loss", every=3, max_examples=16),
+        expert=dict(kind="synthetic_expert", every=3, num_examples=8, num_samples=2),
+    )
+    overrides = {"log_every": 2, "checkpoint.every": 3}
+    return write_tiny_config_file(
+        folder, "tiny_sweep", _TINY_SWEEP, total_steps=6, evals=evals, **overrides
+    )
 
 
 # Every process the tests start, and every process those start, carries this variable in its

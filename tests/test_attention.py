@@ -9,10 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tiny_model
 
 from irl_lm.models.layers import AttentionMask, dot_attention
 from irl_lm.sharding import unbox
-from tests.conftest import tiny_model
 
 
 def _model(family, **fields):

@@ -20,7 +20,7 @@ from conftest import tiny_config
 from ml_collections import config_flags
 
 from configs import demo
-from irl_lm import config_utils, evaluators, sharding, sweep, train
+from irl_lm import evaluators, sharding, studies, sweep, train
 from irl_lm.data import tasks, text_tasks
 from irl_lm.losses import loss_fields, make_loss
 from irl_lm.models import build_model
@@ -414,7 +414,7 @@ def test_misspelled_field_in_a_sweep_point(tmp_path):
     [
         (demo.get_config, "los=mle", r"config arg 'los=mle': expected key=value with key in \["),
         (demo.sweep, "lamda", r"sweep arg 'lamda'; allowed: \["),
-        (config_utils.text_task_sweep, "study=lamda", r"sweep arg study='lamda'; allowed: lambda,"),
+        (studies.text_task_sweep, "study=lamda", r"sweep arg study='lamda'; allowed: lambda,"),
     ],
     ids=["config_arg", "sweep_arg", "text_task_sweep_arg"],
 )

@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tiny_batch, tiny_model, train_tiny
 
 from irl_lm.losses import LOSSES, loss_fields, make_loss
 from irl_lm.losses.common import ChunkedLogits
-from tests.conftest import tiny_batch, tiny_model, train_tiny
 from tests.test_losses import random_batch
 
 VOCAB, WIDTH = 11, 6

@@ -3,7 +3,6 @@ samples, and a crashed run resuming both models."""
 
 import json
 import os
-import subprocess
 import sys
 
 import jax
@@ -152,13 +151,13 @@ def test_gail_resumes_policy_discriminator_and_reference(make_config, tmp_path, 
     assert max(jax.tree.leaves(jax.tree.map(moved, resumed.params, resumed.reference))) > 1e-4
 
 
-def test_gail_lowers_the_reverse_kl_of_a_briefly_trained_policy(tmp_path):
+def test_gail_lowers_the_reverse_kl_of_a_briefly_trained_policy(tmp_path, processes):
     """experiments/gail_from_mle on one CPU device: 500 MLE steps on the demo's synthetic
     expert, then 400 GAIL steps without an MLE term; on 2048 samples the reverse KL to the
     exact expert goes down (measured: 0.146 -> 0.141 nats per token) and validity up
     (0.102 -> 0.126)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-    proc = subprocess.run(
+    proc = processes.run(
         [
             sys.executable,
             os.path.join(ROOT, "experiments", "gail_from_mle", "run.py"),
@@ -166,8 +165,6 @@ def test_gail_lowers_the_reverse_kl_of_a_briefly_trained_policy(tmp_path):
         ],
         cwd=ROOT,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -5,10 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tiny_batch, tiny_model, train_tiny
 
 from irl_lm import sharding, train
 from irl_lm.losses import loss_fields, make_loss
-from tests.conftest import tiny_batch, tiny_model, train_tiny
 from tests.test_trainer import read_events
 
 STEPS = 50

@@ -3,7 +3,8 @@
 import jax
 import numpy as np
 import pytest
-from test_trainer import TINY_DECODER_ONLY, read_events
+from conftest import TINY_DECODER_ONLY
+from test_trainer import read_events
 
 from irl_lm import decoding, sharding, train
 from irl_lm.learners import sampler

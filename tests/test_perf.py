@@ -19,7 +19,7 @@ TINY_T5 = dict(
     num_decoder_layers=3,
     feed_forward_proj="gated-gelu",
 )
-TINY_DECODER_ONLY = dict(
+SLIDING_WINDOW_DECODER_ONLY = dict(
     name="decoder_only",
     vocab_size=300,
     hidden_size=64,
@@ -77,7 +77,7 @@ def test_t5_train_flops_by_hand():
 
 
 def test_decoder_only_train_flops_by_hand():
-    model = build_model(TINY_DECODER_ONLY)
+    model = build_model(SLIDING_WINDOW_DECODER_ONLY)
     batch = {"decoder_target_tokens": np.zeros((3, 20), np.int32)}  # B=3, T=20: 60 tokens
     # d=64, 4 query heads and 2 key/value heads of 16, d_ff=128, V=300; 2 layers.
     forward = (
@@ -103,10 +103,10 @@ def test_decoder_only_train_flops_by_hand():
     }
     # A tied head is still a matmul over the vocabulary; a window as long as the sequence is
     # plain causal attention.
-    tied = build_model({**TINY_DECODER_ONLY, "tie_word_embeddings": True})
+    tied = build_model({**SLIDING_WINDOW_DECODER_ONLY, "tie_word_embeddings": True})
     assert perf.train_flops_per_step(tied, batch) == perf.train_flops_per_step(model, batch)
-    wide = build_model({**TINY_DECODER_ONLY, "sliding_window": 20})
-    full = build_model({**TINY_DECODER_ONLY, "layer_types": None, "sliding_window": None})
+    wide = build_model({**SLIDING_WINDOW_DECODER_ONLY, "sliding_window": 20})
+    full = build_model({**SLIDING_WINDOW_DECODER_ONLY, "layer_types": None, "sliding_window": None})
     assert perf.train_flops_per_step(wide, batch) == perf.train_flops_per_step(full, batch)
 
 
@@ -205,7 +205,7 @@ def test_sampling_flops_by_hand():
     )
     assert perf.sampling_flops(t5, rows, inputs, samples) == pytest.approx(expected, rel=1e-12)
 
-    model = build_model(TINY_DECODER_ONLY)  # one sliding (window 8) and one full layer
+    model = build_model(SLIDING_WINDOW_DECODER_ONLY)  # one sliding (window 8) and one full layer
     per_token = 2 * 64 * 64 + 2 * 2 * 64 * 32 + 2 * 64 * 64 + 3 * 2 * 64 * 128
     expected = 5 * (
         # prefill of 12 prompt tokens: sliding 12 * 8 - 32 pairs, full 12 * 12 / 2; no head

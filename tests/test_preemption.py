@@ -15,6 +15,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from conftest import tiny_config, write_tiny_config_file
 
 from irl_lm import checkpointing, sharding, train
 from irl_lm.data import pipeline
@@ -23,39 +24,21 @@ from irl_lm.models import build_model, is_decoder_only
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The demo config shrunk: 40 steps of ~5 ms, a save every 4 steps (~0.1 s), evaluations
-# every 8 and 20. One file, read by the CLI runs and by the test's own restores.
-CONFIG_FILE = """
-import sys
-
-sys.path.insert(0, ROOT)
-
-from configs import demo
-
-
-def get_config(arg=None):
-    config = demo.get_config(arg or "loss=iqlearn")
-    config.total_steps, config.batch_size, config.eval_batch_size = 40, 8, 8
-    config.log_every, config.checkpoint.every, config.checkpoint.keep = 1, 4, 3
-    config.schedule.warmup_steps = 1
-    config.task.num_train_examples, config.task.num_eval_examples = 64, 16
-    config.task.expert.max_input_len = 5
-    config.model.update(
-        d_model=32, d_kv=8, d_ff=64, num_heads=4, num_layers=1, num_decoder_layers=1
-    )
-    config.evals = dict(
+# The tiny demo config: 40 steps of ~5 ms, a save every 4 steps (~0.1 s), evaluations every
+# 8 and 20. One file, read by the CLI runs and by the test's own restores.
+RUN = {
+    "total_steps": 40,
+    "checkpoint.every": 4,
+    "checkpoint.keep": 3,
+    "evals": dict(
         validation=dict(kind="loss", every=8, max_examples=16),
         expert=dict(kind="synthetic_expert", every=20, num_examples=4, num_samples=2),
-    )
-    return config
-"""
+    ),
+}
 
 
 def write_config(folder) -> str:
-    path = os.path.join(str(folder), "preemption_config.py")
-    with open(path, "w") as f:
-        f.write(CONFIG_FILE.replace("ROOT)", f"{ROOT!r})"))
-    return path
+    return write_tiny_config_file(folder, "preemption_config", **RUN)
 
 
 def load_config(path):
@@ -72,10 +55,10 @@ class Run:
 
     STEP = re.compile(r"\] step (\d+)/")
 
-    def __init__(self, *args, devices=1, env=None):
+    def __init__(self, processes, *args, devices=1, env=None):
         env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-        self.proc = subprocess.Popen(
+        self.proc = processes.start(
             [sys.executable, "-m", "irl_lm.main", *args],
             cwd=ROOT,
             env=env,
@@ -162,7 +145,7 @@ def assert_trees_equal(a, b):
         np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
 
 
-def test_sigkill_at_random_moments_resumes_bit_identically(tmp_path):
+def test_sigkill_at_random_moments_resumes_bit_identically(tmp_path, processes):
     """SIGKILL in a step, SIGKILL in an asynchronous save, SIGTERM, SIGKILL after an
     evaluation boundary, each followed by the same command: the end is bit-identical."""
     seed = int(os.environ.get("IRL_LM_KILL_SEED", time.time_ns() % 10**6))
@@ -170,12 +153,12 @@ def test_sigkill_at_random_moments_resumes_bit_identically(tmp_path):
     config_file = write_config(tmp_path)
     args = [f"--config={config_file}"]
     straight_dir, killed_dir = str(tmp_path / "straight"), str(tmp_path / "killed")
-    straight = Run(*args, f"--workdir={straight_dir}")  # runs beside the killed ones
+    straight = Run(processes, *args, f"--workdir={straight_dir}")  # runs beside the killed ones
     killed_dir_args = [*args, f"--workdir={killed_dir}"]
     notes = []
 
     # 1. Inside a step, at a random step and delay.
-    run = Run(*killed_dir_args)
+    run = Run(processes, *killed_dir_args)
     target = rng.randint(5, 11)
     run.wait_for(lambda: target in run.steps)
     time.sleep(rng.uniform(0, 0.02))
@@ -185,7 +168,7 @@ def test_sigkill_at_random_moments_resumes_bit_identically(tmp_path):
 
     # 2. Inside an asynchronous save: as soon as a new step's temporary folder appears.
     resumed_at = max(saved_steps(killed_dir), default=0)
-    run = Run(*killed_dir_args)
+    run = Run(processes, *killed_dir_args)
     run.wait_for(lambda: any(run.steps) and max(run.steps) > resumed_at and tmp_dirs(killed_dir))
     run.kill()
     run.finish()
@@ -195,7 +178,7 @@ def test_sigkill_at_random_moments_resumes_bit_identically(tmp_path):
 
     # 3. A preemption notice (SIGTERM): saves the step it reached and exits 0.
     resumed_at = max(saved_steps(killed_dir), default=0)
-    run = Run(*killed_dir_args)
+    run = Run(processes, *killed_dir_args)
     run.wait_for(lambda: any(s > resumed_at + 1 for s in run.steps))
     run.kill(signal.SIGTERM)
     assert run.finish() == 0, run.log()
@@ -205,7 +188,7 @@ def test_sigkill_at_random_moments_resumes_bit_identically(tmp_path):
 
     # 4. Just after an evaluation boundary (steps 24 or 32): inside the save or evaluators.
     resumed_at = max(saved_steps(killed_dir), default=0)
-    run = Run(*killed_dir_args)
+    run = Run(processes, *killed_dir_args)
     target = rng.choice([s for s in (24, 32) if s > resumed_at + 4])
     run.wait_for(lambda: target in run.steps)
     time.sleep(rng.uniform(0, 0.3))
@@ -213,7 +196,7 @@ def test_sigkill_at_random_moments_resumes_bit_identically(tmp_path):
     run.finish()
     notes.append(f"kill 4 after step {target} (saved: {saved_steps(killed_dir)})")
 
-    final = Run(*killed_dir_args)
+    final = Run(processes, *killed_dir_args)
     assert final.finish() == 0, final.log()
     assert straight.finish() == 0, straight.log()
     context = f"seed {seed}: " + "; ".join(notes)
@@ -322,8 +305,6 @@ DAMAGE = {  # kind -> (damage(step_dir, state, config), what the warning says)
 def four_and_six_steps(tmp_path_factory):
     """(config, a workdir trained 4 steps with checkpoints 2 and 4, its state at step 4,
     the final state of a straight 6-step run), trained in this process (8 devices)."""
-    from conftest import tiny_config
-
     folder = tmp_path_factory.mktemp("damage")
     config = tiny_config("mle", evals={}, total_steps=6)
     train.train_and_evaluate(config, str(folder / "six"))
@@ -425,12 +406,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_pair(*args) -> list[Run]:
+def launch_pair(processes, *args) -> list[Run]:
     """Two processes of one run, 4 CPU devices each, through `--jax_distributed`."""
     port = free_port()
     cluster = [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
     return [
-        Run(*args, "--jax_distributed", *cluster, f"--process_id={i}", devices=4) for i in range(2)
+        Run(processes, *args, "--jax_distributed", *cluster, f"--process_id={i}", devices=4)
+        for i in range(2)
     ]
 
 
@@ -439,14 +421,14 @@ def finish_pair(pair) -> None:
         assert run.finish() == 0, f"process {i}:\n{run.log()}"
 
 
-def test_two_processes_train_resume_and_obey_a_preemption_notice(tmp_path):
+def test_two_processes_train_resume_and_obey_a_preemption_notice(tmp_path, processes):
     from test_trainer import read_events
 
     config_file = write_config(tmp_path)
     config = load_config(config_file)
     args = [f"--config={config_file}"]
     straight_dir, preempted_dir = str(tmp_path / "straight"), str(tmp_path / "preempted")
-    straight = launch_pair(*args, f"--workdir={straight_dir}")
+    straight = launch_pair(processes, *args, f"--workdir={straight_dir}")
     one_process = train.train_and_evaluate(config, str(tmp_path / "one"))  # 8 devices here
     finish_pair(straight)
 
@@ -469,14 +451,14 @@ def test_two_processes_train_resume_and_obey_a_preemption_notice(tmp_path):
     )
 
     # Killed (SIGKILL, both) after the checkpoint at step 8, then restarted.
-    pair = launch_pair(*args, f"--workdir={preempted_dir}")
+    pair = launch_pair(processes, *args, f"--workdir={preempted_dir}")
     pair[0].wait_for(lambda: 10 in pair[0].steps)
     for run in pair:
         run.kill()
     for run in pair:
         run.finish()
     # A preemption notice (SIGTERM) to process 1 only: both save the same step and exit 0.
-    pair = launch_pair(*args, f"--workdir={preempted_dir}")
+    pair = launch_pair(processes, *args, f"--workdir={preempted_dir}")
     pair[0].wait_for(lambda: any(s > 16 for s in pair[0].steps))
     pair[1].kill(signal.SIGTERM)
     finish_pair(pair)
@@ -485,7 +467,7 @@ def test_two_processes_train_resume_and_obey_a_preemption_notice(tmp_path):
     step = int(saved[0][0])
     assert step < 40 and step in saved_steps(preempted_dir)
     assert not os.path.exists(os.path.join(preempted_dir, "results.json"))
-    pair = launch_pair(*args, f"--workdir={preempted_dir}")
+    pair = launch_pair(processes, *args, f"--workdir={preempted_dir}")
     finish_pair(pair)
     assert f"Resumed from step {step}" in "".join(pair[1].lines)
 

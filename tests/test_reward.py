@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 import scipy.stats
+from conftest import TINY_DECODER_ONLY
 from test_configs import CONFIG_DIR, load
 
 from irl_lm import evaluators, reward, sharding, train
@@ -17,14 +18,6 @@ from irl_lm.losses.iqlearn import data_terms, sequence_rewards
 from irl_lm.models import build_model, is_decoder_only
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
-TINY_DECODER_ONLY = dict(
-    name="decoder_only",
-    vocab_size=0,
-    hidden_size=16,
-    intermediate_size=32,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-)
 
 
 def reference_rewards(logits_TxV, y, gamma):

@@ -23,8 +23,8 @@ WORDS = "red green blue cat dog fish one two three up down left right sun moon s
 
 
 def readme_module() -> str:
-    """The README's "Adding a task" module, exactly as a user copies it."""
-    with open(os.path.join(ROOT, "README.md")) as f:
+    """The "Adding a task" module of docs/tasks.md, exactly as a user copies it."""
+    with open(os.path.join(ROOT, "docs", "tasks.md")) as f:
         blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
     (module,) = [b for b in blocks if b.startswith("# my_tasks.py")]
     return module

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from irl_lm import report, sweep, train
-from irl_lm.config_utils import STUDIES
+from irl_lm.studies import STUDIES
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 DATA = os.path.join(ROOT, "..", "shared", "data")

@@ -8,6 +8,7 @@ import os
 import jax
 import numpy as np
 import pytest
+from conftest import TINY_DECODER_ONLY
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.util import tensor_util
 
@@ -144,7 +145,7 @@ def test_nonfinite_loss_names_the_step_and_keeps_last_good_checkpoint(
         loss = jax.numpy.sum(logits) * jax.numpy.nan
         return loss, {}
 
-    monkeypatch.setattr(train, "make_loss", lambda loss_config: nan_loss)
+    monkeypatch.setattr("irl_lm.learners.make_loss", lambda loss_config: nan_loss)
     config.total_steps = 6
     with pytest.raises(FloatingPointError, match=r"at step 3.*Last good checkpoint: step 2"):
         train.train_and_evaluate(config, workdir)
@@ -216,16 +217,6 @@ def test_sigterm_saves_a_checkpoint_and_stops(make_config, tmp_path, monkeypatch
     assert results["step"] == 3
     assert checkpointing.Checkpointer(str(tmp_path), keep=3).latest_step() == 3
     assert not os.path.exists(tmp_path / "results.json")  # unfinished: a rerun resumes
-
-
-TINY_DECODER_ONLY = dict(
-    name="decoder_only",
-    vocab_size=0,
-    hidden_size=16,
-    intermediate_size=32,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-)
 
 
 def test_decoder_only_model_trains_on_the_synthetic_expert(make_config, tmp_path):

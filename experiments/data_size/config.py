@@ -13,7 +13,7 @@ smallest set, 3.2 of the largest), with learning curves every 250 steps.
 """
 
 from configs.expert_study import get_config  # noqa: F401
-from irl_lm.config_utils import SEEDS, grid
+from irl_lm import studies
 
 TD_LAMBDA = 0.1
 BEST_BETA = 0.01
@@ -22,14 +22,4 @@ SIZES = (250, 1000, 4000, 20_000)
 
 def sweep(arg=None):
     del arg
-    losses = [
-        ("loss=iqlearn", {"loss.lam": (0.0, TD_LAMBDA)}),
-        ("loss=mle_entropy", {"loss.beta": (BEST_BETA,)}),
-    ]
-    return [
-        point
-        for config_arg, loss_axes in losses
-        for point in grid(
-            config_arg, **loss_axes, **{"task.num_train_examples": SIZES, "seed": SEEDS}
-        )
-    ]
+    return studies.data_size(SIZES, TD_LAMBDA, BEST_BETA)

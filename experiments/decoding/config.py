@@ -12,11 +12,8 @@ beam search with 4 beams (the best beam).
 about 20 s each (start-up, compilation and one evaluation of 128 inputs x 4 samples).
 """
 
-import os
-
 from configs.expert_study import get_config as study_config
-from irl_lm.config_utils import SEEDS, decoders
-from irl_lm.sweep import format_value
+from irl_lm import studies
 
 LAMBDAS = (0.0, 0.1, 0.3)  # MLE, and two λ with clear effects in study 1
 
@@ -30,20 +27,5 @@ def get_config(arg=None):
 
 
 def sweep(arg=None):
-    study_1 = arg or "workdirs/lambda_entropy"
-    points = []
-    for lam in LAMBDAS:
-        for seed in SEEDS:
-            source = f"loss=iqlearn,lam={format_value(lam)},seed={seed}"
-            for name, method, temperature in decoders():
-                points.append(
-                    {
-                        "name": f"lam={format_value(lam)},seed={seed},{name}",
-                        "init_from": os.path.join(study_1, source),
-                        "loss.lam": lam,
-                        "seed": seed,
-                        "evals.expert.method": method,
-                        "evals.expert.temperature": temperature,
-                    }
-                )
-    return points
+    run = studies.runs_of(arg or "workdirs/lambda_entropy", studies.lambda_entropy())
+    return studies.decoding(run, LAMBDAS, evaluator="expert")

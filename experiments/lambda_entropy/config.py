@@ -9,12 +9,9 @@
 """
 
 from configs.expert_study import get_config  # noqa: F401
-from irl_lm.config_utils import ENTROPY_BETAS, PAPER_LAMBDAS, SEEDS, grid
+from irl_lm import studies
 
 
 def sweep(arg=None):
     del arg
-    return [
-        *grid("loss=iqlearn", **{"loss.lam": PAPER_LAMBDAS, "seed": SEEDS}),
-        *grid("loss=mle_entropy", **{"loss.beta": ENTROPY_BETAS, "seed": SEEDS}),
-    ]
+    return studies.lambda_entropy()

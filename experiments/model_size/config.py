@@ -10,8 +10,8 @@ each x 3 seeds, on configs/expert_study.py.
 """
 
 from configs.expert_study import get_config  # noqa: F401
-from irl_lm.config_utils import SEEDS
-from irl_lm.sweep import format_value
+from irl_lm import studies
+from irl_lm.config_utils import format_value
 
 BEST_LAMBDA = 0.01
 # (d_model, learning rate): the study-1 rate for every size; d_model 128 did not learn at it
@@ -21,21 +21,17 @@ SIZES = ((32, 3e-3), (64, 3e-3), (128, 3e-3), (128, 1e-3))
 
 def sweep(arg=None):
     del arg
-    points = []
-    for d, lr in SIZES:
-        rate = "" if lr == 3e-3 else f",lr={format_value(lr)}"
-        for lam in (0.0, BEST_LAMBDA):
-            for seed in SEEDS:
-                points.append(
-                    {
-                        "name": f"d_model={d}{rate},lam={format_value(lam)},seed={seed}",
-                        "config_arg": "loss=iqlearn",
-                        "model.d_model": d,
-                        "model.d_ff": 2 * d,
-                        "model.d_kv": d // 4,
-                        "optimizer.learning_rate": lr,
-                        "loss.lam": lam,
-                        "seed": seed,
-                    }
-                )
-    return points
+    sizes = [
+        (
+            f"d_model={d}" + ("" if lr == 3e-3 else f",lr={format_value(lr)}"),
+            "",
+            {
+                "model.d_model": d,
+                "model.d_ff": 2 * d,
+                "model.d_kv": d // 4,
+                "optimizer.learning_rate": lr,
+            },
+        )
+        for d, lr in SIZES
+    ]
+    return studies.model_size(sizes, (0.0, BEST_LAMBDA))

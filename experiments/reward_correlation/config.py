@@ -12,11 +12,8 @@ The λ grid's points evaluate study 1's final checkpoints (experiments/lambda_en
 train 1000 steps from scratch (a few minutes each).
 """
 
-import os
-
 from configs.expert_study import get_config as study_config
-from irl_lm.config_utils import PAPER_LAMBDAS, SEEDS, grid
-from irl_lm.sweep import format_value
+from irl_lm import studies
 
 ONLINE_LAMBDA = 0.1
 
@@ -31,22 +28,11 @@ def get_config(arg=None):
 
 
 def sweep(arg=None):
-    study_1 = arg or "workdirs/lambda_entropy"
-    offline = [
-        {
-            "config_arg": "loss=iqlearn",
-            "init_from": os.path.join(study_1, f"loss=iqlearn,lam={format_value(lam)},seed={seed}"),
-            "total_steps": 0,
-            "loss.lam": lam,
-            "seed": seed,
-        }
-        for lam in PAPER_LAMBDAS
-        for seed in SEEDS
-    ]
-    for point in offline:
-        point["name"] = f"loss=iqlearn,lam={format_value(point['loss.lam'])},seed={point['seed']}"
-    online = grid(
-        "loss=iqlearn_online",
-        **{"loss.lam": (ONLINE_LAMBDA,), "loss.alpha": (0.1,), "seed": SEEDS},
+    run = studies.runs_of(arg or "workdirs/lambda_entropy", studies.lambda_entropy())
+    return studies.reward_correlation(
+        run,
+        offline="loss=iqlearn",
+        online="loss=iqlearn_online",
+        online_lam=ONLINE_LAMBDA,
+        prefix="loss=iqlearn,",
     )
-    return offline + online

@@ -164,7 +164,7 @@ class TrainIterator(Iterator):
         index = jax.process_index() if data.shard_by_host else 0
         ds = _dataset(
             data.task,
-            data.task.name,
+            data.task.seqio_task.name,
             "train",
             shuffle=shuffle,
             num_epochs=None,
