@@ -1,6 +1,6 @@
 """Any registered seqio task or mixture, by name, or the config-only `jsonl` task.
 
-Your own seqio task (README, "Adding a task"), in `my_tasks.py` on PYTHONPATH:
+Your own seqio task (docs/tasks.md, "Adding a task"), in `my_tasks.py` on PYTHONPATH:
     python -m irl_lm.main --workdir=/tmp/my_task \
         --config=configs/seqio_task.py:task=my_task,modules=my_tasks,inputs=64,targets=32
 A JSON Lines file and nothing else (fields or format templates over each line's fields):

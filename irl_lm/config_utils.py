@@ -61,7 +61,7 @@ def trainer_defaults() -> ml_collections.ConfigDict:
     )
     config.checkpoint = ml_collections.ConfigDict({"every": 500, "keep": 3})
     config.evals = ml_collections.ConfigDict()
-    # GAIL's discriminator (config.loss.name="gail", irl_lm/gail.py): "model" fields over
+    # GAIL's discriminator (config.loss.name="gail", irl_lm/learners/gail.py): "model" fields over
     # the policy's model config (a smaller discriminator needs init="scratch"), initialised
     # from the policy's (initial) parameters or from scratch, its logit ("log_ratio" against
     # the initial policy, or "token"), its learning rate (0: the policy's), the

@@ -17,7 +17,7 @@ again in its workdir, so it resumes from its checkpoint. A failing point does no
 others; the summary names it, its exit code and its log, and the exit code is 1.
 `DIR/sweep.json` records every point (overrides, command, status, exit code, duration) and
 the code's git commit. `--print_commands` prints the `irl_lm.main` arguments of each point
-still to run, one point a line, for a cluster launcher (README: "Sweeps").
+still to run, one point a line, for a cluster launcher (docs/sweeps.md).
 """
 
 from __future__ import annotations

@@ -219,7 +219,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     is_main = jax.process_index() == 0
     model_config = resolve_model_config(config, source, task)
     if is_main and config.total_steps and task.expert is None:
-        tasks.report_truncation(config.task, "train")  # warns with counts and the fix
+        tasks.report_truncation(task, "train")  # warns with counts and the fix
     if is_main:
         files.write_text(files.path(workdir, "config.json"), config.to_json_best_effort(indent=2))
         checkpointing.write_model_config(workdir, model_config)

@@ -344,3 +344,112 @@ def train_tiny(model, batch, *, steps: int = 1, logits_chunk_size: int = 0):
             state, metrics = learner.step(state, placed, jax.random.PRNGKey(1))
             losses.append(jax.device_get(metrics))
     return jax.device_get(state), losses, learner
+
+
+def restore_target(config, mesh):
+    """The abstract train state of `config` on `mesh`: what a checkpoint restores into."""
+    from irl_lm import checkpointing, train
+    from irl_lm.learners import common
+    from irl_lm.models import build_model
+
+    model = build_model(train.resolve_model_config(config))
+    tx = common.make_optimizer(config.optimizer, config.schedule, config.total_steps)
+    abstract, shardings = common.state_shardings(
+        model, tx, train.dummy_batch(config, model, 1), mesh
+    )
+    return checkpointing.abstract_like(abstract, shardings)
+
+
+def restore_final(workdir, config, mesh=None, step=None):
+    """(state on the host, metadata, the next training batch) of the checkpoint at `step`
+    (default: the latest) of a policy-learner run of `config`."""
+    import jax
+
+    from irl_lm import checkpointing, sharding, train
+    from irl_lm.data import pipeline
+    from irl_lm.models import build_model, is_decoder_only
+
+    mesh = mesh or sharding.make_mesh(config.mesh)
+    with sharding.use_mesh(mesh):
+        ckpt = checkpointing.Checkpointer(workdir, keep=5)
+        step = ckpt.latest_step() if step is None else step
+        state, metadata = ckpt.restore(step, restore_target(config, mesh))
+        saved_data = ckpt.data_dir(step)
+        ckpt.close()
+    decoder_only = is_decoder_only(build_model(train.resolve_model_config(config)))
+    iterator = pipeline.TrainIterator(
+        pipeline.train_data(config, decoder_only=decoder_only),
+        metadata["data_position"],
+        saved=saved_data,
+    )
+    return jax.device_get(state), metadata, next(iterator)
+
+
+def teacher_forced_logits(model, params, prompt, y):
+    """One unpadded (prompt, y) pair's logits at y's positions (T5: the prompt is the
+    encoder's; decoder-only: prompt + y in one row)."""
+    import numpy as np
+
+    if "encoder_input_tokens" in type(model).input_features:
+        batch = {
+            "encoder_input_tokens": np.array([prompt], np.int32),
+            "decoder_input_tokens": np.array([[0, *y[:-1]]], np.int32),
+        }
+        return np.asarray(model.apply({"params": params}, batch))[0]
+    sequence = np.array([[*prompt, *y[:-1]]], np.int32)
+    logits = np.asarray(model.apply({"params": params}, {"decoder_input_tokens": sequence}))
+    return logits[0, len(prompt) - 1 :]
+
+
+def batch_sequences(batch) -> list[tuple[list[int], list[int]]]:
+    """The (prompt, y) pairs of a training batch, packed or not: T5's encoder segment and its
+    targets; a decoder-only row's tokens before the loss weights (BOS, x, EOS) and y."""
+    import numpy as np
+
+    targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+    segments = batch.get("decoder_segment_ids", (targets > 0).astype(np.int32))
+    t5 = "encoder_input_tokens" in batch
+    if t5:
+        encoder = batch["encoder_input_tokens"]
+        encoder_segments = batch.get("encoder_segment_ids", (encoder > 0).astype(np.int32))
+    pairs = []
+    for row in range(len(targets)):
+        for segment in sorted(set(segments[row][segments[row] > 0].tolist())):
+            here = np.flatnonzero(segments[row] == segment)
+            scored = here[weights[row, here] > 0]
+            y = targets[row, scored].tolist()
+            if t5:
+                prompt = encoder[row, encoder_segments[row] == segment].tolist()
+            else:
+                prompt = batch["decoder_input_tokens"][row, here[0] : scored[0] + 1].tolist()
+            pairs.append((prompt, y))
+    return pairs
+
+
+def numpy_iqlearn(model, params, sequences, *, lam, gamma, eos_id=1) -> dict[str, float]:
+    """Offline IQLearn on `sequences` [(prompt, y)], one unpadded forward pass each, in
+    float64: `nll` (mean V_t − Q_t), `td2` (Σ δ_t² over the positions with a known V_{t+1},
+    over all tokens), `loss` = nll + λ td2, and `value_diff` (mean V_t − γ V_{t+1} there)."""
+    import numpy as np
+
+    nll = td2 = value_diff = 0.0
+    tokens = known_tokens = 0
+    for prompt, y in sequences:
+        logits = teacher_forced_logits(model, params, prompt, y)[: len(y)].astype(np.float64)
+        top = logits.max(-1)
+        v = np.log(np.exp(logits - top[:, None]).sum(-1)) + top
+        q = logits[np.arange(len(y)), y]
+        terminal = np.asarray(y) == eos_id
+        next_v = np.where(terminal, 0.0, np.append(v[1:], 0.0))
+        known = terminal | (np.arange(len(y)) < len(y) - 1)  # a cut-off last token: unknown
+        nll += (v - q).sum()
+        td2 += ((q - gamma * next_v)[known] ** 2).sum()
+        value_diff += (v - gamma * next_v)[known].sum()
+        tokens, known_tokens = tokens + len(y), known_tokens + known.sum()
+    nll, td2 = nll / tokens, td2 / tokens
+    return {
+        "nll": nll,
+        "td2": td2,
+        "loss": nll + lam * td2,
+        "value_diff": value_diff / known_tokens,
+    }

@@ -1,4 +1,4 @@
-"""The catalogue of bad inputs (README "Reliability"): one test per row.
+"""The catalogue of bad inputs (docs/reliability.md): one test per row.
 
 Each checks the error type and that its message names the file and line or the config
 field, and the fix; where the behaviour is "count and report", the count. Every error
@@ -125,7 +125,10 @@ def test_over_long_examples_are_counted_and_reported(tmp_path, caplog):
     path = write_lines(tmp_path / "long.jsonl", [GOOD | {"answer": a} for a in answers])
     config = gsm8k_config(path, max_target_len=8, max_input_len=64)
     with caplog.at_level(logging.WARNING, logger="absl"):
-        assert tasks.report_truncation(config, "validation") == {"inputs": 0, "targets": 2}
+        assert tasks.report_truncation(tasks.build(config), "validation") == {
+            "inputs": 0,
+            "targets": 2,
+        }
     examples = read_split(config)
     warnings = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
     assert warnings == [

@@ -15,12 +15,10 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config, write_tiny_config_file
+from conftest import restore_final, restore_target, tiny_config, write_tiny_config_file
 
 from irl_lm import checkpointing, sharding, train
 from irl_lm.data import pipeline
-from irl_lm.learners import common
-from irl_lm.models import build_model, is_decoder_only
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -108,34 +106,6 @@ def saved_steps(workdir) -> list[int]:
 
 def tmp_dirs(workdir) -> list[str]:
     return glob.glob(os.path.join(workdir, "checkpoints", "*orbax-checkpoint-tmp*"))
-
-
-def restore_target(config, mesh):
-    """The abstract train state of `config` on `mesh`: what a checkpoint restores into."""
-    model = build_model(train.resolve_model_config(config))
-    tx = common.make_optimizer(config.optimizer, config.schedule, config.total_steps)
-    abstract, shardings = common.state_shardings(
-        model, tx, train.dummy_batch(config, model, 1), mesh
-    )
-    return checkpointing.abstract_like(abstract, shardings)
-
-
-def restore_final(workdir, config, mesh=None):
-    """(state on the host, metadata, the next training batch) of the latest checkpoint."""
-    mesh = mesh or sharding.make_mesh(config.mesh)
-    with sharding.use_mesh(mesh):
-        ckpt = checkpointing.Checkpointer(workdir, keep=5)
-        step = ckpt.latest_step()
-        state, metadata = ckpt.restore(step, restore_target(config, mesh))
-        saved_data = ckpt.data_dir(step)
-        ckpt.close()
-    decoder_only = is_decoder_only(build_model(train.resolve_model_config(config)))
-    iterator = pipeline.TrainIterator(
-        pipeline.train_data(config, decoder_only=decoder_only),
-        metadata["data_position"],
-        saved=saved_data,
-    )
-    return jax.device_get(state), metadata, next(iterator)
 
 
 def assert_trees_equal(a, b):

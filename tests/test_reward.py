@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 import scipy.stats
-from conftest import TINY_DECODER_ONLY
+from conftest import TINY_DECODER_ONLY, teacher_forced_logits
 from test_configs import CONFIG_DIR, load
 
 from irl_lm import evaluators, reward, sharding, train
@@ -92,19 +92,6 @@ def _scaled_params(config, model):
     return jax.tree.map(lambda p: 3 * p, sharding.unbox(params))
 
 
-def _teacher_forced_logits(model, params, prompt, y):
-    """One unpadded (prompt, y) pair's logits at y's positions."""
-    if "encoder_input_tokens" in type(model).input_features:
-        batch = {
-            "encoder_input_tokens": np.array([prompt], np.int32),
-            "decoder_input_tokens": np.array([[0, *y[:-1]]], np.int32),
-        }
-        return np.asarray(model.apply({"params": params}, batch))[0]
-    sequence = np.array([[*prompt, *y[:-1]]], np.int32)
-    logits = np.asarray(model.apply({"params": params}, {"decoder_input_tokens": sequence}))
-    return logits[0, len(prompt) - 1 :]
-
-
 @pytest.mark.parametrize("family", ["t5", "decoder_only"])
 def test_reward_evaluator_matches_numpy_on_its_own_samples(family, make_config, tmp_path):
     config = make_config(**{"loss.gamma": 0.9})
@@ -127,7 +114,7 @@ def test_reward_evaluator_matches_numpy_on_its_own_samples(family, make_config, 
     for row in rows:
         x = evaluator.inputs[row["input_index"]]
         y = row["tokens"]
-        logits = _teacher_forced_logits(model, params, [*prefix, *x, EOS_ID], y)
+        logits = teacher_forced_logits(model, params, [*prefix, *x, EOS_ID], y)
         expected = reference_rewards(logits[: len(y)], y, gamma=0.9)
         np.testing.assert_allclose(row["token_rewards"], expected, rtol=1e-4, atol=1e-4)
         assert row["reward"] == pytest.approx(expected.sum(), rel=1e-4, abs=1e-4)

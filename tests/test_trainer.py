@@ -8,7 +8,7 @@ import os
 import jax
 import numpy as np
 import pytest
-from conftest import TINY_DECODER_ONLY
+from conftest import TINY_DECODER_ONLY, batch_sequences, numpy_iqlearn, restore_final
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.util import tensor_util
 
@@ -190,7 +190,9 @@ def test_bad_config_fails_at_start_naming_the_field(make_config, tmp_path, field
     assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
 
 
-def test_packed_training_gives_finite_losses(make_config, tmp_path):
+def test_packed_training_loss_is_the_loss_of_its_examples_one_by_one(make_config, tmp_path):
+    """Rows packed with several examples (segment ids): the loss logged at step 3 is NumPy's
+    IQLearn loss of batch 3's examples, each read alone, under the step-2 parameters."""
     config = make_config(
         "iqlearn",
         evals={},
@@ -198,8 +200,17 @@ def test_packed_training_gives_finite_losses(make_config, tmp_path):
     )
     results = train.train_and_evaluate(config, str(tmp_path))
     assert results["step"] == config.total_steps
-    losses = [v for _, v in read_events(str(tmp_path))["train/loss"]]
-    assert len(losses) == config.total_steps and all(np.isfinite(losses))
+    losses = dict(read_events(str(tmp_path))["train/loss"])
+    assert sorted(losses) == [1, 2, 3, 4]
+    state, metadata, batch = restore_final(str(tmp_path), config, step=2)
+    assert metadata["data_position"] == 2 and int(state.step) == 2
+    assert batch["decoder_segment_ids"].max() >= 3  # packed: three examples in a row or more
+    model = build_model(train.resolve_model_config(config))
+    sequences = batch_sequences(batch)
+    assert len(sequences) > config.batch_size
+    lam, gamma = config.loss.lam, config.loss.gamma
+    expected = numpy_iqlearn(model, state.params, sequences, lam=lam, gamma=gamma)
+    assert losses[3] == pytest.approx(expected["loss"], rel=1e-4)
 
 
 def test_sigterm_saves_a_checkpoint_and_stops(make_config, tmp_path, monkeypatch):
@@ -220,12 +231,25 @@ def test_sigterm_saves_a_checkpoint_and_stops(make_config, tmp_path, monkeypatch
 
 
 def test_decoder_only_model_trains_on_the_synthetic_expert(make_config, tmp_path):
+    """Packed prefix-LM rows: the held-out loss of the final parameters is NumPy's, one
+    BOS + x + EOS + y sequence at a time, and it fell from step 2 to step 4."""
     config = make_config(**{"data.pack": True})
     config.model = TINY_DECODER_ONLY
     results = train.train_and_evaluate(config, str(tmp_path))
     assert results["step"] == 4
-    assert 0.0 <= results["eval"]["expert"]["validity"] <= 1.0
-    assert np.isfinite(results["eval"]["validation"]["iqlearn/loss"])
+    state, _, _ = restore_final(str(tmp_path), config)
+    model = build_model(train.resolve_model_config(config))
+    task = tasks.build(config.task)
+    prefix = pipeline.prompt_prefix(True, task.vocabulary)
+    examples = [task.expert.example("validation", i) for i in range(16)]
+    sequences = [([*prefix, *e["inputs"], task.eos_id], e["targets"].tolist()) for e in examples]
+    lam, gamma = config.loss.lam, config.loss.gamma
+    expected = numpy_iqlearn(model, state.params, sequences, lam=lam, gamma=gamma)
+    for name in ("loss", "nll", "td2"):
+        got = results["eval"]["validation"][f"iqlearn/{name}"]
+        assert got == pytest.approx(expected[name], rel=1e-4), name
+    nll = dict(read_events(str(tmp_path))["eval/validation/iqlearn/nll"])
+    assert nll[4] < nll[2] - 0.05, nll
 
 
 def _scaled_model_and_context(config):

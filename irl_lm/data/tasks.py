@@ -461,13 +461,13 @@ def check_vocabulary_matches(task_config: Mapping, folder: str, where: str) -> N
         )
 
 
-def report_truncation(task_config: Mapping, split: str, max_examples: int = 1000) -> dict:
+def report_truncation(run_task: Task, split: str, max_examples: int = 1000) -> dict:
     """Counts the inputs and targets longer than the batch lengths (the feature converter
     cuts them) among the split's first `max_examples` examples, and warns with the fix.
     Returns {feature: number cut}."""
-    lengths = feature_lengths(task_config)
+    lengths = run_task.lengths
     cut = {}
-    for task in subtasks(get_task(task_config)):
+    for task in run_task.subtasks:
         if split not in task.splits:
             continue
         sizes = {feature: [] for feature in lengths}

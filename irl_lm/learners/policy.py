@@ -43,7 +43,7 @@ def train_step(
     """One update over a global batch; `grad_accum_steps` microbatches, token-weighted.
 
     `policy`: for online losses, a teacher-forced batch of policy samples
-    (`irl_lm.online.policy_batch`); its logits reach the loss as `policy=`.
+    (`irl_lm.learners.sampler.policy_batch`); its logits reach the loss as `policy=`.
     `logits_chunk_size` > 0: the losses see `ChunkedLogits` (`model_logits`).
     """
     rng = jax.random.fold_in(rng, state.step)

@@ -47,7 +47,7 @@ LOSSES = {
         },
         online=True,
     ),
-    # GAIL's objective lives in irl_lm/gail.py (two models); `fn` is its held-out NLL.
+    # GAIL's objective lives in irl_lm/learners/gail.py (two models); `fn` is its held-out NLL.
     "gail": LossSpec(
         gail_data_loss,
         {

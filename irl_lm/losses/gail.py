@@ -1,6 +1,6 @@
 """GAIL's pure losses (PAPER.md §4): the discriminator's binary cross-entropy, the policy
 gradient on sampled tokens with KL to the reference policy and an entropy bonus, and the
-held-out NLL. `irl_lm/gail.py` holds the two-model state and the step that uses them."""
+held-out NLL. `irl_lm/learners/gail.py` holds the two-model state and the step that uses them."""
 
 from __future__ import annotations
 
