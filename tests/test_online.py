@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 import pytest
-from conftest import TINY_DECODER_ONLY
+from conftest import TINY_DECODER_ONLY, batch_sequences, numpy_iqlearn, restore_final
 from test_trainer import read_events
 
 from irl_lm import decoding, sharding, train
@@ -72,6 +72,8 @@ def test_policy_batch_scores_the_samples_the_sampler_drew(family):
 
 @pytest.mark.parametrize("model", ["t5", "decoder_only"])
 def test_online_iqlearn_trains_and_times_sampling_apart(make_config, tmp_path, model):
+    """Step 3's data terms are NumPy's on batch 3 under the step-2 parameters; the logged
+    loss is its terms' sum; sampling is timed apart from the update."""
     config = make_config()
     config.loss = dict(name="iqlearn_online", lam=0.1, gamma=0.99, alpha=0.5, chi2_on_mixture=1)
     if model == "decoder_only":
@@ -82,6 +84,18 @@ def test_online_iqlearn_trains_and_times_sampling_apart(make_config, tmp_path, m
     assert all(v > 0 for _, v in events["train/time/sample_s"])
     assert [s for s, _ in events["train/time/update_s"]] == [2, 3, 4]
     assert all(0 < v <= 14 for _, v in events["train/iqlearn_online/sample_length"])
+
+    logged = {k.removeprefix("train/iqlearn_online/"): dict(v) for k, v in events.items()}
+    state, _, batch = restore_final(str(tmp_path), config, step=2)
+    built = build_model(train.resolve_model_config(config))
+    expected = numpy_iqlearn(built, state.params, batch_sequences(batch), lam=0.1, gamma=0.99)
+    assert logged["nll"][3] == pytest.approx(expected["nll"], rel=1e-4)
+    assert logged["expert_value_diff"][3] == pytest.approx(expected["value_diff"], rel=1e-4)
+    for step in (1, 2, 3, 4):
+        online = 0.5 * (logged["policy_value_diff"][step] - logged["expert_value_diff"][step])
+        assert logged["online_term"][step] == pytest.approx(online, rel=1e-4, abs=1e-5)
+        terms = logged["nll"][step] + 0.1 * logged["td2"][step] + online
+        assert logged["loss"][step] == pytest.approx(terms, rel=1e-4)
 
 
 def test_online_loss_refuses_gradient_accumulation(make_config, tmp_path):

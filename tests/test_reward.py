@@ -116,7 +116,10 @@ def test_reward_evaluator_matches_numpy_on_its_own_samples(family, make_config, 
         y = row["tokens"]
         logits = teacher_forced_logits(model, params, [*prefix, *x, EOS_ID], y)
         expected = reference_rewards(logits[: len(y)], y, gamma=0.9)
-        np.testing.assert_allclose(row["token_rewards"], expected, rtol=1e-4, atol=1e-4)
+        context = f"input {row['input_index']} {list(x)}, sample {y}"
+        np.testing.assert_allclose(
+            row["token_rewards"], expected, rtol=1e-4, atol=1e-4, err_msg=context
+        )
         assert row["reward"] == pytest.approx(expected.sum(), rel=1e-4, abs=1e-4)
         # The sampler's log π(y), the baseline ranker; R − log π(y) telescopes to
         # V_0 + (1 − γ) Σ_{t≥1} V_t.
