@@ -420,14 +420,8 @@ def test_two_processes_train_resume_and_obey_a_preemption_notice(tmp_path, proce
         nan_ok=True,
     )
 
-    # Killed (SIGKILL, both) after the checkpoint at step 8, then restarted.
-    pair = launch_pair(processes, *args, f"--workdir={preempted_dir}")
-    pair[0].wait_for(lambda: 10 in pair[0].steps)
-    for run in pair:
-        run.kill()
-    for run in pair:
-        run.finish()
     # A preemption notice (SIGTERM) to process 1 only: both save the same step and exit 0.
+    # (SIGKILL and resume: test_sigkill_at_random_moments_resumes_bit_identically.)
     pair = launch_pair(processes, *args, f"--workdir={preempted_dir}")
     pair[0].wait_for(lambda: any(s > 16 for s in pair[0].steps))
     pair[1].kill(signal.SIGTERM)

@@ -111,8 +111,12 @@ def test_paper_task_tiny_studies_run(tmp_path):
         assert "spearman_bleu" in result["eval"]["reward"]
     assert rewards["lam=0,seed=0"]["step"] == 0
 
-    sizes = _run(points("model_size", "model_size"), ["d_model=32,lam=0.1,seed=0"])
-    assert sizes["d_model=32,lam=0.1,seed=0"]["step"] == 4
+    # A model_size point trains as the first one did, at its own width: its config only.
+    (size,) = [
+        p for p in points("model_size", "model_size") if p.name == "d_model=32,lam=0.1,seed=0"
+    ]
+    resolved = size.resolve_config()
+    assert (resolved.model.d_model, resolved.loss.lam) == (32, 0.1)
     data = _run(
         points("data_size", "data_size"),
         ["mode=tiny,loss=mle_entropy,beta=0.01,num_train_examples=32,seed=0"],
