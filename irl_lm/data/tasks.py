@@ -373,10 +373,6 @@ def takes_vocabulary(task_config: Mapping) -> bool:
     return definition is not None and "vocabulary" in definition.fields
 
 
-def is_synthetic_expert(task_config: Mapping) -> bool:
-    return task_name(task_config) == SYNTHETIC_EXPERT
-
-
 def feature_lengths(task_config: Mapping) -> dict[str, int]:
     """Batch lengths: `config.task.max_input_len` / `max_target_len` when set (> 0, e.g.
     longer rows for packing), else our task's own maxima; required for other tasks."""
