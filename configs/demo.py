@@ -77,6 +77,8 @@ def get_config(arg=None):
             config.loss.kl_coef = 0.05
         if not args["gamma"]:
             config.loss.gamma = 0.9
+        # The log-ratio head: on this expert the scalar head (the default) stays at chance
+        # within 500 steps and GAIL then drifts (experiments/gail_from_mle/README.md).
         config.discriminator.update(
             init="policy", head="log_ratio", learning_rate=1e-3, warmup_steps=100
         )

@@ -63,15 +63,16 @@ def trainer_defaults() -> ml_collections.ConfigDict:
     config.evals = ml_collections.ConfigDict()
     # GAIL's discriminator (config.loss.name="gail", irl_lm/learners/gail.py): "model" fields over
     # the policy's model config (a smaller discriminator needs init="scratch"), initialised
-    # from the policy's (initial) parameters or from scratch, its logit ("log_ratio" against
-    # the initial policy, or "token"), its learning rate (0: the policy's), the
+    # from the policy's (initial) parameters or from scratch, its logit ("scalar": a linear
+    # head on its final state, "token" or "log_ratio": see learners/gail.py), its learning
+    # rate (0: the policy's), the
     # discriminator updates before each policy update, and the first steps in which only
     # the discriminator learns.
     config.discriminator = ml_collections.ConfigDict(
         {
             "model": {},
             "init": "policy",
-            "head": "log_ratio",
+            "head": "scalar",
             "learning_rate": 0.0,
             "updates_per_step": 1,
             "warmup_steps": 0,

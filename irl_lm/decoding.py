@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from irl_lm import sharding
+
 NEG_INF = -jnp.inf
 
 
@@ -331,7 +333,7 @@ def make_decoder(
 
 
 def greedy_with_insertions(
-    model, params, batch, vocabulary, insert, *, max_len: int, eos_id: int = 1
+    model, params, batch, vocabulary, insert, *, max_len: int, eos_id: int = 1, mesh=None
 ):
     """Greedy decoding with a tool's text inserted: after each token, `insert(text so far)`
     returns text (or None), whose tokens are fed to the model as its next outputs; e.g. the
@@ -339,19 +341,35 @@ def greedy_with_insertions(
     `<<expression=`. A host loop over one jitted step (the text has to be read between
     steps), so slower than `greedy`; returns `tokens` `[B, 1, T]`, `lengths` `[B, 1]` and
     `calls` `[B]`, the number of insertions per row.
+
+    `mesh`: the mesh `batch` is sharded over (its leading dimension over data + fsdp). The
+    cache stays sharded so; each step's predicted tokens come back replicated, so that every
+    process (each runs this same loop over the same global rows) reads all of them, inserts
+    the same text and feeds the same tokens back. None: one process, jit places everything.
     """
     rows = _batch_size(batch)
-    cache = jax.jit(lambda p, b: _prefill(model, p, b, max_len, 1))(params, batch)
+    prefill = lambda p, b: _prefill(model, p, b, max_len, 1)
 
-    @jax.jit
     def step(params, cache, tokens_B, index):
         log_p, cache = _step(model, params, cache, tokens_B, index)
         return _argmax(log_p), cache
 
+    if mesh is None:
+        prefill, step = jax.jit(prefill), jax.jit(step)
+        place = jnp.asarray
+    else:
+        rows_sharding = sharding.batch_sharding(mesh)  # every cache leaf has the batch first
+        prefill = jax.jit(prefill, out_shardings=rows_sharding)
+        step = jax.jit(step, out_shardings=(sharding.replicated(mesh), rows_sharding))
+        place = lambda tokens_B: jax.make_array_from_callback(
+            tokens_B.shape, rows_sharding, lambda index: tokens_B[index]
+        )
+    cache = prefill(params, batch)
+
     tokens = [[] for _ in range(rows)]
     queued = [[] for _ in range(rows)]  # forced tokens (inserted text) still to feed
     done, calls = [False] * rows, [0] * rows
-    previous = jnp.zeros((rows,), jnp.int32)
+    previous = place(np.zeros((rows,), np.int32))
     for t in range(max_len):
         if all(done):
             break
@@ -370,7 +388,7 @@ def greedy_with_insertions(
                     queued[row] = list(vocabulary.encode(result))
                     calls[row] += 1
             chosen.append(token)
-        previous = jnp.asarray(chosen, jnp.int32)
+        previous = place(np.asarray(chosen, np.int32))
     out = np.zeros((rows, 1, max_len), np.int32)
     for row, seq in enumerate(tokens):
         out[row, 0, : len(seq)] = seq

@@ -158,11 +158,17 @@ class Group:
         return np.array([p.scalars[scalar] for p in self.points if scalar in p.scalars])
 
     def mean_sem(self, scalar: str) -> tuple[float, float]:
+        """Mean and standard error; with an infinite value (a reverse KL with no valid
+        output, say) the mean is infinite and the standard error undefined (NaN)."""
         values = self.values(scalar)
         if not len(values):
             return math.nan, math.nan
-        sem = float(stats.sem(values, ddof=1)) if len(values) > 1 else math.nan
+        finite = np.isfinite(values).all()
+        sem = float(stats.sem(values, ddof=1)) if len(values) > 1 and finite else math.nan
         return float(np.mean(values)), sem
+
+    def infinite(self, scalar: str) -> int:
+        return int(np.isinf(self.values(scalar)).sum())
 
 
 def _group_label(fields, values) -> str:
@@ -238,14 +244,23 @@ def group_tables(groups, group_by, scalars, columns) -> tuple[str, str]:
     header = [*group_by, "n", *(f"{s}_{k}" for s in scalars for k in ("mean", "sem"))]
     rows = [[*g.key, len(g.points), *(v for s in scalars for v in g.mean_sem(s))] for g in groups]
 
-    def cell(mean: float, sem: float) -> str:
+    def cell(group: Group, scalar: str) -> str:
+        mean, sem = group.mean_sem(scalar)
+        if group.infinite(scalar):
+            return f"{_num(mean)} ({group.infinite(scalar)} of {len(group.values(scalar))} inf)"
         return _num(mean) if math.isnan(sem) else f"{_num(mean)} ± {_num(sem)}"
 
     md_rows = [
-        [*map(_fmt_value, g.key), len(g.points), *(cell(*g.mean_sem(s)) for s in columns)]
-        for g in groups
+        [*map(_fmt_value, g.key), len(g.points), *(cell(g, s) for s in columns)] for g in groups
     ]
-    return _csv(header, rows), _md([*group_by, "n", *columns], md_rows)
+    md = _md([*group_by, "n", *columns], md_rows)
+    if any(g.infinite(s) for g in groups for s in columns):
+        md += (
+            "\n`inf (k of n inf)`: k of the group's n points are infinite (e.g. `reverse_kl` "
+            "when no output of a run is valid), so the mean is infinite and has no standard "
+            "error.\n"
+        )
+    return _csv(header, rows), md
 
 
 # ----------------------------------------------------------------------------- plots
@@ -302,6 +317,7 @@ def pareto_plot(groups, x, y, reference, title, path) -> None:
     fig, (ax,) = _figure(title)
     for i, g in enumerate(groups):
         (mx, ex), (my, ey) = g.mean_sem(x), g.mean_sem(y)
+        drawn = np.isfinite(mx) and np.isfinite(my)
         ax.errorbar(
             mx,
             my,
@@ -310,9 +326,10 @@ def pareto_plot(groups, x, y, reference, title, path) -> None:
             fmt="o",
             capsize=3,
             color=f"C{i % 10}",
-            label=g.label + _spread(len(g.points)),
+            label=g.label + _spread(len(g.points)) + ("" if drawn else ": not finite, not drawn"),
         )
-        ax.annotate(g.label, (mx, my), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        if drawn:
+            ax.annotate(g.label, (mx, my), textcoords="offset points", xytext=(5, 5), fontsize=8)
     if x in reference and y in reference:
         ax.plot(reference[x], reference[y], "k*", markersize=12, label="reference (expert)")
     ax.set_xlabel(_axis_label(x))
@@ -350,7 +367,8 @@ def curves_plot(groups, tags, events, title, path) -> None:
             label = g.label + _spread(len(g.points))
             ax.plot(steps, mean, "o-", markersize=3, color=f"C{i % 10}", label=label)
             if len(values) > 1:
-                sem = stats.sem(values, axis=0, ddof=1)
+                with np.errstate(invalid="ignore"):  # an infinite value: no standard error
+                    sem = stats.sem(values, axis=0, ddof=1)
                 ax.fill_between(steps, mean - sem, mean + sem, color=f"C{i % 10}", alpha=0.2)
         ax.set_xlabel("training step")
         ax.set_ylabel(_axis_label(tag))
@@ -371,18 +389,15 @@ def field_plot(groups, group_by, field, metric, title, path) -> None:
         members = sorted(members, key=lambda g: float(g.key[index]))
         xs = [float(g.key[index]) for g in members]
         ms, es = zip(*(g.mean_sem(metric) for g in members), strict=True)
-        if not np.isfinite(ms).any():  # e.g. Self-BLEU of a one-output decoder
+        if np.isnan(ms).all():  # e.g. Self-BLEU of a one-output decoder
             continue
         others = [f for f in group_by if f != field]
-        label = _group_label(others, rest)
+        label = (_group_label(others, rest) or metric) + _spread(len(members[0].points))
+        infinite = [_fmt_value(x) for x, m in zip(xs, ms, strict=True) if np.isinf(m)]
+        if infinite:
+            label += f"; inf at {_label(field)}={', '.join(infinite)}, not drawn"
         ax.errorbar(
-            xs,
-            ms,
-            yerr=np.nan_to_num(es),
-            fmt="o-",
-            capsize=3,
-            color=f"C{i % 10}",
-            label=(label or metric) + _spread(len(members[0].points)),
+            xs, ms, yerr=np.nan_to_num(es), fmt="o-", capsize=3, color=f"C{i % 10}", label=label
         )
     positive = [x for x in xs_all if x > 0]
     if positive and max(positive) / min(positive) >= 20:  # a log grid, 0 included (symlog)

@@ -39,7 +39,14 @@ SCHEDULES = ("constant", "cosine", "linear", "rsqrt")
 
 def validate_config(config) -> None:
     """Fails at start, naming the field and the allowed values, before anything is built."""
-    tasks.get_task(config.task)  # checks task name, modules and fields
+    task_config = config.task
+    if config.get("init_from") and tasks.takes_vocabulary(task_config):
+        if not task_config.get("vocabulary"):
+            # `resolve_config` fills it in from config.init_from's tokenizer, after this
+            # check: check the task's other fields with bytes in its place (the jsonl task
+            # refuses an empty vocabulary).
+            task_config = dict(task_config) | {"vocabulary": "byte"}
+    tasks.get_task(task_config)  # checks task name, modules and fields
     tasks.feature_lengths(config.task)  # and that the lengths are known
     make_loss(config.loss)
     build_model(config.model)  # checks model name and fields
@@ -123,6 +130,9 @@ def resolve_model_config(
         model_config = architecture | runtime
     if not model_config.get("vocab_size"):
         model_config["vocab_size"] = task_vocab.vocab_size
+    swap = getattr(task_vocab, "zero_token_swap", None)
+    if source is None and swap:  # from scratch: export moves the tokenizer's token 0 back
+        model_config["token_zero_row"] = swap
     if model_config["vocab_size"] < task_vocab.vocab_size and source is not None:
         raise ValueError(
             f"config.init_from={config.get('init_from')!r}: the checkpoint's vocab_size "
@@ -293,6 +303,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 last_saved = step
 
         final_evals_done = False
+        lowest: dict[str, float] = {}  # each held-out loss's lowest value so far
 
         def run_evals(step, final=False):
             nonlocal final_evals_done
@@ -307,6 +318,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         writer.write_texts(step, {f"eval/{name}/{k}": v for k, v in texts.items()})
                     results["eval"][name] = scalars
                     logging.info("eval/%s at step %d: %s", name, step, _fmt(scalars))
+                    for warning in divergence_warnings(f"eval/{name}", step, scalars, lowest):
+                        logging.warning(warning)
 
         pending = None  # (step, device metrics) of the last step, fetched one step late
         sample_rng, update_started = jax.random.fold_in(rng, 1), None
@@ -426,6 +439,30 @@ def _report(pending, writer, timer, config, last_saved, checkpointer, step_perf)
 
 
 PERF_SCALARS = ("tokens_per_s", "tflops_per_s_per_device", "mfu")
+EXPLODED = 2.0  # a held-out NLL this many times its lowest so far is warned about
+
+
+def divergence_warnings(
+    prefix: str, step: int, scalars: Mapping[str, float], lowest: dict[str, float]
+) -> list[str]:
+    """Warnings for a diverging run, which trains on with a finite training loss: a held-out
+    loss (a scalar named `*loss` or `*nll`) that is not finite, or an NLL above `EXPLODED`
+    times its lowest at an earlier evaluation (`lowest`, updated here)."""
+    warnings = []
+    for key, value in scalars.items():
+        tag = f"{prefix}/{key}"
+        if not key.endswith(("loss", "nll")):
+            continue
+        if not math.isfinite(value):
+            warnings.append(f"{tag} is {value} at step {step}: the run has diverged")
+        elif key.endswith("nll"):
+            if value > EXPLODED * lowest.get(tag, math.inf):
+                warnings.append(
+                    f"{tag} is {value:.4g} at step {step}, over {EXPLODED:g} times its lowest "
+                    f"({lowest[tag]:.4g}): diverging or overfitting"
+                )
+            lowest[tag] = min(value, lowest.get(tag, math.inf))
+    return warnings
 
 
 def _fmt(scalars: Mapping[str, float]) -> str:

@@ -91,3 +91,61 @@ def test_greedy_with_calculator_inserts_the_result():
     )
     assert vocab.decode(out["tokens"][0, 0].tolist()) == "<<3*14=42>>42"
     assert out["calls"].tolist() == [1, 1] and out["lengths"][0, 0] == len(script)
+
+
+def test_greedy_with_insertions_on_two_processes_gives_the_one_process_tokens(processes, tmp_path):
+    """The calculator's host loop on a mesh over two processes' devices (4 CPU devices each):
+    both processes read back the tokens and insertions of one process on 8 devices; and each
+    token is either inserted text (replayed here from the tokens) or the argmax of the model's
+    teacher-forced logits (a full forward pass, no cache) given the tokens before it."""
+    import subprocess
+    import sys
+
+    import calculator_two_processes as two
+    from test_preemption import free_port
+
+    port = free_port()
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    script = os.path.join(os.path.dirname(__file__), "calculator_two_processes.py")
+    outs = [str(tmp_path / f"process_{i}.npz") for i in range(2)]
+    started = [
+        processes.start(
+            [sys.executable, script, str(port), str(i), outs[i]],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    model, params, inputs = two.model_and_inputs()
+    expected = two.decode(model, params, inputs)  # this process's 8 devices
+    for i, proc in enumerate(started):
+        log, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 0, f"process {i}:\n{log[-3000:]}"
+        got = dict(np.load(outs[i]))
+        for key in ("tokens", "lengths", "calls"):
+            np.testing.assert_array_equal(got[key], expected[key], err_msg=f"process {i} {key}")
+
+    vocab, checked = two.Bytes(), 0
+    assert expected["calls"].sum() >= 4 and len(set(expected["calls"].tolist())) > 1
+    for row in range(two.ROWS):
+        y = expected["tokens"][row, 0, : expected["lengths"][row, 0]].tolist()
+        batch = {
+            "encoder_input_tokens": inputs[row : row + 1],
+            "decoder_input_tokens": np.array([[0, *y[:-1]]], np.int32),
+        }
+        logits = np.asarray(model.apply({"params": params}, batch))[0]
+        queued, calls = [], 0
+        for t, token in enumerate(y):
+            if queued:
+                assert token == queued.pop(0), (row, t)
+            else:  # the model's own choice (a near tie may go either way)
+                assert logits[t, token] >= logits[t].max() - 1e-4, (row, t)
+                checked += 1
+            inserted = two.insert(vocab.decode(y[: t + 1])) if token != 1 else None
+            if inserted is not None:
+                queued, calls = vocab.encode(inserted), calls + 1
+        assert calls == expected["calls"][row], row
+    assert checked >= two.ROWS

@@ -44,7 +44,13 @@ def test_policy_and_discriminator_losses_match_numpy():
             running = rewards[b, t] + gamma * running
             returns[b, t] = running
     np.testing.assert_allclose(discounted_returns(rewards, mask, gamma), returns, rtol=1e-5)
-    baseline = np.array([returns[mask[:, t] > 0, t].mean() for t in range(length)])
+    # Leave-one-out: the mean return of the other samples alive at t (0 where none is;
+    # rows 1 and 2 end early, so position 5 has row 0 alone).
+    baseline = np.zeros((batch, length))
+    for b in range(batch):
+        for t in range(length):
+            others = [returns[o, t] for o in range(batch) if o != b and mask[o, t] > 0]
+            baseline[b, t] = np.mean(others) if others else 0.0
     log_p, log_ref = log_softmax(logits), log_softmax(ref_logits)
     taken = np.take_along_axis(log_p, tokens[..., None], -1)[..., 0]
     n = mask.sum()
@@ -82,6 +88,64 @@ def test_policy_and_discriminator_losses_match_numpy():
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
     accuracy = ((policy_z < 0) * policy_w).sum() / policy_w.sum()
     np.testing.assert_allclose(metrics["gail/disc_accuracy_policy"], accuracy, rtol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["t5", "decoder_only"])
+def test_scalar_discriminator_reads_state_and_action(family):
+    """The default head: z_t = w · h_t + b with h_t the final state after reading a_t, checked
+    against the model's own hidden states; changing a_t moves z_t and no earlier z."""
+    fields = dict(vocab_size=11, dtype="float32")
+    if family == "t5":
+        fields |= dict(name="t5", d_model=16, d_kv=4, d_ff=32, num_heads=2, num_layers=1)
+    else:
+        fields |= dict(
+            name="decoder_only",
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+        )
+    model = build_model(fields)
+    disc = gail.discriminator_model(model, "scalar")
+    rng = np.random.default_rng(0)
+    targets = rng.integers(2, 11, (2, 5)).astype(np.int32)
+    batch = {
+        "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+        "decoder_target_tokens": targets,
+    }
+    if family == "t5":
+        batch["encoder_input_tokens"] = rng.integers(2, 11, (2, 4)).astype(np.int32)
+    params = sharding.unbox(disc.init(jax.random.PRNGKey(0), batch)["params"])
+    params["kernel"] = jnp.asarray(rng.normal(size=16), jnp.float32)
+    params["bias"] = jnp.asarray(0.3, jnp.float32)
+    assert "lm_head" not in params["model"]  # the vocabulary head is not part of it
+    z = np.asarray(disc.apply({"params": params}, batch))
+    read_targets = dict(batch) | {"decoder_input_tokens": targets}
+    hidden = model.apply(
+        {"params": params["model"]}, read_targets, method="hidden", deterministic=True
+    )
+    expected = np.asarray(hidden, np.float64) @ np.asarray(params["kernel"], np.float64) + 0.3
+    np.testing.assert_allclose(z, expected, rtol=1e-5, atol=1e-6)
+    changed = targets.copy()
+    changed[:, 2] = np.where(targets[:, 2] == 5, 6, 5)
+    z2 = np.asarray(disc.apply({"params": params}, batch | {"decoder_target_tokens": changed}))
+    np.testing.assert_array_equal(z2[:, :2], z[:, :2])
+    assert np.all(np.abs(z2[:, 2] - z[:, 2]) > 1e-4)
+
+
+def test_gail_defaults_to_the_scalar_head(make_config):
+    assert gail_config(make_config).discriminator.head == "scalar"
+
+
+def test_gail_policy_terms_see_no_dropout(make_config, tmp_path, monkeypatch):
+    """Policy = reference at step 0: with dropout 0.1 the KL to the reference is 0 there,
+    because the terms on the samples run the policy without dropout (as it sampled)."""
+    config = gail_config(make_config, total_steps=1, log_every=1, evals={})
+    config.model.dropout_rate = 0.1
+    _Recorder(monkeypatch)
+    train.train_and_evaluate(config, str(tmp_path))
+    (step, kl), *_ = read_events(str(tmp_path))["train/gail/kl_to_reference"]
+    assert step == 1 and abs(kl) < 1e-6, kl
 
 
 def gail_config(make_config, **overrides):
@@ -122,7 +186,8 @@ def final_state(workdir, config):
     mesh = sharding.make_mesh(config.mesh)
     with sharding.use_mesh(mesh):
         example = train.dummy_batch(config, model, 1)
-        abstract, shardings = gail.state_shardings(model, model, tx, disc_tx, example, mesh)
+        disc_model = gail.discriminator_model(model, config.discriminator.head)
+        abstract, shardings = gail.state_shardings(model, disc_model, tx, disc_tx, example, mesh)
         ckpt = checkpointing.Checkpointer(workdir, keep=5)
         state, _ = ckpt.restore(
             ckpt.latest_step(), checkpointing.abstract_like(abstract, shardings)
@@ -170,7 +235,8 @@ def test_gail_moves_a_briefly_trained_policy_towards_the_expert(tmp_path, proces
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    (line,) = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    result = json.loads(line)
     start, end = result["start"], result["end"]
     print(
         f"\nGAIL from MLE@500: reverse KL {start['reverse_kl']:.4f} -> {end['reverse_kl']:.4f}"
@@ -179,5 +245,5 @@ def test_gail_moves_a_briefly_trained_policy_towards_the_expert(tmp_path, proces
     assert end["validity"] > 1.1 * start["validity"]
     assert end["reverse_kl"] < 1.25 * start["reverse_kl"]
     assert end["forward_kl"] < start["forward_kl"]
-    events = read_events(str(tmp_path / "gail"))
+    events = read_events(str(tmp_path / "seed0" / "log_ratio"))
     assert events["train/gail/disc_accuracy_data"][-1][1] > 0.6  # the discriminator learned

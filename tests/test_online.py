@@ -98,8 +98,70 @@ def test_online_iqlearn_trains_and_times_sampling_apart(make_config, tmp_path, m
         assert logged["loss"][step] == pytest.approx(terms, rel=1e-4)
 
 
+@pytest.mark.parametrize("loss", ["iqlearn_online", "gail"])
+def test_policy_sample_losses_refuse_packing(make_config, tmp_path, loss):
+    """A packed row holds several inputs: samples drawn from it would read the others'."""
+    from irl_lm.losses import loss_fields
+
+    config = make_config(**{"data.pack": True})
+    config.loss = loss_fields(loss)
+    with pytest.raises(ValueError, match=r"config.data.pack=True .* set config.data.pack=False"):
+        train.train_and_evaluate(config, str(tmp_path))
+
+
 def test_online_loss_refuses_gradient_accumulation(make_config, tmp_path):
     config = make_config(grad_accum_steps=2)
     config.loss = dict(name="iqlearn_online", lam=0.1, gamma=0.99, alpha=0.1, chi2_on_mixture=0)
     with pytest.raises(ValueError, match=r"config.grad_accum_steps=1"):
         train.train_and_evaluate(config, str(tmp_path))
+
+
+def _incremental_logits(model, params, prompt_batch, inputs_T):
+    """The sampler's own logits for one row: prefill the prompt, then feed `inputs_T` one
+    decoding step at a time (T5: its decoder inputs from the start token; decoder-only:
+    step 0 feeds the last prompt token itself)."""
+    apply = lambda method, *a: model.apply({"params": params}, *a, method=method)
+    cache = apply("prefill", prompt_batch, len(inputs_T))
+    rows = []
+    for index, token in enumerate(inputs_T):
+        logits, cache = apply("decode_step", cache, np.asarray([token], np.int32), index)
+        rows.append(np.asarray(logits[0]))
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize("family", ["t5", "decoder_only"])
+def test_a_sampled_token_0_is_a_token_for_every_caller(family):
+    """A barely trained policy samples id 0 (the padding id) now and then. The teacher-forced
+    passes of every caller (the loss's `model_logits`, chunked or not, with the whole sample
+    dict; GAIL's `action_logits`) read it as a token and give the sampler's own logits."""
+    from irl_lm.learners import gail
+    from irl_lm.models import model_logits
+
+    model, params = tiny_model(family)
+    sampled = [5, 0, 7, EOS]  # drew 0 second
+    if family == "t5":
+        prompt = {"encoder_input_tokens": np.asarray([[8, 9, 10, EOS]], np.int32)}
+        row = {
+            "encoder_input_tokens": prompt["encoder_input_tokens"],
+            "decoder_input_tokens": np.asarray([[0, 5, 0, 7, EOS, 0]], np.int32),
+            "decoder_target_tokens": np.asarray([sampled + [0, 0]], np.int32),
+            "decoder_loss_weights": np.asarray([[1, 1, 1, 1, 0, 0]], np.int32),
+        }
+        positions, fed = slice(0, 4), [0, 5, 0, 7]
+    else:
+        prompt = {"decoder_input_tokens": np.asarray([[EOS, 8, 9, EOS]], np.int32)}
+        tokens = [EOS, 8, 9, EOS, *sampled, 0]
+        row = {
+            "decoder_input_tokens": np.asarray([tokens[:-1]], np.int32),
+            "decoder_target_tokens": np.asarray([tokens[1:]], np.int32),
+            "decoder_loss_weights": np.asarray([[0, 0, 0, 1, 1, 1, 1, 0]], np.int32),
+        }
+        positions, fed = slice(3, 7), [EOS, 5, 0, 7]
+    expected = _incremental_logits(model, params, prompt, fed)
+    whole = np.asarray(model_logits(model, params, row))[0, positions]
+    np.testing.assert_allclose(whole, expected, atol=1e-4)
+    chunked = model_logits(model, params, row, logits_chunk_size=2)
+    head = np.asarray(chunked.head(chunked.hidden_BxTxD))[0, positions]
+    np.testing.assert_allclose(head, expected, atol=1e-4)
+    taken = np.asarray(gail.action_logits(model, params, row))[0, positions]
+    np.testing.assert_allclose(taken, expected[np.arange(4), sampled], atol=1e-4)

@@ -145,3 +145,37 @@ def test_unfinished_points_are_listed_not_dropped(sweep_report, tmp_path):
     assert groups[1]["expert/forward_kl_sem"] == ""  # one seed: no standard error
     with pytest.raises(ValueError, match=r"--group_by=\['gamma'\] are not swept fields"):
         report.write_report(partial, group_by=["gamma"])
+
+
+def test_an_infinite_reverse_kl_is_reported_as_inf_not_averaged_away(tmp_path):
+    """A seed with no valid output (reverse KL +inf, as results.json holds it): its group's
+    mean is inf with no standard error, the tables say how many points are inf, and the plots
+    are drawn without it; NumPy gives the other group's mean and standard error."""
+    import warnings
+
+    from irl_lm import files
+
+    kls = {(0.0, 0): math.inf, (0.0, 1): 0.5, (0.1, 0): 0.2, (0.1, 1): 0.3}
+    points = []
+    for (lam, seed), kl in kls.items():
+        name = f"lam={lam},seed={seed}"
+        files.write_json(tmp_path / name / "config.json", {"total_steps": 10})
+        expert = {"validity": 0.0 if math.isinf(kl) else 0.5, "reverse_kl": kl, "self_bleu": 50.0}
+        files.write_json(tmp_path / name / "results.json", {"step": 10, "eval": {"expert": expert}})
+        points.append({"name": name, "overrides": {"loss.lam": lam, "seed": seed}})
+    files.write_json(tmp_path / "sweep.json", {"points": points})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no NumPy / SciPy warning about inf - inf
+        written = report.write_report(str(tmp_path), metrics=["expert/reverse_kl"])
+    assert "expert_reverse_kl_vs_lam.png" in written["written"]
+    groups = _read_csv(tmp_path / "report" / "groups.csv")
+    assert groups[0]["expert/reverse_kl_mean"] == "inf"
+    assert groups[0]["expert/reverse_kl_sem"] == ""
+    assert float(groups[1]["expert/reverse_kl_mean"]) == pytest.approx(np.mean([0.2, 0.3]))
+    sem = np.std([0.2, 0.3], ddof=1) / np.sqrt(2)
+    assert float(groups[1]["expert/reverse_kl_sem"]) == pytest.approx(sem)
+    md = (tmp_path / "report" / "groups.md").read_text()
+    assert "| 0 | 2 | 0.25 ± 0.25 | inf (1 of 2 inf) | 50 ± 0 |" in md
+    assert "so the mean is infinite" in md
+    results = _read_csv(tmp_path / "report" / "results.csv")
+    assert [r["expert/reverse_kl"] for r in results] == ["inf", "0.5", "0.2", "0.3"]

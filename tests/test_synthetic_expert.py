@@ -5,6 +5,9 @@ import functools
 import itertools
 import math
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -219,3 +222,74 @@ def test_examples_are_reproducible():
 def test_spec_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         SyntheticExpert(dataclasses.replace(ExpertSpec(), **{field: value}))
+
+
+class ScriptedPolicy(nn.Module):
+    """A T5-shaped stand-in policy that writes `scripts[i]` for `prompts[i]` (greedy decoding
+    reads that point mass) and gives uniform teacher-forced logits."""
+
+    prompts: np.ndarray  # [R, W]
+    scripts: np.ndarray  # [R, T]
+    vocab_size: int
+    input_features = ("encoder_input_tokens", "decoder_input_tokens")
+
+    def prefill(self, batch, max_len):
+        match_BxR = (batch["encoder_input_tokens"][:, None] == self.prompts[None]).all(-1)
+        row_B = jnp.argmax(match_BxR, axis=1)  # (an unmatched padding row: row 0)
+        return {"inputs": {"row": row_B}, "decode": {"row": row_B}}
+
+    def decode_step(self, cache, tokens_B, index):
+        step = jnp.minimum(index, self.scripts.shape[1] - 1)
+        token_B = jnp.asarray(self.scripts)[cache["decode"]["row"], step]
+        return jax.nn.one_hot(token_B, self.vocab_size) * 10.0, cache
+
+    def __call__(self, batch, deterministic=True):
+        rows, length = batch["decoder_input_tokens"].shape
+        return jnp.zeros((rows, length, self.vocab_size))
+
+
+@pytest.mark.parametrize("outside", [2, 6])
+def test_expert_evaluator_with_outputs_outside_the_support(make_config, outside):
+    """A policy whose (greedy) output is an expert sample for some inputs and, for `outside`
+    of the 6, one with an impossible first token: validity is the share inside the support,
+    and the reverse KL that of the valid outputs renormalised, +inf when none is valid,
+    both from the scripted outputs in NumPy."""
+    from irl_lm import evaluators, sharding
+    from irl_lm.data import tasks
+
+    task = tasks.build(make_config().task)
+    expert, num = task.expert, 6
+    inputs = [expert.example("validation", i)["inputs"] for i in range(num)]
+    prompts = np.zeros((num, expert.spec.max_input_len_with_eos), np.int32)
+    scripts = np.zeros((num, expert.spec.max_target_len), np.int32)
+    rng = np.random.default_rng(0)
+    for i, x in enumerate(inputs):
+        prompts[i, : len(x) + 1] = [*x, EOS_ID]
+        y = expert.sample(x, rng)
+        if i % 3 == 0 or outside == num:  # rows 0 and 3 when outside == 2
+            impossible = np.flatnonzero(expert.next_token_distribution(x, [])[FIRST_TOKEN:] == 0)
+            y = np.array([FIRST_TOKEN + impossible[0], *y[1:]])
+        scripts[i, : len(y)] = y
+    model = ScriptedPolicy(prompts, scripts, expert.spec.vocab_size)
+    mesh = sharding.make_mesh({"data": -1})
+    ctx = evaluators.EvalContext(task, model, mesh)
+    with sharding.use_mesh(mesh):
+        evaluator = evaluators.ExpertEvaluator(
+            ctx, "expert", num_examples=num, num_samples=2, method="greedy"
+        )
+        assert [list(x) for x in evaluator.inputs] == [list(x) for x in inputs]
+        scalars, _ = evaluator({}, 0)
+
+    ys = [s[: np.flatnonzero(s == EOS_ID)[0] + 1] for s in scripts]
+    log_p = np.array([expert.log_prob(x, y) for x, y in zip(inputs, ys, strict=True)])
+    valid = np.isfinite(log_p)
+    assert valid.sum() == num - outside
+    assert scalars["validity"] == pytest.approx(valid.mean())
+    lengths = np.array([len(y) for y in ys])
+    if valid.any():  # a point mass: log q = 0 on each valid output, then renormalised
+        log_valid = np.log(valid.mean())
+        expected = (-log_p[valid].sum() - valid.sum() * log_valid) / lengths[valid].sum()
+        assert scalars["reverse_kl"] == pytest.approx(expected, rel=1e-6)
+    else:
+        assert scalars["reverse_kl"] == math.inf
+    assert np.isfinite(scalars["forward_kl"])

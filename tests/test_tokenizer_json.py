@@ -87,7 +87,7 @@ def test_encode_matches_tokenizers_and_round_trips(vocab, raw, texts):
     assert raw.encode("a b").ids[-1] == 1  # the template adds EOS unless told not to
     assert (vocab.pad_id, vocab.eos_id, vocab.unk_id) == (0, 1, 2)
     assert vocab.vocab_size == raw.get_vocab_size() == 2000
-    assert not vocab.zero_is_ordinary_token
+    assert vocab.zero_token_swap is None  # id 0 is the special <pad>
     for text in texts:
         ids = list(vocab.encode(text))
         assert ids == _reference_ids(raw, text)
@@ -204,7 +204,9 @@ def test_equality(bpe_folder, tmp_path):
     assert a != TokenizerJsonVocabulary(str(copy), eos_id=1)
 
 
-def test_zero_is_ordinary_token(tmp_path, vocab, caplog):
+def test_zero_is_ordinary_token_trades_ids(tmp_path, vocab, caplog):
+    """Id 0 is an ordinary token: it trades ids with the unused special token (the
+    decision itself, with its padded-row and error cases, is tests/test_token_zero.py's)."""
     import tensorflow as tf
     from tokenizers import Tokenizer, models, pre_tokenizers
 
@@ -214,21 +216,20 @@ def test_zero_is_ordinary_token(tmp_path, vocab, caplog):
     words = {"!": 0, "hello": 1, "world": 2, "<unk>": 3}
     tokenizer = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.add_special_tokens(["<|end_of_text|>"])
+    tokenizer.add_special_tokens(["<|end_of_text|>", "<|reserved_special_token_0|>"])
     tokenizer.save(str(tmp_path / "tokenizer.json"))
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|end_of_text|>"}))
 
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         ordinary = TokenizerJsonVocabulary(str(tmp_path))
-    assert ordinary.zero_is_ordinary_token
+    assert ordinary.zero_token_swap == 5
     assert "id 0 is the ordinary token '!'" in caplog.text
-    assert (ordinary.eos_id, ordinary.unk_id) == (4, 3)
-    # Ids are not remapped, and 0 is kept on decode.
-    assert list(ordinary.encode("hello world!")) == [1, 2, 0]
-    assert ordinary.decode([1, 2, 0, 4, 1]) == "hello world !"
-    # decode_tf writes padding (0 = "!") after EOS: the text must still stop at EOS.
-    decoded = ordinary.decode_tf(tf.constant([1, 2, 0, 4, 1, 2], tf.int32))
+    assert (ordinary.eos_id, ordinary.unk_id, ordinary.vocab_size) == (4, 3, 6)
+    assert list(ordinary.encode("hello world!")) == [1, 2, 5]
+    assert ordinary.decode([1, 2, 5, 0, 4, 1]) == "hello world !"  # 0: padding, dropped
+    # decode_tf writes padding after EOS: the text must still stop at EOS.
+    decoded = ordinary.decode_tf(tf.constant([1, 2, 5, 4, 1, 2], tf.int32))
     assert decoded.numpy().decode() == "hello world !"
     # With a special <pad> at id 0, 0 is padding and decodes to nothing.
-    assert not vocab.zero_is_ordinary_token
+    assert vocab.zero_token_swap is None
     assert vocab.decode([0]) == ""

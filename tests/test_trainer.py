@@ -152,6 +152,27 @@ def test_nonfinite_loss_names_the_step_and_keeps_last_good_checkpoint(
     assert checkpointing.Checkpointer(workdir, keep=3).latest_step() == 2
 
 
+def test_a_diverging_held_out_loss_is_warned_about_naming_step_and_tag():
+    """Non-finite held-out losses, and an NLL above twice its lowest at an earlier
+    evaluation; other scalars (a reverse KL of +inf, a falling NLL) pass silently."""
+    lowest = {}
+    evals = [
+        (100, {"iqlearn/nll": 2.0, "iqlearn/loss": 2.5, "iqlearn/td2": 9.0}),
+        (200, {"iqlearn/nll": 1.5, "iqlearn/loss": 1.8}),
+        (300, {"iqlearn/nll": 3.5, "iqlearn/loss": float("nan")}),
+        (400, {"iqlearn/nll": float("inf"), "reverse_kl": float("inf")}),
+    ]
+    warnings = [train.divergence_warnings("eval/validation", s, v, lowest) for s, v in evals]
+    assert warnings[:2] == [[], []]
+    assert warnings[2] == [
+        "eval/validation/iqlearn/nll is 3.5 at step 300, over 2 times its lowest (1.5): "
+        "diverging or overfitting",
+        "eval/validation/iqlearn/loss is nan at step 300: the run has diverged",
+    ]
+    assert warnings[3] == ["eval/validation/iqlearn/nll is inf at step 400: the run has diverged"]
+    assert lowest == {"eval/validation/iqlearn/nll": 1.5}
+
+
 @pytest.mark.parametrize(
     "field,value,match",
     [

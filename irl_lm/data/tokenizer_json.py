@@ -15,14 +15,19 @@ Behaviour:
 * The EOS id is the `eos_id` argument, else `eos_token_id` from the folder's
   `generation_config.json` or `config.json` (the first one if it is a list), else the id of
   `tokenizer_config.json`'s `eos_token`.
-* `decode` keeps the ids before the first EOS, drops the padding id 0 unless id 0 is an
-  ordinary token of the tokenizer (see below), drops ids outside the vocabulary, and decodes
-  the rest with `skip_special_tokens=False`. For ordinary text, `decode(encode(text)) == text`
-  whenever the tokenizer itself round-trips (byte-level BPE does).
 * seqio takes id 0 as padding everywhere (feature converters, packing, trimming, loss masks).
-  Many `tokenizer.json` vocabularies give id 0 to an ordinary token (Llama 3: `!`). The ids
-  are left as they are; `zero_is_ordinary_token` says so and a warning is logged, because
-  such a token disappears, or is taken for padding, downstream.
+  Many `tokenizer.json` vocabularies give id 0 to an ordinary token (Llama 3, Qwen2: `!`).
+  Such a token trades ids with an id `r` that ordinary text never encodes to
+  (`irl_lm.data.vocabularies.zero_token_swap`: a padded row of the model past the tokenizer's
+  size, else an unused special token such as `<|reserved_special_token_250|>`): `encode`
+  maps 0 -> r and r -> 0, `decode` maps r back to the token. The model import
+  (`irl_lm.models.hf`) moves the checkpoint's rows to match, so ids and rows agree. The one
+  cost: the literal text of token r (e.g. "<|reserved_special_token_250|>") encodes to id 0,
+  padding. `zero_token_swap` gives r (None when id 0 is already padding or special).
+* `decode` keeps the ids before the first EOS, drops the padding id 0 and ids outside the
+  vocabulary, and decodes the rest with `skip_special_tokens=False`. For ordinary text,
+  `decode(encode(text)) == text` whenever the tokenizer itself round-trips (byte-level BPE
+  does).
 """
 
 from __future__ import annotations
@@ -38,18 +43,25 @@ import tokenizers
 from absl import logging
 
 from irl_lm import files
+from irl_lm.data import vocabularies
 
-TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_FILE = vocabularies.TOKENIZER_JSON
+
+_logged_swaps: set[tuple[str, int]] = set()  # (file, r) already logged by this process
 
 
 class TokenizerJsonVocabulary(seqio.Vocabulary):
     """seqio vocabulary backed by a Hugging Face `tokenizer.json`.
 
+    Ids are the model's: the tokenizer's, except that an ordinary token at id 0 trades places
+    with `zero_token_swap` (see the module docstring). `eos_id`, `bos_id` and `unk_id` are
+    given in those ids; `vocab_size` counts the padded row when that is where token 0 went.
+
     Args:
       path: the `tokenizer.json` file, or a folder that contains one. The folder's
         `generation_config.json`, `config.json` and `tokenizer_config.json` are read for the
-        EOS (and BOS) id.
-      eos_id: the EOS id; overrides the folder's configuration files.
+        EOS (and BOS) id, and `config.json` (else `model.json`) for the model's size.
+      eos_id: the EOS id (the tokenizer's); overrides the folder's configuration files.
       pad_id: must be 0, the id seqio pads with (it is an argument only to state that).
     """
 
@@ -70,6 +82,7 @@ class TokenizerJsonVocabulary(seqio.Vocabulary):
                 f"{seqio.vocabularies.PAD_ID}, so no other padding id can work"
             )
         self._pad_id = pad_id
+        self._swap = vocabularies.zero_token_swap(self._path, self._tokenizer)
 
         if eos_id is None:
             eos_id = self._special_id_from_folder("eos")
@@ -79,46 +92,36 @@ class TokenizerJsonVocabulary(seqio.Vocabulary):
                 "config.json, no known eos_token in tokenizer_config.json); pass eos_id="
             )
         eos_id = int(eos_id)
-        if not 0 <= eos_id < self._size or eos_id == pad_id:
+        if not 0 <= eos_id < self._size or eos_id in (pad_id, self._swap):
+            holder = f" and {self._swap} (which holds token 0)" if self._swap is not None else ""
             raise ValueError(
                 f"{self._folder}: eos_id={eos_id} must be a token id other than the padding "
-                f"id {pad_id} (vocabulary size {self._size})"
+                f"id {pad_id}{holder} (vocabulary size {self._size})"
             )
         self._eos_id = eos_id
         self._bos_id = self._special_id_from_folder("bos")
         self._unk_id = self._model_unk_id(json.loads(content))
-        self._zero_is_ordinary = self._id_zero_is_ordinary()
-        if self._zero_is_ordinary:
-            logging.warning(
-                "%s: id 0 is the ordinary token %r, but seqio reads id 0 as padding: feature "
-                "converters, packing and trimming drop it or mask it out of the loss, so "
-                "encoded text that contains this token loses it. Ids are not remapped.",
-                path,
+        if self._swap is not None and (self._path, self._swap) not in _logged_swaps:
+            _logged_swaps.add((self._path, self._swap))
+            logging.info(
+                "%s: id 0 is the ordinary token %r, which seqio reads as padding; it trades "
+                "ids with %d (%s), whose own text now encodes to padding",
+                self._path,
                 self._tokenizer.id_to_token(0),
+                self._swap,
+                repr(self._tokenizer.id_to_token(self._swap))
+                if self._swap < self._size
+                else "a padded row of the model",
             )
         super().__init__(extra_ids=0)
 
     # ------------------------------------------------------------------ construction helpers
 
-    def _read_json(self, name: str) -> dict:
-        path = files.path(self._folder, name)
-        return files.read_json(path) if path.exists() else {}
-
     def _special_id_from_folder(self, kind: str) -> int | None:
         """`{kind}_token_id` of generation_config.json / config.json (first of a list), else
         the id of tokenizer_config.json's `{kind}_token`; None if none is found."""
-        for name in ("generation_config.json", "config.json"):
-            value = self._read_json(name).get(f"{kind}_token_id")
-            if isinstance(value, list):
-                value = value[0] if value else None
-            if value is not None:
-                return int(value)
-        token = self._read_json("tokenizer_config.json").get(f"{kind}_token")
-        if isinstance(token, dict):  # older files store an AddedToken: {"content": ...}
-            token = token.get("content")
-        if isinstance(token, str):
-            return self._tokenizer.token_to_id(token)
-        return None
+        ids = vocabularies.special_token_ids(self._folder, self._tokenizer, kind)
+        return ids[0] if ids else None
 
     def _model_unk_id(self, spec: dict) -> int | None:
         model = spec.get("model") or {}
@@ -128,19 +131,16 @@ class TokenizerJsonVocabulary(seqio.Vocabulary):
             return int(model["unk_id"])
         return None
 
-    def _id_zero_is_ordinary(self) -> bool:
-        if self._tokenizer.id_to_token(0) is None:
-            return False
-        added = self._tokenizer.get_added_tokens_decoder().get(0)
-        if added is not None and added.special:
-            return False
-        padding = self._tokenizer.padding
-        if padding is not None and padding.get("pad_id") == 0:
-            return False
-        pad_token = self._read_json("tokenizer_config.json").get("pad_token")
-        if isinstance(pad_token, dict):
-            pad_token = pad_token.get("content")
-        return not (isinstance(pad_token, str) and self._tokenizer.token_to_id(pad_token) == 0)
+    def _ours(self, i: int | None) -> int | None:
+        """The tokenizer's id `i` as our id (the swap is its own inverse)."""
+        if self._swap is None or i is None:
+            return i
+        return self._swap if i == 0 else 0 if i == self._swap else i
+
+    def _ours_np(self, ids: np.ndarray) -> np.ndarray:
+        if self._swap is None:
+            return ids
+        return np.where(ids == 0, self._swap, np.where(ids == self._swap, 0, ids)).astype(ids.dtype)
 
     # ------------------------------------------------------------------ properties
 
@@ -153,17 +153,18 @@ class TokenizerJsonVocabulary(seqio.Vocabulary):
         return self._tokenizer
 
     @property
-    def zero_is_ordinary_token(self) -> bool:
-        """True when id 0 is an ordinary token, which seqio will nevertheless read as padding."""
-        return self._zero_is_ordinary
+    def zero_token_swap(self) -> int | None:
+        """The id that holds the tokenizer's ordinary token 0 (which trades places with it),
+        or None when id 0 is padding or special and no ids are moved."""
+        return self._swap
 
     @property
     def eos_id(self) -> int:
-        return self._eos_id
+        return self._ours(self._eos_id)
 
     @property
     def bos_id(self) -> int | None:
-        return self._bos_id
+        return self._ours(self._bos_id)
 
     @property
     def pad_id(self) -> int:
@@ -171,33 +172,34 @@ class TokenizerJsonVocabulary(seqio.Vocabulary):
 
     @property
     def unk_id(self) -> int | None:
-        return self._unk_id
+        return self._ours(self._unk_id)
 
     @property
     def _base_vocab_size(self) -> int:
-        return self._size
+        return max(self._size, (self._swap or 0) + 1)  # + the padded row that holds token 0
 
     # ------------------------------------------------------------------ python
 
     def _encode(self, s: str) -> Sequence[int]:
-        return self._tokenizer.encode(s, add_special_tokens=False).ids
+        ids = self._tokenizer.encode(s, add_special_tokens=False).ids
+        return [self._ours(i) for i in ids] if self._swap is not None else ids
 
     def _decode(self, ids: Iterable[int]) -> str:
-        """Ids before the first EOS, without padding (unless id 0 is an ordinary token) and
-        ids outside the vocabulary, decoded with special tokens kept.
+        """Ids before the first EOS, without padding and ids outside the vocabulary, as the
+        tokenizer's ids, decoded with special tokens kept.
 
         `seqio.Vocabulary.decode` already cuts after the first EOS but keeps the EOS;
         `decode_tf` replaces what follows it with padding. Cutting here covers both.
         """
         kept = []
+        eos_id = self.eos_id
         for i in ids:
             i = int(i)
-            if i == self._eos_id:
+            if i == eos_id:
                 break
-            if i == self._pad_id and not self._zero_is_ordinary:
+            if i == self._pad_id or not 0 <= i < self._base_vocab_size:
                 continue
-            if 0 <= i < self._size:
-                kept.append(i)
+            kept.append(self._ours(i))
         return self._tokenizer.decode(kept, skip_special_tokens=False)
 
     # ------------------------------------------------------------------ tensorflow
@@ -209,7 +211,7 @@ class TokenizerJsonVocabulary(seqio.Vocabulary):
         texts = [_to_str(s) for s in strings.reshape(-1)]
         encodings = self._tokenizer.encode_batch(texts, add_special_tokens=False)
         ids = [e.ids for e in encodings]
-        flat = np.fromiter((i for row in ids for i in row), dtype=np.int32)
+        flat = self._ours_np(np.fromiter((i for row in ids for i in row), dtype=np.int32))
         return flat, np.asarray([len(row) for row in ids], dtype=np.int64)
 
     def _encode_tf(self, s: tf.Tensor) -> tf.Tensor | tf.RaggedTensor:
@@ -247,17 +249,21 @@ class TokenizerJsonVocabulary(seqio.Vocabulary):
 
     # ------------------------------------------------------------------ identity
 
+    def _identity(self) -> tuple:
+        return (self._sha256, self._eos_id, self._swap)
+
     def __eq__(self, other) -> bool:
         if not isinstance(other, TokenizerJsonVocabulary):
             return False
-        return (self._sha256, self._eos_id) == (other._sha256, other._eos_id)
+        return self._identity() == other._identity()
 
     def __hash__(self) -> int:
-        return hash((self._sha256, self._eos_id))
+        return hash(self._identity())
 
     def __str__(self) -> str:
+        swap = f", zero_token_swap={self._swap}" if self._swap is not None else ""
         return (
-            f"TokenizerJsonVocabulary(file={self._path}, eos_id={self._eos_id}, "
+            f"TokenizerJsonVocabulary(file={self._path}, eos_id={self.eos_id}{swap}, "
             f"sha256={self._sha256[:12]})"
         )
 
@@ -265,4 +271,6 @@ class TokenizerJsonVocabulary(seqio.Vocabulary):
 
 
 def _to_str(s) -> str:
+    if isinstance(s, np.ndarray):  # eager tf.numpy_function gives a 0-d object array
+        s = s.item()
     return s.decode("utf-8") if isinstance(s, bytes) else str(s)

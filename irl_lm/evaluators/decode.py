@@ -71,7 +71,14 @@ class DecodeEvaluator:
         max_len = max_decode_len or self.target_width
         if calculator:
             self._decode = lambda p, b, r: decoding.greedy_with_insertions(
-                ctx.model, p, b, self.vocab, insertion, max_len=max_len, eos_id=ctx.eos_id
+                ctx.model,
+                p,
+                b,
+                self.vocab,
+                insertion,
+                max_len=max_len,
+                eos_id=ctx.eos_id,
+                mesh=ctx.mesh,
             )
         else:
             decode = decoding.make_decoder(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,12 +28,13 @@ class ExpertEvaluator:
     Per input, `num_samples` policy outputs and as many expert samples. `method`:
     "temperature" (samples at `temperature`), or "greedy" / "beam" (`num_beams`, the best
     beam; one output per input, so no Self-BLEU). Validity (fraction of outputs with
-    p_E > 0, truncated ones count as invalid); reverse KL per token of the decoding
-    distribution q (temperature-scaled; a point mass for greedy and beam) restricted to
-    valid sequences and renormalised (the true reverse KL is infinite once any invalid
-    sequence has mass); forward KL per token of the policy on the expert samples; Self-BLEU;
-    mean per-token entropy of the policy (not for beam) and length. `reference()` gives the
-    expert's own row.
+    p_E > 0, truncated ones count as invalid: 1 - validity is the share outside the
+    expert's support); reverse KL per token of the decoding distribution q
+    (temperature-scaled; a point mass for greedy and beam) restricted to valid sequences and
+    renormalised, +inf when no output is valid (the true reverse KL is infinite once any
+    invalid sequence has mass); forward KL per token of the policy on the expert samples;
+    Self-BLEU; mean per-token entropy of the policy (not for beam) and length. `reference()`
+    gives the expert's own row.
     """
 
     def __init__(
@@ -151,12 +154,14 @@ class ExpertEvaluator:
             forward_terms += self.expert.log_prob(x, y) - log_q_y
             forward_tokens += len(y)
         # E_valid[log q − log p_E] = KL(q restricted to valid, renormalised ‖ p_E) + log P(valid).
+        # No valid output (a diverged policy): all of q's mass is outside p_E's support.
+        reverse_kl = math.inf
         if valid:
-            reverse_terms -= valid * np.log(valid / rows)
+            reverse_kl = (reverse_terms - valid * np.log(valid / rows)) / reverse_tokens
         scalars = {
             "validity": valid / rows,
             "forward_kl": forward_terms / forward_tokens,
-            "reverse_kl": reverse_terms / max(reverse_tokens, 1) if valid else float("nan"),
+            "reverse_kl": float(reverse_kl),
             "length": float(mask.sum() / rows),
         }
         if per_input > 1:

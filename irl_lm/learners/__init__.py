@@ -35,6 +35,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config.loss.name={name!r} samples from the policy each step, which "
             "gradient accumulation does not support yet: set config.grad_accum_steps=1"
         )
+    samples = name == "gail" or (LOSSES[name].online and config.loss.get("alpha", 0) > 0)
+    if samples and config.data.get("pack", False):
+        raise ValueError(
+            f"config.data.pack=True with config.loss.name={name!r}: the policy's samples are "
+            "drawn from each row's input, and a packed row holds several inputs, so samples "
+            "would read the other examples' inputs: set config.data.pack=False"
+        )
     if name != "gail":
         return
     if config.get("logits_chunk_size", 0):
@@ -42,8 +49,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     disc = config.discriminator
     if disc.init not in ("policy", "scratch"):
         raise ValueError(f"config.discriminator.init={disc.init!r}; allowed: policy, scratch")
-    if disc.head not in ("log_ratio", "token"):
-        raise ValueError(f"config.discriminator.head={disc.head!r}; allowed: log_ratio, token")
+    if disc.head not in gail.HEADS:
+        raise ValueError(f"config.discriminator.head={disc.head!r}; allowed: {list(gail.HEADS)}")
     if disc.init == "policy" and dict(disc.model):
         raise ValueError(
             "config.discriminator.model sets fields, so the discriminator's shape may "
@@ -86,13 +93,13 @@ def make_learner(config, model, model_config: dict, mesh, *, batch_lengths, leng
     }
     if config.loss.name == "gail":
         disc = config.discriminator
-        disc_model = build_model(model_config | dict(disc.model))
+        disc_family = build_model(model_config | dict(disc.model))
         disc_tx = gail.discriminator_optimizer(
             config.optimizer, config.schedule, config.total_steps, disc.learning_rate
         )
         learner = gail.gail_learner(
             model,
-            disc_model,
+            gail.discriminator_model(disc_family, disc.head),
             tx,
             disc_tx,
             example,
@@ -104,7 +111,7 @@ def make_learner(config, model, model_config: dict, mesh, *, batch_lengths, leng
         )
         update_flops = gail.step_flops(
             model,
-            disc_model,
+            disc_family,
             flop_shapes,
             updates_per_step=disc.updates_per_step,
             head=disc.head,

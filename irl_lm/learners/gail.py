@@ -2,17 +2,20 @@
 tokens from policy samples, and the policy trained on its own samples by policy gradient.
 
 - The discriminator is a model of the policy's family (`config.discriminator.model`
-  overrides fields of the policy's model config); its scalar per target position comes
-  from its vocabulary head at the token taken, so it sees the state and the action
-  (`discriminator_logits`: "log_ratio", log π_D(a_t|s_t) − log π_ref(a_t|s_t), or "token",
-  ℓ^D_t[a_t]); D = σ(z_t). Trained with binary cross-entropy, data tokens labelled 1,
-  policy tokens 0 (each class's token mean, averaged).
+  overrides fields of the policy's model config) with a scalar z_t per target position,
+  D = σ(z_t), from the state and the action (`config.discriminator.head`): "scalar" (the
+  paper's) a linear head on its final state once it has read a_t (`ScalarDiscriminator`);
+  "token" its vocabulary head at the token taken, ℓ^D_t[a_t]; "log_ratio"
+  log π_D(a_t|s_t) − log π_ref(a_t|s_t). Trained with binary cross-entropy, data tokens
+  labelled 1, policy tokens 0 (each class's token mean, averaged).
 - Reward per sampled token (`config.loss.reward`): "logit" log D − log(1 − D) = z_t (the
   paper's), "log_d" log D, "neg_log_1md" −log(1 − D).
 - Policy loss on its samples: −mean_t[(G_t − b_t) log π(a_t|s_t)] with discounted returns
-  G_t = Σ_k γ^k r_{t+k} (terminal at EOS or the sample's end) and baseline b_t the batch
-  mean of G at position t; plus kl_coef · KL(π ‖ π_ref) (exact, per position, against the
-  frozen initial policy), minus entropy_coef · H(π), plus mle_weight · NLL on the data.
+  G_t = Σ_k γ^k r_{t+k} (terminal at EOS or the sample's end) and baseline b_t the mean
+  G_t of the batch's other samples; plus kl_coef · KL(π ‖ π_ref) (exact, per position,
+  against the frozen initial policy), minus entropy_coef · H(π), plus mle_weight · NLL on
+  the data. The terms on the samples run the policy without dropout, as it was when it
+  drew them (so at step 0 the KL is 0); the NLL on the data keeps the model's dropout.
 - Each step: sample the whole batch's inputs, `updates_per_step` discriminator updates on
   (data, samples), then one policy update with rewards from the updated discriminator (none
   in the first `warmup_steps` steps, while the discriminator learns).
@@ -27,6 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -42,6 +46,7 @@ from irl_lm.learners.common import (
 from irl_lm.learners.common import state_shardings as policy_state_shardings
 from irl_lm.losses.common import negative_log_likelihood
 from irl_lm.losses.gail import REWARDS, discriminator_loss, policy_loss
+from irl_lm.models.layers import param
 
 
 @flax.struct.dataclass
@@ -59,11 +64,41 @@ class GAILState:
 # ----------------------------------------------------------------------------- discriminator
 
 
+HEADS = ("scalar", "token", "log_ratio")
+
+
+class ScalarDiscriminator(nn.Module):
+    """The "scalar" head: z_t = w · h_t + b, with h_t the model's final state at target
+    position t when it reads the targets themselves as its decoder inputs, so position t
+    has read the state and the action a_t (the row's first input token, T5's start token or
+    a decoder-only row's first prompt token, is not read). w and b start at 0: D = 1/2.
+
+    Its parameters: the model's under "model", the head's "kernel" and "bias"."""
+
+    model: nn.Module
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @nn.compact
+    def __call__(self, batch, *, deterministic=True):
+        rows = dict(batch) | {"decoder_input_tokens": batch["decoder_target_tokens"]}
+        hidden = self.model.hidden(rows, deterministic=deterministic).astype(jnp.float32)
+        kernel = param(self, "kernel", nn.initializers.zeros, hidden.shape[-1:], ("embed",))
+        bias = param(self, "bias", nn.initializers.zeros, (), ())
+        return jnp.einsum("btd,d->bt", hidden, kernel) + bias
+
+
+def discriminator_model(model, head: str) -> nn.Module:
+    """The discriminator module for `head` over a model of the policy's family."""
+    return ScalarDiscriminator(model) if head == "scalar" else model
+
+
 def action_logits(model, params, batch, *, normalize=False) -> jax.Array:
     """ℓ_t[a_t] (or log-softmax(ℓ_t)[a_t] when `normalize`) for the targets of `batch`,
     float32 `[B, T]`."""
-    features = {k: batch[k] for k in type(model).input_features}
-    logits = model.apply({"params": params}, features, deterministic=True).astype(jnp.float32)
+    logits = model.apply({"params": params}, batch, deterministic=True).astype(jnp.float32)
     if normalize:
         logits = jax.nn.log_softmax(logits)
     targets = batch["decoder_target_tokens"]
@@ -73,11 +108,14 @@ def action_logits(model, params, batch, *, normalize=False) -> jax.Array:
 def discriminator_logits(disc_model, disc_params, model, reference, batch, head: str):
     """The discriminator's logit z_t = log D − log(1 − D) per target of `batch`.
 
-    head "token": z_t = ℓ^D_t[a_t]. head "log_ratio": z_t = log π_D(a_t|s_t) − log
-    π_ref(a_t|s_t), with π_ref the frozen initial policy: a discriminator initialised from
-    the policy starts at z = 0 (D = 1/2) and learns a density ratio from the policy's
-    knowledge of the language (its optimum: π_D ∝ π_ref p_data / π).
+    head "scalar": `ScalarDiscriminator`. head "token": z_t = ℓ^D_t[a_t]. head "log_ratio":
+    z_t = log π_D(a_t|s_t) − log π_ref(a_t|s_t), with π_ref the frozen initial policy: a
+    discriminator initialised from the policy starts at z = 0 (D = 1/2). Its limit: for
+    every state E_{a∼π_ref}[e^z] = 1, so it tells actions apart within a state but cannot
+    score the states themselves (the optimal discriminator's log μ_E(s)/μ_π(s)).
     """
+    if head == "scalar":
+        return disc_model.apply({"params": disc_params}, batch)
     if head == "token":
         return action_logits(disc_model, disc_params, batch)
     log_ref = jax.lax.stop_gradient(action_logits(model, reference, batch, normalize=True))
@@ -97,10 +135,17 @@ def discriminator_optimizer(
     return make_optimizer(optimizer, schedule, total_steps)
 
 
+def discriminator_example(example_batch):
+    """The policy's example batch with the targets a discriminator reads."""
+    return dict(example_batch) | {"decoder_target_tokens": example_batch["decoder_input_tokens"]}
+
+
 def state_shardings(model, disc_model, tx, disc_tx, example_batch, mesh):
     """(abstract GAILState, its shardings), from the two models' train states."""
     policy, policy_shardings = policy_state_shardings(model, tx, example_batch, mesh)
-    disc, disc_shardings = policy_state_shardings(disc_model, disc_tx, example_batch, mesh)
+    disc, disc_shardings = policy_state_shardings(
+        disc_model, disc_tx, discriminator_example(example_batch), mesh
+    )
 
     def combine(p, d):
         return GAILState(
@@ -116,6 +161,7 @@ def initial_state(
     tx,
     disc_tx,
     example,
+    abstract,
     shardings,
     rng,
     *,
@@ -123,7 +169,8 @@ def initial_state(
     disc_from_policy: bool,
 ):
     """Step 0: the policy from `policy_params` (else a fresh initialisation), the reference a
-    copy of it, the discriminator a copy too (`disc_from_policy`) or freshly initialised."""
+    copy of it, the discriminator a copy too (`disc_from_policy`; a scalar head over the
+    copy starts at 0) or freshly initialised."""
     policy_shardings = TrainState(shardings.step, shardings.params, shardings.opt_state)
     if policy_params is None:
         policy = init_state(model, tx, example, policy_shardings, rng)
@@ -131,10 +178,24 @@ def initial_state(
         policy = state_from_params(tx, policy_params, policy_shardings)
     copy = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings.params)
     if disc_from_policy:
-        disc = state_from_params(disc_tx, copy(policy.params), shardings.discriminator)
+        disc_params = copy(policy.params)
+        if isinstance(disc_model, ScalarDiscriminator):
+            # The policy's parameters the discriminator has (not its vocabulary head), and
+            # the scalar head at 0.
+            shapes = abstract.discriminator.params
+            head = {k: v for k, v in shapes.items() if k != "model"}
+            disc_params = {
+                "model": _select(disc_params, shapes["model"]),
+                **jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), head),
+            }
+        disc = state_from_params(disc_tx, disc_params, shardings.discriminator)
     else:
         disc = init_state(
-            disc_model, disc_tx, example, shardings.discriminator, jax.random.fold_in(rng, 7)
+            disc_model,
+            disc_tx,
+            discriminator_example(example),
+            shardings.discriminator,
+            jax.random.fold_in(rng, 7),
         )
     return GAILState(
         step=policy.step,
@@ -145,17 +206,28 @@ def initial_state(
     )
 
 
+def _select(tree, like):
+    """The subtree of nested dict `tree` with the keys of `like`."""
+    if not isinstance(like, Mapping):
+        return tree
+    return {k: _select(tree[k], v) for k, v in like.items()}
+
+
 # ----------------------------------------------------------------------------- the step
 
 
 def step_flops(model, disc_model, data_shapes, *, updates_per_step: int, head: str, mle_weight):
     """Model FLOPs of one `gail_step` (`irl_lm.perf`'s convention; a forward and backward
-    pass counts 3 forward passes; the samples have the data's shapes): each discriminator
+    pass counts 3 forward passes; the samples have the data's shapes; `disc_model`: the
+    discriminator's model, without its "scalar" head): each discriminator
     update's passes over data and samples (and the reference policy's, for "log_ratio"),
     the rewards of the samples, the reference logits of the samples, and the policy update
     (with its NLL on the data when `mle_weight`). Drawing the samples is counted apart."""
     policy = perf.train_flops_per_step(model, data_shapes) / 3  # one forward pass
-    disc = perf.train_flops_per_step(disc_model, data_shapes) / 3
+    parts = perf.flops_breakdown(disc_model, data_shapes)
+    if head == "scalar":  # a scalar per position, not the vocabulary head
+        parts.pop("head")
+    disc = sum(parts.values())
     reference = policy if head == "log_ratio" else 0.0
     disc_update = 2 * (3 * disc + reference)  # data and samples
     policy_update = 3 * policy * (2 if mle_weight else 1)
@@ -203,18 +275,16 @@ def gail_step(
     )
     rewards = REWARDS[loss_config["reward"]](z(disc.params, samples))
     rewards = jax.lax.stop_gradient(rewards)
-    features = {k: samples[k] for k in type(model).input_features}
     ref_logits = jax.lax.stop_gradient(
-        model.apply({"params": state.reference}, features, deterministic=True)
+        model.apply({"params": state.reference}, samples, deterministic=True)
     )
     rng = jax.random.fold_in(rng, state.step)
 
     def policy_objective(params):
-        apply = lambda f, key: model.apply(
-            {"params": params}, f, deterministic=False, rngs={"dropout": key}
-        )
+        # The samples' terms read the policy as it drew them: no dropout.
+        logits = model.apply({"params": params}, samples, deterministic=True)
         loss, metrics = policy_loss(
-            apply(features, rng),
+            logits,
             ref_logits,
             samples["decoder_target_tokens"],
             samples_mask,
@@ -225,8 +295,11 @@ def gail_step(
             normalize_advantages=bool(loss_config["normalize_advantages"]),
         )
         if loss_config["mle_weight"]:
+            data_logits = model.apply(
+                {"params": params}, batch, deterministic=False, rngs={"dropout": rng}
+            )
             nll, _, _ = negative_log_likelihood(
-                apply(batch, jax.random.fold_in(rng, 1)),
+                data_logits,
                 batch["decoder_target_tokens"],
                 batch["decoder_loss_weights"],
             )
@@ -303,6 +376,7 @@ def gail_learner(
         tx,
         disc_tx,
         example,
+        abstract,
         shardings,
         rng,
         disc_from_policy=discriminator["init"] == "policy",

@@ -57,16 +57,21 @@ def policy_loss(
     entropy_coef,
     normalize_advantages=False,
 ):
-    """Policy gradient with a per-position batch-mean baseline (advantages optionally divided
-    by their standard deviation over the sampled tokens), KL to the reference policy and an
-    entropy bonus, on sampled tokens (`mask`: 1 on them). Returns (loss, metrics)."""
+    """Policy gradient with a leave-one-out baseline (advantages optionally divided by their
+    standard deviation over the sampled tokens), KL to the reference policy and an entropy
+    bonus, on sampled tokens (`mask`: 1 on them). Returns (loss, metrics).
+
+    The baseline of sample i at position t is the mean return of the *other* samples alive
+    at t (0 where none is): a mean that included G_t itself would shrink every advantage by
+    (1 − 1/n_t), and make it 0 where one sample is alive."""
     mask = mask_BxT.astype(jnp.float32)
     log_p = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32))
     log_ref = jax.nn.log_softmax(ref_logits_BxTxV.astype(jnp.float32))
     log_p_taken = jnp.take_along_axis(log_p, tokens_BxT[..., None], axis=-1)[..., 0]
     returns = discounted_returns(rewards_BxT, mask, gamma)
-    baseline = jnp.sum(returns * mask, 0) / jnp.maximum(jnp.sum(mask, 0), 1.0)
-    advantages = (returns - baseline[None]) * mask
+    others = jnp.sum(mask, 0)[None] - mask
+    baseline = (jnp.sum(returns * mask, 0)[None] - returns * mask) / jnp.maximum(others, 1.0)
+    advantages = (returns - baseline) * mask
     if normalize_advantages:
         std = jnp.sqrt(token_mean(jnp.square(advantages), mask))
         advantages = advantages / (std + 1e-6)

@@ -51,6 +51,9 @@ ROPE_TYPES = ("default", "linear", "llama3")
 @dataclasses.dataclass(frozen=True)
 class DecoderOnlyConfig:
     vocab_size: int = 32000
+    # The row that holds the checkpoint's token 0 when import moved it off seqio's padding id
+    # (irl_lm.data.vocabularies.zero_token_swap; export moves it back); 0: not moved.
+    token_zero_row: int = 0
     hidden_size: int = 2048
     intermediate_size: int = 5632
     num_hidden_layers: int = 22
@@ -96,6 +99,11 @@ class DecoderOnlyConfig:
         if self.layer_types is not None:  # JSON gives a list; the config must stay hashable
             object.__setattr__(self, "layer_types", tuple(self.layer_types))
         checks = [
+            (
+                self.token_zero_row == 0 or 0 < self.token_zero_row < self.vocab_size,
+                f"token_zero_row={self.token_zero_row}",
+                f"a row of the vocabulary, 0 to {self.vocab_size - 1}",
+            ),
             (
                 self.hidden_act in ACTIVATIONS,
                 f"hidden_act={self.hidden_act!r}",
@@ -318,7 +326,7 @@ class DecoderOnly(nn.Module):
         return x
 
     def __call__(self, batch, *, deterministic=True):
-        """Teacher-forced logits `[B, T, V]` (in `dtype`); causal, within a packed segment
+        """Teacher-forced logits `[B, T, V]` (float32); causal, within a packed segment
         when segment ids are given."""
         return self.logits(self.hidden(batch, deterministic=deterministic))
 
@@ -344,7 +352,7 @@ class DecoderOnly(nn.Module):
         return self.dropout(self.final_norm(x), deterministic=deterministic)
 
     def logits(self, x_BxTxD):
-        """Logits `[B, T, V]` (in `dtype`) of final states (`hidden`)."""
+        """Logits `[B, T, V]` (float32) of final states (`hidden`)."""
         head = None if self.config.tie_word_embeddings else self.lm_head
         logits = vocab_logits(x_BxTxD, self.token_embedder, head)
         return softcap(logits, self.config.final_logit_softcapping)

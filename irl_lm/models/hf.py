@@ -6,6 +6,12 @@ onto one of our parameters through the model family's name table (`hf_tensor_nam
 family's module), and fails on a tensor it cannot place, a parameter nothing fills, or a
 shape that disagrees. Each parameter is created straight on its mesh sharding from a memory
 map, so every device reads only its own slice and no host holds the whole model.
+
+seqio reads token 0 as padding. When the folder's tokenizer.json gives id 0 to an ordinary
+token (Llama 3, Qwen2: `!`), the vocabulary trades that id with a free one, r
+(`irl_lm.data.vocabularies.zero_token_swap`); import swaps rows 0 and r of the token
+embedding and of an untied head to match and records r as the config's `token_zero_row`,
+and export swaps them back, so the exported folder gives transformers its own logits.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import jax
 import numpy as np
 
 from irl_lm import files, sharding
+from irl_lm.data import vocabularies
 from irl_lm.models import MODELS, build_model, decoder_only, t5
 from irl_lm.models.safetensors_io import read_folder, write_folder
 
@@ -59,6 +66,8 @@ LAYOUTS = (
 
 # Fields a user may change on an imported model: how it runs, not what it is.
 RUNTIME_FIELDS = ("dtype", "param_dtype", "attention_impl", "remat", "dropout_rate")
+# Parameters with one row per token (both families): the embedding, and an untied head.
+TOKEN_ROW_PARAMS = (("token_embedder", "embedding"), ("lm_head", "kernel"))
 TOKENIZER_FILES = (
     "spiece.model",  # T5 (SentencePiece)
     "tokenizer.model",  # Gemma, Llama 2 (SentencePiece)
@@ -95,10 +104,20 @@ def read_config(folder: str) -> tuple[HFLayout, dict]:
 
 
 def hf_model_config(folder: str, tensors: Mapping[str, np.ndarray] | None = None) -> dict:
-    """Our `config.model` (with `name`) for the model in a Hugging Face folder."""
+    """Our `config.model` (with `name`) for the model in a Hugging Face folder, with
+    `token_zero_row` when the folder's tokenizer moves token 0 (see the module docstring)."""
     layout, hf_config = read_config(folder)
     tensors = read_folder(folder) if tensors is None else tensors
-    return {"name": layout.name, **layout.from_hf_config(hf_config, tensors)}
+    fields = {"name": layout.name, **layout.from_hf_config(hf_config, tensors)}
+    row = vocabularies.token_zero_row(folder)
+    if row:
+        if row >= fields["vocab_size"]:
+            raise ValueError(
+                f"{folder}: the tokenizer puts its token 0 at id {row}, past the model's "
+                f"vocab_size {fields['vocab_size']} in config.json"
+            )
+        fields["token_zero_row"] = row
+    return fields
 
 
 def load_hf(folder: str, mesh=None, **overrides):
@@ -140,6 +159,7 @@ def place_tensors(model, tensors: Mapping[str, np.ndarray], mesh, *, source: str
             )
     with sharding.use_mesh(mesh):
         abstract, shardings = sharding.abstract_params(model, mesh)
+    row = model.config.token_zero_row
 
     def place(path, leaf, leaf_sharding):
         key = tuple(k.key for k in path)
@@ -158,6 +178,8 @@ def place_tensors(model, tensors: Mapping[str, np.ndarray], mesh, *, source: str
                 f"(our parameter {'/'.join(key)} is {tuple(leaf.shape)}); config.json's "
                 "sizes and the tensors disagree: fix config.json or save the checkpoint again"
             )
+        if row and key in TOKEN_ROW_PARAMS:
+            view = _RowsSwapped(view, _token_axis(len(leaf.shape), split), row)
         return jax.make_array_from_callback(
             leaf.shape, leaf_sharding, lambda index: np.asarray(view[index], dtype=leaf.dtype)
         )
@@ -176,6 +198,32 @@ def _to_ours(array: np.ndarray, shape: tuple[int, ...], split: int | None):
     if tuple(array.shape) != _hf_shape(shape, split):
         return None
     return array if split is None else array.T.reshape(shape)
+
+
+def _token_axis(ndim: int, split: int | None) -> int:
+    """The token axis of our layout of a Hugging Face `[vocab, d]` tensor."""
+    return 0 if split is None else ndim - 1
+
+
+def _swap_order(size: int, row: int) -> np.ndarray:
+    """0, 1, ..., size - 1 with 0 and `row` trading places (its own inverse)."""
+    order = np.arange(size)
+    order[[0, row]] = row, 0
+    return order
+
+
+class _RowsSwapped:
+    """`array` with entries 0 and `row` of `axis` swapped, read a slice at a time (only the
+    slice is copied, so memory maps stay lazy)."""
+
+    def __init__(self, array, axis: int, row: int):
+        self.array, self.axis = array, axis
+        self.order = _swap_order(array.shape[axis], row)
+
+    def __getitem__(self, index):
+        index = list(index) + [slice(None)] * (self.array.ndim - len(index))
+        index[self.axis] = self.order[index[self.axis]]
+        return self.array[tuple(index)]
 
 
 def _to_hf(array: np.ndarray, split: int | None) -> np.ndarray:
@@ -201,7 +249,8 @@ def export_hf(
     """Writes `params` as a Hugging Face folder that transformers loads (`from_pretrained`).
 
     Parameters are fetched one at a time (gathered across hosts); process 0 writes.
-    `tokenizer_from` copies the tokenizer files of another folder alongside.
+    `tokenizer_from` copies the tokenizer files of another folder alongside. Rows moved at
+    import (`token_zero_row`) go back to the checkpoint's order.
     """
     layout = _layout_for(model)
     names = layout.tensor_names(model.config)
@@ -215,11 +264,16 @@ def export_hf(
             f"{sorted(set(names) - set(flat))[:5]}, unexpected {sorted(set(flat) - set(names))[:5]}"
         )
     target = np.dtype(jax.numpy.dtype(dtype))
+    row = model.config.token_zero_row
 
     def tensors() -> Iterator[tuple[str, np.ndarray]]:
         for key in sorted(names, key=lambda k: names[k][0]):
             hf_name, split = names[key]
-            yield hf_name, _to_hf(_fetch(flat[key]).astype(target), split)
+            array = _fetch(flat[key]).astype(target)
+            if row and key in TOKEN_ROW_PARAMS:
+                axis = _token_axis(array.ndim, split)
+                array = np.take(array, _swap_order(array.shape[axis], row), axis=axis)
+            yield hf_name, _to_hf(array, split)
 
     if jax.process_index() == 0:
         os.makedirs(folder, exist_ok=True)

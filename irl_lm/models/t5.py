@@ -38,6 +38,9 @@ from irl_lm.models.layers import (
 @dataclasses.dataclass(frozen=True)
 class T5Config:
     vocab_size: int = 32128
+    # The row that holds the checkpoint's token 0 when import moved it off seqio's padding id
+    # (irl_lm.data.vocabularies.zero_token_swap; export moves it back); 0: not moved.
+    token_zero_row: int = 0
     d_model: int = 512
     d_kv: int = 64
     d_ff: int = 1024
@@ -58,6 +61,11 @@ class T5Config:
 
     def __post_init__(self):
         check_runtime_fields(self)
+        if self.token_zero_row and not 0 < self.token_zero_row < self.vocab_size:
+            raise ValueError(
+                f"T5Config.token_zero_row={self.token_zero_row} is not supported; allowed: "
+                f"a row of the vocabulary, 0 to {self.vocab_size - 1}"
+            )
         if self.activation not in ACTIVATIONS:
             allowed = sorted({f"gated-{a}" for a in ACTIVATIONS} | set(ACTIVATIONS))
             raise ValueError(
@@ -264,7 +272,6 @@ class T5(nn.Module):
         encoded,
         encoder_input_tokens,
         decoder_input_tokens,
-        decoder_target_tokens=None,
         encoder_segment_ids=None,
         decoder_segment_ids=None,
         *,
@@ -272,29 +279,24 @@ class T5(nn.Module):
     ):
         """Teacher-forced final decoder states `[B, T, D]` (`logits` maps them).
 
-        Padding is read off `decoder_target_tokens` when given (the decoder input starts
-        with token 0, so it cannot tell padding apart); without targets (sampling) every
-        position counts and only the causal mask applies.
+        Every decoder position counts: the causal mask alone keeps padding (always after a
+        row's real tokens) out of every real position's view, so nothing is read off the
+        token values and a token 0 inside a sampled row is a token like any other. Packed
+        rows also stay within their segment.
         """
         length = decoder_input_tokens.shape[1]
-        real = decoder_target_tokens
-        if real is None:
-            real = jnp.ones_like(decoder_input_tokens)
+        real = jnp.ones_like(decoder_input_tokens)
         causal = np.tril(np.ones((length, length), bool))[None]
         packed = decoder_segment_ids is not None
-        lengths, encoder_lengths = _lengths(real), _lengths(encoder_input_tokens)
         self_mask = AttentionMask(
             causal & _padding_mask(real, real, decoder_segment_ids, decoder_segment_ids),
             self.decoder_relpos(length, length),
-            lengths,
-            lengths,
             causal=True,
             dense_only=packed,
         )
         cross_mask = AttentionMask(
             _padding_mask(real, encoder_input_tokens, decoder_segment_ids, encoder_segment_ids),
-            q_lengths_B=lengths,
-            kv_lengths_B=encoder_lengths,
+            kv_lengths_B=_lengths(encoder_input_tokens),
             dense_only=packed,
         )
         x = self.dropout(self.token_embedder(decoder_input_tokens), deterministic=deterministic)
@@ -303,7 +305,7 @@ class T5(nn.Module):
         return self.dropout(self.decoder_norm(x), deterministic=deterministic)
 
     def logits(self, x_BxTxD):
-        """Logits `[B, T, V]` (in `dtype`) of final decoder states (`hidden`)."""
+        """Logits `[B, T, V]` (float32) of final decoder states (`hidden`)."""
         if self.config.scales_decoder_outputs:
             x_BxTxD = x_BxTxD * self.config.d_model**-0.5
         head = None if self.config.tie_word_embeddings else self.lm_head
@@ -356,7 +358,7 @@ class T5(nn.Module):
         return logits, {"inputs": cache["inputs"], "decode": {"layers": layers}}
 
     def __call__(self, batch, *, deterministic=True):
-        """Logits `[B, T, V]` (in `dtype`)."""
+        """Logits `[B, T, V]` (float32)."""
         return self.logits(self.hidden(batch, deterministic=deterministic))
 
     def hidden(self, batch, *, deterministic=True):
@@ -371,7 +373,6 @@ class T5(nn.Module):
             encoded,
             batch["encoder_input_tokens"],
             batch["decoder_input_tokens"],
-            batch.get("decoder_target_tokens"),
             batch.get("encoder_segment_ids"),
             batch.get("decoder_segment_ids"),
             deterministic=deterministic,
