@@ -6,7 +6,8 @@
         --method temperature --temperature 0.7 --top-p 0.9 --num-decodes 4 --seed 1
 
 Each input line holds `"inputs"` (text; needs the checkpoint's vocabulary) or `"input_ids"`
-(token ids). For T5 they are the encoder input (EOS appended when missing); for a
+(token ids, in the vocabulary's ids: where a tokenizer.json's token 0 trades places with a
+free id, `config.model.token_zero_row`, so do `input_ids` and `output_ids`). For T5 they are the encoder input (EOS appended when missing); for a
 decoder-only model the prompt to continue: `input_ids` as given, text formatted by
 `--prompt-format` (`prefix_lm`: BOS + text + EOS, as the trainer formats its examples, the
 default for `--workdir`; `continue`: the vocabulary's BOS if it has one + text, as
