@@ -7,15 +7,16 @@
 
 Each input line holds `"inputs"` (text; needs the checkpoint's vocabulary) or `"input_ids"`
 (token ids, in the vocabulary's ids: where a tokenizer.json's token 0 trades places with a
-free id, `config.model.token_zero_row`, so do `input_ids` and `output_ids`). For T5 they are the encoder input (EOS appended when missing); for a
-decoder-only model the prompt to continue: `input_ids` as given, text formatted by
-`--prompt-format` (`prefix_lm`: BOS + text + EOS, as the trainer formats its examples, the
-default for `--workdir`; `continue`: the vocabulary's BOS if it has one + text, as
-transformers' tokenizers do, the default for `--hf`). Each output line, in input order, holds
-`"output_ids"` (one list per decode or beam, without padding), `"outputs"` (their text, when
-there is a vocabulary), `"scores"` (beam: the length-normalised beam score; sampling: the
-sequence's log-probability under the model) and `"lengths"`. Rows are sharded over the
-local devices (`--fsdp` / `--tensor` shard the parameters); one shape is compiled once.
+free id, `config.model.token_zero_row`, so do `input_ids` and `output_ids`). For T5 they are
+the encoder input (EOS appended when missing); for a decoder-only model the prompt to
+continue: `input_ids` as given, text formatted by `--prompt-format` (`prefix_lm`: BOS + text
++ EOS, as the trainer formats its examples, the default for `--workdir`; `continue`: the
+vocabulary's BOS if it has one + text, as transformers' tokenizers do, the default for
+`--hf`). Each output line, in input order, holds `"output_ids"` (one list per decode or
+beam, without padding), `"outputs"` (their text, when there is a vocabulary), `"scores"`
+(beam: the length-normalised beam score; sampling: the sequence's log-probability under the
+model) and `"lengths"`. Rows are sharded over the local devices (`--fsdp` / `--tensor` shard
+the parameters); one shape is compiled once.
 """
 
 from __future__ import annotations
