@@ -23,7 +23,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench_step import parse_args, random_batch
+from bench_step import parse_args, random_batch, time_in_turn
 
 from irl_lm import sharding
 from irl_lm.config_utils import trainer_defaults
@@ -75,13 +75,7 @@ def main(argv=None):
             jax.block_until_ready(metrics["loss"])
             return time.perf_counter() - started
 
-        for _ in range(args.warmup):
-            for name in HEADS:
-                run(name)
-        times = {name: [] for name in HEADS}
-        for _ in range(args.steps):
-            for name in HEADS:
-                times[name].append(run(name))
+        times = time_in_turn(run, list(HEADS), warmup=args.warmup, steps=args.steps)
 
     median = {name: statistics.median(t) for name, t in times.items()}
     print(

@@ -57,6 +57,19 @@ def parse_args(argv, extra: bool = False):
     return p.parse_args(argv)
 
 
+def time_in_turn(run, names, *, warmup: int, steps: int) -> dict[str, list[float]]:
+    """`run(name)`'s seconds for each name, `steps` times, in turn (name 1, name 2, ...,
+    name 1, ...) so that machine noise hits them alike, after `warmup` untimed rounds."""
+    for _ in range(warmup):
+        for name in names:
+            run(name)
+    times = {name: [] for name in names}
+    for _ in range(steps):
+        for name in names:
+            times[name].append(run(name))
+    return times
+
+
 def random_batch(args, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Random tokens; targets end with EOS (1) at random lengths, then padding."""
     enc = rng.integers(3, args.vocab_size, (args.batch, args.input_len), dtype=np.int32)
@@ -140,13 +153,7 @@ def main(argv=None):
 
         timed = [*losses, "sample"]
         compile_s = {name: run(name) for name in timed}
-        for _ in range(args.warmup):
-            for name in timed:
-                run(name)
-        times = {name: [] for name in timed}
-        for _ in range(args.steps):
-            for name in timed:
-                times[name].append(run(name))
+        times = time_in_turn(run, timed, warmup=args.warmup, steps=args.steps)
 
     median = {name: statistics.median(t) for name, t in times.items()}
     params = sum(x.size for x in jax.tree.leaves(states["mle"].params))
