@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdirs/demo
 
-.PHONY: demo test lint install install-test lock
+.PHONY: demo test lint install install-test install-preflight lock
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -16,12 +16,19 @@ $(VENV)/.runtime-installed: requirements.txt constraints.txt pyproject.toml | $(
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
-$(VENV)/.test-installed: requirements-test.txt constraints.txt $(VENV)/.runtime-installed
+$(VENV)/.test-installed: requirements-test.txt constraints.txt $(VENV)/.runtime-installed $(VENV)/.preflight-installed
 	$(PY) -m pip install --quiet -c constraints.txt -r requirements-test.txt
+	touch $@
+
+# The TPU and GPU compilers of `irl_lm.preflight`, in a folder only it puts on its path.
+$(VENV)/.preflight-installed: requirements-preflight.txt | $(PY)
+	rm -rf $(VENV)/compilers
+	$(PY) -m pip install --quiet --no-deps --target $(VENV)/compilers -r requirements-preflight.txt
 	touch $@
 
 install: $(VENV)/.runtime-installed
 install-test: $(VENV)/.test-installed
+install-preflight: $(VENV)/.runtime-installed $(VENV)/.preflight-installed
 
 demo: install
 	$(PY) -m irl_lm.demo --workdir=$(WORKDIR)

@@ -125,6 +125,15 @@ TINY_MODELS = {
 }
 
 
+LARGE_VOCABULARY = 100_000  # presets with at least this many tokens chunk their logits
+
+
+def _vocab_size(preset: str) -> int:
+    from irl_lm.models import resolve_preset
+
+    return int(resolve_preset({"name": preset}).get("vocab_size", 0))
+
+
 def text_task_config(
     task: str,
     arg: str | None,
@@ -201,7 +210,15 @@ def text_task_config(
                 kind="decode", every=0, max_examples=4, method="greedy", calculator=True
             )
     else:
-        config.model = dict(name=args["model"] or "t5_base", dropout_rate=0.1)
+        # At full size: bfloat16 compute (float32 parameters and Adam state), parameters and
+        # optimizer state sharded over every device (FSDP), and the head taken in chunks of
+        # target positions where the vocabulary is large (GAIL takes whole logits). What
+        # this gives on each slice: docs/preflight.md (`python -m irl_lm.preflight`).
+        preset = args["model"] or "t5_base"
+        config.model = dict(name=preset, dropout_rate=0.1, dtype="bfloat16")
+        config.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
+        if _vocab_size(preset) >= LARGE_VOCABULARY and args["loss"] != "gail":
+            config.logits_chunk_size = 64
         config.total_steps, config.batch_size = 20_000, 64
         config.optimizer.learning_rate = 1e-4
         config.schedule.warmup_steps = 1000

@@ -124,7 +124,9 @@ def abstract_params(model: nn.Module, mesh: Mesh, example_batch=None):
     if example_batch is None:
         example_batch = {k: np.ones((1, 1), np.int32) for k in type(model).input_features}
     init = lambda rng, batch: cast_params(model, model.init(rng, batch, deterministic=True))
-    boxed = jax.eval_shape(init, jax.random.PRNGKey(0), example_batch)["params"]
+    # An abstract key: no array is placed (the mesh may hold compile-only devices).
+    rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    boxed = jax.eval_shape(init, rng, example_batch)["params"]
     abstract = unbox(boxed)
     return abstract, logical_to_sharding(nn.get_partition_spec(boxed), abstract, mesh)
 

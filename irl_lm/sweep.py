@@ -340,11 +340,14 @@ def run_sweep(
     only: str | None = None,
     dry_run: bool = False,
     print_commands: bool = False,
+    preflight_topology: str | None = None,
 ) -> int:
     """The sweep CLI: returns the exit code (0: every selected point finished).
 
     `DIR/sweep.json` always lists every point of the sweep (`--only` selects which run);
-    `--print_commands` writes it too, so a report can read a sweep that a launcher ran."""
+    `--print_commands` writes it too, so a report can read a sweep that a launcher ran.
+    `preflight_topology`: first compile the unfinished points for that target
+    (`preflight_points`) and run nothing when one does not fit."""
     if parallel < 1:
         raise ValueError(f"--parallel={parallel} must be >= 1")
     points = build_points(config, workdir, sweep_arg, overrides)
@@ -354,6 +357,10 @@ def run_sweep(
     for point in points:
         if files.finished_results(point.workdir, point.total_steps) is not None:
             point.status, point.skipped = "done", True
+    if preflight_topology:
+        todo = [p for p in selected if p.status == "pending"]
+        if preflight_points(todo, preflight_topology):
+            return 1
     if dry_run:
         for point in selected:
             action = "skip (finished)" if point.skipped else "run"
@@ -398,6 +405,49 @@ def run_sweep(
     return 1 if failed else 0
 
 
+def preflight_points(points: Sequence[Point], topology: str) -> int:
+    """Compiles the points for `topology` (`irl_lm.preflight`), each distinct shape once (points
+    that differ only in seed or loss coefficients share one), and prints per point whether it
+    fits, its roofline step time and chip-hours, and the sweep's total. Returns 1, naming the
+    points, when one does not fit; else 0."""
+    import jax
+
+    from irl_lm import preflight
+
+    jax.config.update("jax_platforms", "cpu")  # compile-only targets; nothing runs here
+    target = preflight.get_target(topology)
+    reports: dict[str, preflight.Report] = {}
+    rows, too_big, total = [], [], 0.0
+    for point in points:
+        config = point.resolve_config()
+        key = preflight.shape_key(config)
+        if key not in reports:
+            print(f"[preflight] compiling {point.name} for {target.name} ...", flush=True)
+            reports[key] = preflight.preflight(config, target, config_label=point.name)
+        report = reports[key]
+        hours = point.total_steps * report.step_seconds * target.chips / 3600
+        total += hours
+        fits = not report.too_big()
+        if not fits:
+            too_big.append((point, report))
+        needs = max(c.needs(report.state_bytes) for c in report.calls) / preflight.GiB
+        rows.append(
+            f"{point.name}\t{'fits' if fits else 'DOES NOT FIT'}\t{needs:.2f} GiB/device\t"
+            f"{report.step_seconds * 1e3:.1f} ms/step\t{hours:.1f} chip-hours"
+        )
+    print(f"[preflight] {len(points)} points, {len(reports)} distinct shapes, on {target.name}:")
+    print("\n".join(rows))
+    print(f"[preflight] at least {total:.1f} chip-hours of training (roofline; no evaluation)")
+    for point, report in too_big:
+        print(f"[preflight] {point.name} does not fit on {target.name}:")
+        print(preflight.format_report(report, point.resolve_config()), flush=True)
+    if too_big:
+        names = ", ".join(p.name for p, _ in too_big)
+        print(f"[preflight] refused: {names} do not fit on {target.name}; nothing was run")
+        return 1
+    return 0
+
+
 def _last_line(log: str) -> str:
     try:
         text = files.path(log).read_bytes().decode(errors="replace")
@@ -418,6 +468,12 @@ def define_flags() -> None:
     flags.DEFINE_bool(
         "print_commands", False, "Print each unfinished point's irl_lm.main arguments, one a line."
     )
+    flags.DEFINE_string(
+        "preflight",
+        None,
+        "A TPU slice or GPU node (irl_lm.preflight's --topology): compile each point for it "
+        "first, print the sweep's chip-hours, and run nothing when a point does not fit.",
+    )
     flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -436,6 +492,7 @@ def main(argv):
         only=f.only,
         dry_run=f.dry_run,
         print_commands=f.print_commands,
+        preflight_topology=f.preflight,
     )
     sys.exit(code)
 

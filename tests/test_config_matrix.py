@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -30,19 +29,14 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
-import seqio
 from test_configs import CONFIG_DIR, load
 
-from irl_lm import checkpointing, decoding, evaluators, learners, sharding, train
-from irl_lm.data import pipeline, tasks
-from irl_lm.evaluators import common as eval_common
-from irl_lm.evaluators import decode as decode_evaluator
-from irl_lm.evaluators import reward as reward_evaluator
+from irl_lm import evaluators, preflight, sharding
+from irl_lm.data import pipeline
 from irl_lm.learners.gail import GAILState
 from irl_lm.losses import make_loss
-from irl_lm.models import PUBLIC_PARAM_COUNTS, build_model, is_decoder_only
+from irl_lm.models import PUBLIC_PARAM_COUNTS, is_decoder_only
 
 LOSS_NAMES = ("mle", "mle_entropy", "iqlearn", "iqlearn_online", "gail")
 # A full-size model of each family: the paper-task configs' default and the decoder-only
@@ -107,78 +101,9 @@ CASE_IDS = [_case_id(case) for case in CASES]
 
 
 # ----------------------------------------------------------------------------- stubs
-
-
-class CheckpointTokenizer(seqio.ByteVocabulary):
-    """Stands in for a checkpoint's tokenizer, which `config.init_from=hf:DIR` gives a
-    mode=full run (`train.resolve_config`) and which is not available offline: the real
-    size, EOS and BOS ids (what shapes and decoding read), bytes for text."""
-
-    def __init__(self, size: int, eos_id: int, bos_id: int | None):
-        super().__init__()
-        self._size, self._eos_id, self._bos_id = size, eos_id, bos_id
-
-    @property
-    def _base_vocab_size(self):
-        return self._size
-
-    @property
-    def eos_id(self):
-        return self._eos_id
-
-    @property
-    def bos_id(self):
-        return self._bos_id
-
-
-@dataclasses.dataclass(frozen=True)
-class Checkpoint:
-    """What `config.init_from=hf:DIR` gives a mode=full run of a preset's public checkpoint
-    (`train.resolve_config`, `resolve_model_config`) that this test does not read: its
-    tokenizer (a stand-in with its size and EOS / BOS ids) and its config.json vocab_size."""
-
-    tokenizer: CheckpointTokenizer
-    vocab_size: int
-
-
-CHECKPOINTS = {
-    # google/t5-v1_1-base: T5's SentencePiece model (32000 pieces, 100 sentinels; also
-    # `tasks.T5_VOCABULARY`), an embedding of 32128 rows.
-    "t5_base": Checkpoint(CheckpointTokenizer(32_100, eos_id=1, bos_id=None), 32_128),
-    # google/gemma-3-1b-pt: tokenizer.model (262144 pieces, BOS 2, EOS 1).
-    "gemma3_1b": Checkpoint(CheckpointTokenizer(262_144, eos_id=1, bos_id=2), 262_144),
-}
-
-
-def _load_vocabulary(folder: str):
-    """`vocabularies.load_vocabulary` for the folders `start` names `stub:<preset>`."""
-    return CHECKPOINTS[folder.removeprefix("stub:")].tokenizer
-
-
-def _task_examples(ctx, name, split, max_examples):
-    """`evaluators.common.task_examples` without reading the split: two short prompts per
-    (sub-)task, in the width `text_examples` gives them (what the traces' shapes read)."""
-    del name, max_examples
-    prefix = pipeline.prompt_prefix(is_decoder_only(ctx.model), ctx.task.vocabulary)
-    parts = []
-    for sub in ctx.task.subtasks:
-        if split not in sub.splits:
-            continue
-        parts.append(
-            eval_common.TextExamples(
-                sub,
-                ctx.task.vocabulary,
-                inputs=["a", "b"],
-                targets=["c", "d"],
-                examples=[{}, {}],
-                target_ids=[[7, 1], [8, 1]],
-                prompts=[[*prefix, 5, 1], [*prefix, 6, 1]],
-                width=len(prefix) + ctx.task.lengths["inputs"],
-            )
-        )
-    assert parts, f"task {ctx.task.name} has no {split!r} split"
-    return parts
-
+# A mode=full run reads its tokenizer from the checkpoint in `config.init_from`, not available
+# offline: `irl_lm.preflight` stands in for it (the public checkpoint's size and EOS / BOS
+# ids), and its evaluators see two short prompts of the task's width instead of the split.
 
 _PARAM_SHAPES: dict[str, tuple] = {}
 _abstract_params = sharding.abstract_params
@@ -198,10 +123,9 @@ def _shared_abstract_params(model, mesh, example_batch=None):
 
 @pytest.fixture
 def offline(monkeypatch):
-    monkeypatch.setattr(tasks, "load_vocabulary", _load_vocabulary)
     monkeypatch.setattr(sharding, "abstract_params", _shared_abstract_params)
-    monkeypatch.setattr(decode_evaluator, "task_examples", _task_examples)
-    monkeypatch.setattr(reward_evaluator, "task_examples", _task_examples)
+    with preflight.stand_in_vocabularies(), preflight.placeholder_task_examples():
+        yield
 
 
 # ----------------------------------------------------------------------------- tracing
@@ -241,31 +165,16 @@ def traced(label: str, key: dict, fn):
     return result
 
 
-def abstract(shapes: dict, mesh, dtype=jnp.int32) -> dict:
-    batch = sharding.batch_sharding(mesh)
-    return {k: jax.ShapeDtypeStruct(tuple(v), dtype, sharding=batch) for k, v in shapes.items()}
-
-
-def like(arrays: dict, mesh) -> dict:
-    return abstract({k: np.shape(v) for k, v in arrays.items()}, mesh)
-
-
-RNG = jax.ShapeDtypeStruct((2,), jnp.uint32)
-
-
 @dataclasses.dataclass
 class Run:
-    """What `train.train_and_evaluate` has built when its loop starts."""
+    """What `train.train_and_evaluate` has built when its loop starts (`preflight.Run`), and
+    what the traces of this run depend on."""
 
-    config: object
-    task: tasks.Task
-    model_config: dict
-    model: object
-    mesh: object
-    lengths: dict
-    learner: learners.Learner
-    state: object  # abstract, with shardings
-    key: dict  # what the traces of this run depend on
+    built: preflight.Run
+    key: dict
+
+    def __getattr__(self, name):
+        return getattr(self.built, name)
 
 
 def start(name: str, arg: str) -> Run:
@@ -273,48 +182,23 @@ def start(name: str, arg: str) -> Run:
     preset = dict(p.split("=") for p in arg.split(",")).get("model")
     if preset:  # mode=full fine-tunes a checkpoint, as the configs' commands run it
         config.init_from = f"hf:/ckpts/{preset}"
-    train.validate_config(config)
-    # The checkpoint is not read: its tokenizer is stood in for where `resolve_config` would
-    # take it, and its architecture is the preset's (the public checkpoint's shapes).
-    config.init_from = ""
-    config, source = train.resolve_config(config)
-    if preset:
-        config.model.vocab_size = CHECKPOINTS[preset].vocab_size
-        if tasks.takes_vocabulary(config.task) and not config.task.vocabulary:
-            config.task.vocabulary = f"stub:{preset}"
-    task = tasks.build(config.task)
-    model_config = train.resolve_model_config(config, source, task)
-    model = build_model(model_config)
-    mesh = sharding.make_mesh(config.mesh)
-    decoder_only = is_decoder_only(model)
-    with sharding.use_mesh(mesh):
-        lengths = pipeline.model_feature_lengths(task, decoder_only=decoder_only)
-        learner = learners.make_learner(
-            config,
-            model,
-            model_config,
-            mesh,
-            batch_lengths=lengths,
-            lengths=task.lengths,
-            eos_id=task.eos_id,
-            rng=jax.random.PRNGKey(0),
-        )
-    state = checkpointing.abstract_like(learner.abstract_state, learner.shardings)
+    # The checkpoint is not there: its tokenizer and embedding rows are stood in for.
+    config, _ = preflight.offline_config(config)
+    built = preflight.build_run(config)
     key = dict(
-        model=model_config,
-        lengths=lengths,
-        task_lengths=dict(task.lengths),
-        eos_id=task.eos_id,
-        bos_id=pipeline.vocabulary_bos_id(task.vocabulary),
-        mesh=dict(mesh.shape),
+        model=built.model_config,
+        lengths=built.lengths,
+        task_lengths=dict(built.task.lengths),
+        eos_id=built.task.eos_id,
+        bos_id=pipeline.vocabulary_bos_id(built.task.vocabulary),
+        mesh=dict(built.mesh.shape),
     )
-    return Run(config, task, model_config, model, mesh, lengths, learner, state, key)
+    return Run(built, key)
 
 
 def trace_train_step(run: Run) -> dict:
     """The learner's step (after its sampler, for online losses) on one abstract batch."""
-    config, learner = run.config, run.learner
-    batch = abstract({k: (config.batch_size, n) for k, n in run.lengths.items()}, run.mesh)
+    config = run.config
     key = run.key | {
         "what": "train_step",
         "config": {
@@ -333,144 +217,42 @@ def trace_train_step(run: Run) -> dict:
     }
 
     def trace():
+        calls = {c.name: c for c in preflight.train_calls(run.built)}
+        step = calls["train_step"]
         with sharding.use_mesh(run.mesh):
-            if learner.sampler is None:
-                return None, jax.eval_shape(learner.step, run.state, batch, RNG)
-            policy = jax.eval_shape(learner.sampler, run.state.params, batch, RNG)
-            return policy, jax.eval_shape(learner.step, run.state, batch, RNG, policy)
+            new_state, metrics = jax.eval_shape(step.fn, *step.args)
+        policy = step.args[3] if "sampler" in calls else None
+        return dict(batch=step.args[1], policy=policy, state=new_state, metrics=metrics)
 
     label = f"train step {run.config.model.name} {config.loss.name} {dict(run.task.lengths)}"
-    policy, (new_state, metrics) = traced(label, key, trace)
-    return dict(batch=batch, policy=policy, state=new_state, metrics=metrics)
+    return traced(label, key, trace)
 
 
 def trace_evaluators(run: Run) -> dict[str, dict]:
     """Each evaluator of `config.evals`, built as the trainer builds it, and each of its
-    jitted functions traced on the shapes its `__call__` feeds them: name -> outputs."""
-    config, model, mesh = run.config, run.model, run.mesh
-    ctx = evaluators.EvalContext.from_config(
-        config, run.task, model, mesh, loss_fn=make_loss(config.loss)
-    )
-    built = evaluators.make_evaluators(ctx, config.evals)
-    params = run.state.params
+    jitted functions traced on the shapes its `__call__` feeds them (`preflight.eval_calls`):
+    evaluator name -> {call name: outputs}."""
+    config = run.config
     shared = run.key | {
         "eval_batch_size": config.eval_batch_size,
         "logits_chunk_size": config.get("logits_chunk_size", 0),
     }
     out = {}
-    for name, (_, evaluator) in built.items():
+    for name, calls in preflight.eval_calls(run.built).items():
         fields = dict(config.evals[name])
         # The loss evaluator's trace depends on the loss; the others' do not (the reward's
         # gamma is a constant in its trace), so they are traced once per config and model.
         key = shared | {"what": name, "evaluator": fields}
         if fields["kind"] == "loss":
             key["loss"] = config.loss.to_dict()
-        trace = functools.partial(_TRACERS[type(evaluator)], evaluator, fields, params, run)
+
+        def trace(calls=calls):
+            with sharding.use_mesh(run.mesh):
+                return {c.name.split("/", 1)[1]: jax.eval_shape(c.fn, *c.args) for c in calls}
+
         label = f"evaluator {name} {config.model.name} {dict(run.task.lengths)}"
-        out[name] = traced(label, key, lambda trace=trace: _with_mesh(mesh, trace))
+        out[name] = traced(label, key, trace)
     return out
-
-
-def _with_mesh(mesh, fn):
-    with sharding.use_mesh(mesh):
-        return fn()
-
-
-def _trace_loss(evaluator, fields, params, run):
-    rows = run.config.eval_batch_size  # `pipeline.eval_batches` rows (one host)
-    batch = abstract({k: (rows, n) for k, n in run.lengths.items()}, run.mesh)
-    return {"sums": jax.eval_shape(evaluator._step, params, batch)}
-
-
-def _teacher_forced(run, *, prompt_width, target_width, rows):
-    """The abstract batch `evaluators.common.teacher_forced_rows` makes of `rows` rows."""
-    prefix = pipeline.prompt_prefix(is_decoder_only(run.model), run.task.vocabulary)
-    batch, _ = eval_common.teacher_forced_rows(
-        run.model,
-        [[*prefix, 5, 1]],
-        [[7, 1]],
-        prompt_width=prompt_width,
-        target_width=target_width,
-        rows=rows,
-    )
-    return like(batch, run.mesh)
-
-
-def _trace_decode(evaluator, fields, params, run):
-    prompts = abstract({evaluator.prompt_feature: (evaluator.rows, evaluator.width)}, run.mesh)
-    out = {}
-    if fields.get("calculator"):
-        # A host loop over jitted functions (it reads the text between steps): run it with
-        # each jitted call traced instead, every row ending at the first step.
-        host_loop = HostLoopTracer(run.task.eos_id)
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(decoding, "jax", host_loop)
-            evaluator._decode(params, prompts, RNG)
-        out["calls"] = host_loop.calls
-    else:
-        out["decoded"] = jax.eval_shape(evaluator._decode, params, prompts, RNG)
-    if evaluator._token_log_probs is not None:  # the task's score metrics
-        batch = _teacher_forced(
-            run,
-            prompt_width=evaluator.width,
-            target_width=evaluator.target_width,
-            rows=evaluator.rows,
-        )
-        out["target_log_probs"] = jax.eval_shape(evaluator._token_log_probs, params, batch)
-    return out
-
-
-class HostLoopTracer:
-    """`jax` for a module whose host loop is traced rather than run: each function it jits
-    is traced (`eval_shape`) when called, and what it reads back (`device_get`) is EOS."""
-
-    def __init__(self, eos_id: int):
-        self.eos_id, self.calls = eos_id, []
-
-    def __getattr__(self, name):
-        return getattr(jax, name)
-
-    def jit(self, fn, **kwargs):
-        jitted = jax.jit(fn, **kwargs)
-
-        def call(*args):
-            out = jax.eval_shape(jitted, *args)
-            self.calls.append(out)
-            return out
-
-        return call
-
-    def device_get(self, tree):
-        return jax.tree.map(lambda x: np.full(x.shape, self.eos_id, x.dtype), tree)
-
-
-def _trace_reward(evaluator, fields, params, run):
-    prompt_feature = type(run.model).input_features[0]
-    prompts = abstract({prompt_feature: (evaluator.chunk, evaluator.width)}, run.mesh)
-    decoded = jax.eval_shape(evaluator._decode, params, prompts, RNG)
-    batch = _teacher_forced(
-        run,
-        prompt_width=evaluator.width,
-        target_width=evaluator.max_len,
-        rows=evaluator.chunk * evaluator.num_samples,
-    )
-    return {"decoded": decoded, "rewards": jax.eval_shape(evaluator._rewards, params, batch)}
-
-
-def _trace_expert(evaluator, fields, params, run):
-    batch, expert = evaluator._policy_batch, evaluator._expert_batch
-    return {
-        "decoded": jax.eval_shape(evaluator._decode, params, batch, evaluator._rng),
-        "expert_log_probs": jax.eval_shape(evaluator._token_log_probs, params, expert),
-    }
-
-
-_TRACERS = {
-    evaluators.LossEvaluator: _trace_loss,
-    evaluators.DecodeEvaluator: _trace_decode,
-    evaluators.RewardEvaluator: _trace_reward,
-    evaluators.ExpertEvaluator: _trace_expert,
-}
 
 
 # ----------------------------------------------------------------------------- the matrix
@@ -592,22 +374,22 @@ def test_steps_trace_at_full_size(config_name, arg, loss, family, offline):
     for name, traces in evals.items():
         fields = dict(config.evals[name])
         if fields["kind"] == "loss":
-            assert {"num_tokens", HELD_OUT_TERMS[loss]} <= set(traces["sums"])
+            assert {"num_tokens", HELD_OUT_TERMS[loss]} <= set(traces["step"])
         if fields["kind"] == "decode":  # eval_batch_size rows on 8 shards, [B, N, T]
             n = fields.get("num_decodes", 1)
             if fields.get("calculator"):  # the prefill, then the step: tokens and cache
-                prefill, (tokens, cache) = traces["calls"]
+                prefill, (tokens, cache) = traces["prefill"], traces["step"]
                 assert tokens.shape == (config.eval_batch_size,)
                 assert jax.tree.map(jnp.shape, cache) == jax.tree.map(jnp.shape, prefill)
             else:
                 want = (config.eval_batch_size, n, targets)
-                assert traces["decoded"]["tokens"].shape == want, name
+                assert traces["decode"]["tokens"].shape == want, name
         if fields["kind"] == "reward":  # num_samples samples of eval_batch_size / N inputs
             samples = fields["num_samples"]
             want = (config.eval_batch_size // samples, samples, targets)
-            assert traces["decoded"]["tokens"].shape == want
+            assert traces["decode"]["tokens"].shape == want
             assert traces["rewards"].shape == (config.eval_batch_size, scored)
         if fields["kind"] == "synthetic_expert":  # every input's samples, flattened
             rows = fields["num_examples"] * fields["num_samples"]
-            assert traces["decoded"]["tokens"].shape == (rows, targets)
+            assert traces["decode"]["tokens"].shape == (rows, targets)
             assert traces["expert_log_probs"].shape[0] == rows

@@ -1,0 +1,100 @@
+"""The "Before you launch" table of docs/preflight.md: `irl_lm.preflight` on the paper's XSUM
+config for each (model, loss, target), the train step compiled at full size.
+
+    .venv/bin/python scripts/preflight_table.py --out=DIR [--only=REGEX]
+
+Each cell runs `python -m irl_lm.preflight ... --noevals --json=DIR/<cell>.json` (a few
+minutes of CPU each at full size) and is skipped when its JSON exists, so a rerun goes on
+where the last stopped. The table is printed from every JSON in DIR, in markdown: fits,
+GiB per device, roofline step time and the MFU it allows, and the chip-hours of the paper's
+λ sweep (6 λ x 3 seeds at the config's steps). Cells not compiled yet are listed as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+MODELS = ("t5_base", "t5_large", "t5_xl", "gemma3_1b", "llama3_2_1b")
+LOSSES = ("mle", "iqlearn_online")
+TARGETS = ("v4-32", "v5e-16", "v5p-8", "h100x8")
+SWEEP_RUNS = 6 * 3  # the paper's λ grid x 3 seeds (configs/xsum.py's sweep)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cells() -> list[tuple[str, str, str]]:
+    return [(m, loss, t) for m in MODELS for loss in LOSSES for t in TARGETS]
+
+
+def name(model: str, loss: str, target: str) -> str:
+    return f"{model}_{loss}_{target}"
+
+
+def compile_cell(out: str, model: str, loss: str, target: str) -> None:
+    path = os.path.join(out, name(model, loss, target) + ".json")
+    if os.path.exists(path):
+        return
+    cmd = [
+        sys.executable,
+        "-m",
+        "irl_lm.preflight",
+        f"--config=configs/xsum.py:mode=full,model={model},loss={loss}",
+        f"--topology={target}",
+        "--noevals",
+        f"--json={path}",
+    ]
+    started = time.time()
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    with open(os.path.join(out, name(model, loss, target) + ".txt"), "w") as f:
+        f.write(result.stdout + f"\nexit {result.returncode}, {time.time() - started:.0f} s\n")
+    if result.returncode not in (0, 1):  # 1: does not fit (its JSON says so)
+        print(result.stderr[-2000:], file=sys.stderr)
+    print(f"{name(model, loss, target)}: exit {result.returncode}, {time.time() - started:.0f} s")
+
+
+def table(out: str) -> str:
+    lines = [
+        "| model | loss | target | fits | mesh | GiB / device (of usable) | step (roofline) "
+        "| MFU at most | λ sweep chip-hours | compile |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model, loss, target in cells():
+        path = os.path.join(out, name(model, loss, target) + ".json")
+        if not os.path.exists(path):
+            lines.append(f"| {model} | {loss} | {target} | not compiled yet | | | | | | |")
+            continue
+        with open(path) as f:
+            r = json.load(f)
+        needs = max(c["needs_bytes"] for c in r["calls"]) / 2**30
+        mesh = "x".join(f"{k}{v}" for k, v in r["mesh"].items() if v > 1) or "1"
+        seconds = sum(c["compile_s"] for c in r["calls"])
+        hours = SWEEP_RUNS * r["chip_hours"]
+        lines.append(
+            f"| {model} | {loss} | {target} | {'yes' if r['fits'] else '**no**'} | {mesh} | "
+            f"{needs:.1f} ({r['capacity_bytes'] / 2**30:.1f}) | {r['step_seconds'] * 1e3:.0f} ms | "
+            f"{r['mfu']:.0%} | {hours:,.0f} | {seconds:.0f} s |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--only", default="", help="compile only the cells matching this")
+    parser.add_argument("--table_only", action="store_true", help="print, compile nothing")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    if not args.table_only:
+        for cell in cells():
+            if re.search(args.only, name(*cell)):
+                compile_cell(args.out, *cell)
+    print(table(args.out))
+
+
+if __name__ == "__main__":
+    main()
