@@ -4,9 +4,11 @@
     report = hlo_flops.loop_report(compiled)  # while loops found, those of unknown trip count
 
 XLA's `compiled.cost_analysis()["flops"]` counts the body of a `while` loop once, not once per
-iteration. A program whose work sits in loops (logits computed by chunks with `jax.lax.scan` or
-`lax.map`, layers under `scan`, or the windowed collective matmuls a TPU compile may turn an
-FSDP all-gather + matmul into) therefore reports a fraction of the FLOPs it runs.
+iteration. A program whose work sits in loops therefore reports a fraction of the FLOPs it runs:
+logits computed by chunks with `jax.lax.scan` or `lax.map`, layers under `scan`, and the
+windowed einsums (collective matmuls) a TPU compile makes of a sharded matmul and its
+all-gather or reduce-scatter, a loop over the devices of the mesh axis (libtpu can emit them,
+by default, for the weight gradients of an FSDP train step).
 
 This module reads the optimized HLO (`compiled.as_text()`) instead and sums the FLOPs of every
 `dot` (2 x output elements x contracted elements) and `convolution` (2 x output elements x
@@ -49,6 +51,7 @@ class Instruction:
     literal: str  # the operand text of a constant
     attrs: str  # after the operand list, quoted strings blanked
     raw_attrs: str
+    called: dict[str, list[str]]  # attribute (calls, body, to_apply, ...) -> computations
 
 
 @dataclasses.dataclass
@@ -64,7 +67,10 @@ _INSTRUCTION = re.compile(r"^\s*(ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
 _ARRAY = re.compile(r"^([a-z][a-z0-9]*)\[([^\]]*)\]")
 _COMMENT = re.compile(r"/\*.*?\*/")
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
-_NAME = r"%?([\w.\-]+)"
+_CALLED = re.compile(
+    r"\b(calls|to_apply|body|condition|branch_computations|true_computation|false_computation"
+    r"|called_computations)=(\{[^}]*\}|%?[\w.\-]+)"
+)
 
 
 def _closing(text: str, start: int) -> int:
@@ -134,16 +140,21 @@ def _instruction(name: str, text: str) -> Instruction:
             operands.append(token.removeprefix("%"))
             operand_dims.append(_dims(part) if len(part.split()) > 1 else None)
     raw_attrs = rest[close + 1 :]
+    attrs = _QUOTED.sub('""', raw_attrs) if '"' in raw_attrs else raw_attrs
+    called = {
+        key: [n.strip().removeprefix("%") for n in value.strip("{}").split(",") if n.strip()]
+        for key, value in _CALLED.findall(attrs)
+    }
     return Instruction(
-        name, dims, opcode, operands, operand_dims, literal.strip(), _QUOTED.sub('""', raw_attrs),
-        raw_attrs,
-    )  # fmt: skip
+        name, dims, opcode, operands, operand_dims, literal.strip(), attrs, raw_attrs, called
+    )
 
 
 def _open_brackets(line: str) -> int:
     """How many more brackets `line` opens than it closes, outside quoted strings."""
-    line = _QUOTED.sub("", line)
-    return sum(line.count(c) for c in "([{") - sum(line.count(c) for c in ")]}")
+    count = lambda text: sum(map(text.count, "([{")) - sum(map(text.count, ")]}"))
+    n = count(line)
+    return count(_QUOTED.sub("", line)) if n and '"' in line else n
 
 
 def parse_hlo(text: str) -> dict[str, Computation]:
@@ -176,7 +187,7 @@ def parse_hlo(text: str) -> dict[str, Computation]:
     if not any(c.is_entry for c in computations.values()):
         raise ValueError("no ENTRY computation in the HLO text")
     for c in computations.values():
-        c.root = c.root or next(reversed(c.instructions))
+        c.root = c.root or next(reversed(c.instructions), "")
     return computations
 
 
@@ -185,14 +196,6 @@ def _attr_ints(attrs: str, key: str) -> tuple[int, ...]:
     if not m or not m.group(1).strip():
         return ()
     return tuple(int(v) for v in m.group(1).split(","))
-
-
-def _attr_names(attrs: str, key: str) -> list[str]:
-    """The computations an attribute names: `key=%c` or `key={%a, %b}`."""
-    m = re.search(rf"\b{key}=(\{{[^}}]*\}}|{_NAME})", attrs)
-    if not m:
-        return []
-    return [n.strip().removeprefix("%") for n in m.group(1).strip("{}").split(",") if n.strip()]
 
 
 # ---------------------------------------------------------------------------------- FLOPs
@@ -328,7 +331,7 @@ class _Resolver:
             m = re.search(r"\bdirection=(\w+)", instruction.attrs)
             return ("compare", m.group(1), recurse(args[0]), recurse(args[1]))
         if op == "fusion":
-            called = _attr_names(instruction.attrs, "calls")
+            called = instruction.called.get("calls", [])
             if len(called) != 1 or called[0] not in self.computations:
                 return None
             inner = self.computations[called[0]]
@@ -366,8 +369,8 @@ def trip_count(
     if m:
         return int(m.group(1)), "backend_config"
     unknown = (None, "unknown")
-    (cond_name,) = _attr_names(loop.attrs, "condition") or [None]
-    (body_name,) = _attr_names(loop.attrs, "body") or [None]
+    (cond_name,) = loop.called.get("condition", [None])
+    (body_name,) = loop.called.get("body", [None])
     if cond_name not in computations or body_name not in computations:
         return unknown
     resolve = _Resolver(computations)
@@ -450,36 +453,26 @@ def analyze(compiled: Any) -> HloFlops:
         comp = computations[name]
         total = 0.0
         for instruction in comp.instructions.values():
-            op, attrs = instruction.opcode, instruction.attrs
+            op, called = instruction.opcode, instruction.called
             if op == "dot":
                 total += dot_flops(comp, instruction)
             elif op == "convolution":
                 total += convolution_flops(comp, instruction)
-            if op in _NOT_CALLS:
+            if not called or op in _NOT_CALLS:
                 continue
             run = functools.partial(flops, stack=stack + (name,))
             if op == "while":
                 count, source = trip_count(computations, comp, instruction)
                 loops[(name, instruction.name)] = WhileLoop(instruction.name, name, count, source)
-                times = 1 if count is None else count
-                body = _attr_names(attrs, "body")
-                total += sum(times * run(c) for c in body if c in computations)
-                total += sum(
-                    (1 if count is None else count + 1) * run(c)
-                    for c in _attr_names(attrs, "condition")
-                    if c in computations
-                )
-                continue
-            branches = _attr_names(attrs, "branch_computations") + [
-                c
-                for key in ("true_computation", "false_computation")
-                for c in _attr_names(attrs, key)
-            ]
-            if op == "conditional":
+                runs = {"body": 1 if count is None else count, "condition": (count or 0) + 1}
+                for key, times in runs.items():
+                    total += sum(times * run(c) for c in called.get(key, []) if c in computations)
+            elif op == "conditional":
+                branches = [c for key, names in called.items() if key != "calls" for c in names]
                 total += max((run(c) for c in branches if c in computations), default=0.0)
-                continue
-            for key in ("calls", "to_apply", "called_computations"):
-                total += sum(run(c) for c in _attr_names(attrs, key) if c in computations)
+            else:
+                callees = [c for names in called.values() for c in names]
+                total += sum(run(c) for c in callees if c in computations)
         memo[name] = total
         return total
 

@@ -52,6 +52,7 @@ from irl_lm import (
     evaluators,
     files,
     gpu_compile,
+    hlo_flops,
     learners,
     perf,
     sharding,
@@ -246,10 +247,10 @@ def offline_config(config: ml_collections.ConfigDict) -> tuple[ml_collections.Co
             readable = False
     if readable or not tasks.takes_vocabulary(config.task) or config.task.get("vocabulary"):
         return config, ""
-    if not init_from and _has_own_vocabulary(config.task):  # e.g. the synthetic expert's
-        return config, ""
     preset = str(config.model.get("name", ""))
     found = stand_in(preset)
+    if found is None and not init_from:  # not a preset: the task's own (e.g. the expert's)
+        return config, ""
     if found is None:
         raise ValueError(
             f"config.task.vocabulary is unset and config.init_from={init_from!r} is not "
@@ -265,14 +266,6 @@ def offline_config(config: ml_collections.ConfigDict) -> tuple[ml_collections.Co
         f"{rows} embedding rows; config.init_from={init_from or '(unset)'} not read)"
     )
     return config, what
-
-
-def _has_own_vocabulary(task_config) -> bool:
-    try:
-        tasks.get_task(task_config)
-        return True
-    except ValueError:  # e.g. the jsonl task, which needs one
-        return False
 
 
 @dataclasses.dataclass
@@ -563,8 +556,10 @@ class Compiled:
     temporaries: int
     code: int
     other_inputs: int  # the arguments besides the first (the state or the parameters)
-    flops: float
-    bytes_accessed: float
+    flops: float  # matmul FLOPs per device, loops at their trip counts (`irl_lm.hlo_flops`)
+    xla_flops: float  # XLA's cost analysis: every op, but each loop body once
+    bytes_accessed: float  # XLA's cost analysis (loop bodies once too)
+    unknown_loops: int = 0  # loops whose trip count could not be read: counted once
     refused: str = ""  # the compiler's message when it refused the program (out of memory)
 
     def needs(self, state_bytes: int) -> int:
@@ -601,6 +596,7 @@ def compile_call(call: Call, mesh) -> Compiled:
     seconds = time.perf_counter() - started
     memory = compiled.memory_analysis()
     cost = gpu_compile.cost_analysis(compiled)
+    counted = hlo_flops.analyze(compiled)
     return Compiled(
         name=call.name,
         compile_s=seconds,
@@ -610,8 +606,10 @@ def compile_call(call: Call, mesh) -> Compiled:
         temporaries=int(memory.temp_size_in_bytes),
         code=int(memory.generated_code_size_in_bytes),
         other_inputs=shard_bytes(call.args[1:]),
-        flops=float(cost.get("flops", 0.0)),
+        flops=counted.flops,
+        xla_flops=float(cost.get("flops", 0.0)),
         bytes_accessed=float(cost.get("bytes accessed", 0.0)),
+        unknown_loops=len(counted.unknown),
     )
 
 
@@ -633,6 +631,7 @@ def _refused(call: Call, message: str, seconds: float) -> Compiled:
         code=0,
         other_inputs=shard_bytes(call.args[1:]),
         flops=math.nan,
+        xla_flops=math.nan,
         bytes_accessed=math.nan,
         refused=message.strip().splitlines()[0][:300],
     )
@@ -681,6 +680,10 @@ class Report:
         return self.num_devices * sum(c.flops for c in self.step_calls())
 
     @property
+    def xla_flops(self) -> float:
+        return self.num_devices * sum(c.xla_flops for c in self.step_calls())
+
+    @property
     def model_flops(self) -> float:
         return self.update_flops + self.sampling_flops
 
@@ -722,6 +725,7 @@ class Report:
             "update_flops": self.update_flops,
             "sampling_flops": self.sampling_flops,
             "compiled_flops": self.compiled_flops,
+            "xla_flops": self.xla_flops,
             "compiled_over_model_flops": self.compiled_flops / self.model_flops,
             "step_seconds": self.step_seconds,
             "mfu": self.mfu,
@@ -859,15 +863,21 @@ def format_report(report: Report, config: ml_collections.ConfigDict) -> str:
         "('inputs': the call's inputs besides the resident parameters / state; 'needs': "
         "resident state + inputs + outputs not written in place + temporaries + code)",
         "",
-        f"step (sampler + update): compiled FLOPs {report.compiled_flops:.4g} over "
-        f"{report.num_devices} devices; irl_lm.perf's model FLOPs {report.model_flops:.4g} "
-        f"(ratio {report.compiled_flops / report.model_flops:.3f})",
+        f"step (sampler + update), over {report.num_devices} devices: compiled matmul FLOPs "
+        f"{report.compiled_flops:.4g} (loops at their trip counts); irl_lm.perf's model FLOPs "
+        f"{report.model_flops:.4g} (ratio {report.compiled_flops / report.model_flops:.3f}); "
+        f"XLA's cost analysis {report.xla_flops:.4g} (every op, loop bodies once)",
         f"roofline step time {report.step_seconds * 1e3:.1f} ms -> MFU at most "
         f"{report.mfu:.1%}, {report.tokens_per_step / report.step_seconds:,.0f} tokens/s",
         f"{report.total_steps} steps: at least {report.chip_hours:.1f} chip-hours "
         f"({report.chip_hours / t.chips:.2f} h on {t.chips} chips; evaluation not counted)",
     ]
     for c in report.calls:
+        if c.unknown_loops:
+            lines.append(
+                f"{c.name}: {c.unknown_loops} loops of unknown trip count, counted once: "
+                "its FLOPs and roofline are lower bounds"
+            )
         if c.refused:
             lines.append(f"{c.name}: the compiler refused it: {c.refused}")
     too_big = report.too_big()
