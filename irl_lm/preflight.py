@@ -167,11 +167,22 @@ def compile_devices(target: Target) -> list:
 
     if target.platform == "gpu":
         return gpu_compile.devices(target.name.split("x")[0], target.chips)
-    os.environ.setdefault("TPU_LIBRARY_PATH", tpu_library())
-    # Compiling holds no chip: several preflights (or test workers) may load libtpu at once.
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     kwargs = {"chip_config_name": "megacore"} if target.megacore else {}
-    topology = topologies.get_topology_desc(topology_name=target.topology, platform="tpu", **kwargs)
+    # Set only while libtpu loads, so that processes started later (a sweep's points) never
+    # see it. Compiling holds no chip: several preflights may load libtpu at once.
+    env = {"TPU_LIBRARY_PATH": tpu_library(), "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        topology = topologies.get_topology_desc(
+            topology_name=target.topology, platform="tpu", **kwargs
+        )
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
     return list(topology.devices)
 
 

@@ -193,6 +193,22 @@ def test_sweep_preflight_refuses_a_sweep_with_a_point_that_does_not_fit(unfit_co
     assert "chip-hours" in out
 
 
+def test_cpu_runs_never_see_the_compilers(t5_fsdp):
+    """After a preflight in this process, a JAX process started from it (as a sweep starts
+    its points) finds no libtpu and no CUDA plugin: it never tries to start a TPU or GPU."""
+    assert "TPU_LIBRARY_PATH" not in os.environ
+    code = (
+        "import jax; from jax._src import cloud_tpu_init; "
+        "print(cloud_tpu_init.get_tpu_library_path(), jax.devices()[0].platform)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.stdout.split() == ["None", "cpu"], result.stderr[-2000:]
+    assert "libtpu" not in result.stderr and "cuda" not in result.stderr.lower()
+
+
 def test_unknown_targets_are_refused_with_the_known_ones():
     with pytest.raises(ValueError, match="v4-32.*v5e-16.*v5p-8.*h100x8"):
         preflight.get_target("v4-31")
