@@ -686,6 +686,16 @@ class Report:
         return sum(c.seconds(self.target) for c in self.step_calls())
 
     @property
+    def compute_seconds(self) -> float:
+        """The step's matmul FLOPs at the chip's peak (the roofline's compute term)."""
+        return sum(c.flops for c in self.step_calls()) / self.target.peak_flops
+
+    @property
+    def memory_seconds(self) -> float:
+        """XLA's bytes accessed at the memory bandwidth (the roofline's memory term)."""
+        return sum(c.bytes_accessed for c in self.step_calls()) / self.target.bandwidth
+
+    @property
     def compiled_flops(self) -> float:
         """The step's compiled FLOPs over all devices (sampler + update)."""
         return self.num_devices * sum(c.flops for c in self.step_calls())
@@ -739,6 +749,8 @@ class Report:
             "xla_flops": self.xla_flops,
             "compiled_over_model_flops": self.compiled_flops / self.model_flops,
             "step_seconds": self.step_seconds,
+            "compute_seconds": self.compute_seconds,
+            "memory_seconds": self.memory_seconds,
             "mfu": self.mfu,
             "tokens_per_s": self.tokens_per_step / self.step_seconds,
             "total_steps": self.total_steps,
@@ -878,8 +890,10 @@ def format_report(report: Report, config: ml_collections.ConfigDict) -> str:
         f"{report.compiled_flops:.4g} (loops at their trip counts); irl_lm.perf's model FLOPs "
         f"{report.model_flops:.4g} (ratio {report.compiled_flops / report.model_flops:.3f}); "
         f"XLA's cost analysis {report.xla_flops:.4g} (every op, loop bodies once)",
-        f"roofline step time {report.step_seconds * 1e3:.1f} ms -> MFU at most "
-        f"{report.mfu:.1%}, {report.tokens_per_step / report.step_seconds:,.0f} tokens/s",
+        f"roofline step time {report.step_seconds * 1e3:.1f} ms (compute at peak "
+        f"{report.compute_seconds * 1e3:.1f} ms, XLA's bytes accessed at full bandwidth "
+        f"{report.memory_seconds * 1e3:.1f} ms) -> MFU at most {report.mfu:.1%}, "
+        f"{report.tokens_per_step / report.step_seconds:,.0f} tokens/s",
         f"{report.total_steps} steps: at least {report.chip_hours:.1f} chip-hours "
         f"({report.chip_hours / t.chips:.2f} h on {t.chips} chips; evaluation not counted)",
     ]

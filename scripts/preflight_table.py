@@ -7,7 +7,7 @@ Each cell runs `python -m irl_lm.preflight ... --noevals --json=DIR/<cell>.json`
 minutes of CPU each at full size) and is skipped when its JSON exists, so a rerun goes on
 where the last stopped. The table is printed from every JSON in DIR, in markdown: fits,
 GiB per device, roofline step time and the MFU it allows, and the chip-hours of the paper's
-λ sweep (6 λ x 3 seeds at the config's steps). Cells not compiled yet are listed as such.
+λ sweep (6 λ x 3 seeds at the config's steps). Cells not compiled yet are listed after it.
 """
 
 from __future__ import annotations
@@ -59,14 +59,15 @@ def compile_cell(out: str, model: str, loss: str, target: str) -> None:
 
 def table(out: str) -> str:
     lines = [
-        "| model | loss | target | fits | mesh | GiB / device (of usable) | step (roofline) "
-        "| MFU at most | λ sweep chip-hours | compile |",
+        "| model | loss | target | fits | mesh | GiB / device (of usable) | step: compute / "
+        "memory (roofline) | MFU at most | λ sweep chip-hours | compile |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    missing = []
     for model, loss, target in cells():
         path = os.path.join(out, name(model, loss, target) + ".json")
         if not os.path.exists(path):
-            lines.append(f"| {model} | {loss} | {target} | not compiled yet | | | | | | |")
+            missing.append(f"{model} {loss} {target}")
             continue
         with open(path) as f:
             r = json.load(f)
@@ -74,11 +75,17 @@ def table(out: str) -> str:
         mesh = "x".join(f"{k}{v}" for k, v in r["mesh"].items() if v > 1) or "1"
         seconds = sum(c["compile_s"] for c in r["calls"])
         hours = SWEEP_RUNS * r["chip_hours"]
+        step = [c for c in r["calls"] if c["name"] in ("train_step", "sampler")]
+        compute = sum(c["flops"] for c in step) / r["target"]["peak_flops"]
+        memory = sum(c["bytes_accessed"] for c in step) / r["target"]["bandwidth"]
         lines.append(
             f"| {model} | {loss} | {target} | {'yes' if r['fits'] else '**no**'} | {mesh} | "
-            f"{needs:.1f} ({r['capacity_bytes'] / 2**30:.1f}) | {r['step_seconds'] * 1e3:.0f} ms | "
+            f"{needs:.1f} ({r['capacity_bytes'] / 2**30:.1f}) | {compute * 1e3:.0f} / "
+            f"{memory * 1e3:.0f} ms | "
             f"{r['mfu']:.0%} | {hours:,.0f} | {seconds:.0f} s |"
         )
+    if missing:
+        lines += ["", f"Not compiled yet ({len(missing)} of {len(cells())}): {'; '.join(missing)}."]
     return "\n".join(lines)
 
 
