@@ -60,7 +60,7 @@ from irl_lm import (
 )
 from irl_lm.data import pipeline, tasks
 from irl_lm.evaluators import common as eval_common
-from irl_lm.losses import make_loss
+from irl_lm.losses import LOSSES, make_loss
 from irl_lm.models import build_model, is_decoder_only, resolve_preset
 
 GiB = 1024**3
@@ -833,7 +833,7 @@ def advice(report: Report, config: ml_collections.ConfigDict) -> list[str]:
             "--config.logits_chunk_size=64: the head and the losses 64 target positions at "
             "a time (the [B, T, vocab] float32 logits never exist whole)"
         )
-    if config.grad_accum_steps == 1 and not learners.sampled_rows(config.loss, 1, _OneMesh):
+    if config.grad_accum_steps == 1 and not LOSSES[config.loss.name].online:  # (GAIL too)
         changes.append(
             f"--config.grad_accum_steps=2: the batch of {config.batch_size} in two halves"
         )
@@ -846,10 +846,6 @@ def advice(report: Report, config: ml_collections.ConfigDict) -> list[str]:
             f"--config.eval_batch_size={max(config.eval_batch_size // 2, 1)}: the evaluators' batch"
         )
     return changes
-
-
-class _OneMesh:  # `learners.sampled_rows` reads the batch shards only for online IQLearn
-    shape = {"data": 1, "fsdp": 1}
 
 
 def format_report(report: Report, config: ml_collections.ConfigDict) -> str:
