@@ -62,38 +62,31 @@ _CUDA_LIMITS: dict[str, Any] = {
 # shared memory per SM and per block opted in; L2, boost clock, HBM size as CUDA reports it
 # (the data sheet's less what the driver keeps), HBM bandwidth, PCIe bandwidth per
 # direction and NVLink links.
+_H100: dict[str, Any] = {
+    **_CUDA_LIMITS,
+    "device_kind": "NVIDIA H100 80GB HBM3",
+    "compute_capability": (9, 0),
+    "accelerated_features": True,  # sm_90a: wgmma, TMA
+    "core_count": 132,
+    "fpus_per_core": 128,
+    "shared_memory_per_core": 228 * 1024,
+    "shared_memory_per_block_optin": 227 * 1024,
+    "l2_cache_size": 50 * 1024**2,
+    "clock_rate_ghz": 1.98,
+    "device_memory_size": 81089 * 1024**2,
+    "memory_bandwidth": 3.35e12,
+    "pcie_bandwidth": 64e9,
+    "nvlink_links": 18,
+}
+
 GPU_SPECS: dict[str, dict[str, Any]] = {
-    "h100": {
-        **_CUDA_LIMITS,
-        "device_kind": "NVIDIA H100 80GB HBM3",
-        "compute_capability": (9, 0),
-        "accelerated_features": True,  # sm_90a: wgmma, TMA
-        "core_count": 132,
-        "fpus_per_core": 128,
-        "shared_memory_per_core": 228 * 1024,
-        "shared_memory_per_block_optin": 227 * 1024,
-        "l2_cache_size": 50 * 1024**2,
-        "clock_rate_ghz": 1.98,
-        "device_memory_size": 81089 * 1024**2,
-        "memory_bandwidth": 3.35e12,
-        "pcie_bandwidth": 64e9,
-        "nvlink_links": 18,
-    },
-    "h200": {
-        **_CUDA_LIMITS,
+    "h100": _H100,
+    "h200": {  # the H100's chip with more and faster memory
+        **_H100,
         "device_kind": "NVIDIA H200",
-        "compute_capability": (9, 0),
-        "accelerated_features": True,
-        "core_count": 132,
-        "fpus_per_core": 128,
-        "shared_memory_per_core": 228 * 1024,
-        "shared_memory_per_block_optin": 227 * 1024,
         "l2_cache_size": 60 * 1024**2,
-        "clock_rate_ghz": 1.98,
         "device_memory_size": 143156 * 1024**2,
         "memory_bandwidth": 4.8e12,
-        "pcie_bandwidth": 64e9,
-        "nvlink_links": 18,
     },
     "a100": {
         **_CUDA_LIMITS,

@@ -232,11 +232,8 @@ def _overlaps(size: int, out: int, window: int, stride: int, lo: int, lhs_dil: i
             total += last_o - first_o + 1
             continue
         period = lhs_dil // math.gcd(stride, lhs_dil)
-        start = next(
-            (o for o in range(first_o, min(last_o, first_o + period - 1) + 1)
-             if (o * stride + offset) % lhs_dil == 0),
-            None,
-        )  # fmt: skip
+        candidates = range(first_o, min(last_o, first_o + period - 1) + 1)
+        start = next((o for o in candidates if (o * stride + offset) % lhs_dil == 0), None)
         if start is not None:
             total += (last_o - start) // period + 1
     return total

@@ -304,17 +304,7 @@ def build_run(config: ml_collections.ConfigDict, devices=None) -> Run:
     mesh = sharding.make_mesh(config.mesh, devices)
     rng = jax.random.PRNGKey(config.seed)  # outside the mesh: compile-only devices hold nothing
     with sharding.use_mesh(mesh):
-        lengths = pipeline.model_feature_lengths(task, decoder_only=is_decoder_only(model))
-        learner = learners.make_learner(
-            config,
-            model,
-            model_config,
-            mesh,
-            batch_lengths=lengths,
-            lengths=task.lengths,
-            eos_id=task.eos_id,
-            rng=rng,
-        )
+        lengths, learner = train.build_learner(config, task, model, model_config, mesh, rng)
     state = checkpointing.abstract_like(learner.abstract_state, learner.shardings)
     return Run(config, task, model_config, model, mesh, lengths, learner, state)
 

@@ -166,6 +166,23 @@ def initial_state(learner, checkpointer, source, model):
     return learner.init(), {"data_position": 0}, None
 
 
+def build_learner(config, task: tasks.Task, model, model_config: dict, mesh, rng):
+    """(the model's batch feature lengths, the learner `config` calls for) for `task`;
+    called under `sharding.use_mesh(mesh)`."""
+    lengths = pipeline.model_feature_lengths(task, decoder_only=is_decoder_only(model))
+    learner = learners.make_learner(
+        config,
+        model,
+        model_config,
+        mesh,
+        batch_lengths=lengths,
+        lengths=task.lengths,
+        eos_id=task.eos_id,
+        rng=rng,
+    )
+    return lengths, learner
+
+
 def dummy_batch(task_or_config, model, batch_size: int) -> dict[str, np.ndarray]:
     """Ones in the shapes of `model`'s input features for a task (or a config's task), for
     initialisation and shapes."""
@@ -244,16 +261,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     rng = jax.random.PRNGKey(config.seed)
 
     with sharding.use_mesh(mesh), distributed.Preemption() as preemption:
-        lengths = pipeline.model_feature_lengths(task, decoder_only=decoder_only)
-        learner = learners.make_learner(
-            config,
-            model,
-            model_config,
-            mesh,
-            batch_lengths=lengths,
-            lengths=task.lengths,
-            eos_id=task.eos_id,
-            rng=jax.random.fold_in(rng, 0),
+        lengths, learner = build_learner(
+            config, task, model, model_config, mesh, jax.random.fold_in(rng, 0)
         )
         if learner.sampled_rows:
             logging.info(

@@ -360,7 +360,6 @@ def test_step_cost_counts_online_samples_and_every_gail_pass(make_config):
     apart; GAIL: 2 discriminator updates over data and samples with the reference policy
     ("log_ratio"), the samples' rewards and reference logits, the policy update with its
     NLL term, each pass counted by `perf` on the data's shapes."""
-    from irl_lm import learners
     from irl_lm.data import tasks
 
     config = make_config("iqlearn_online")
@@ -375,16 +374,9 @@ def test_step_cost_counts_online_samples_and_every_gail_pass(make_config):
 
     def learner_for(config):
         with sharding.use_mesh(mesh):
-            return learners.make_learner(
-                config,
-                model,
-                model_config,
-                mesh,
-                batch_lengths=lengths,
-                lengths=task.lengths,
-                eos_id=task.eos_id,
-                rng=jax.random.PRNGKey(0),
-            )
+            return train.build_learner(
+                config, task, model, model_config, mesh, jax.random.PRNGKey(0)
+            )[1]
 
     cost = learner_for(config)
     assert cost.sampled_rows == 2
