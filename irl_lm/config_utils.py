@@ -8,6 +8,10 @@ from typing import Any
 
 import ml_collections
 
+# The command-line flag that asks for the mesh, remat and gradient accumulation to be picked
+# for the devices (`irl_lm.preflight.layouts`); config.mesh itself is a dict of axis sizes.
+AUTO_MESH = "--config.mesh=auto"
+
 
 def parse_arg(arg: str | None, **defaults: str) -> dict[str, str]:
     """`"loss=iqlearn,lam=0.1"` -> {"loss": "iqlearn", "lam": "0.1"} over `defaults`.

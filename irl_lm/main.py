@@ -1,6 +1,11 @@
 """Trains and evaluates one config:
 
 python -m irl_lm.main --config=configs/demo.py:loss=iqlearn --workdir=DIR [--config.x=y]
+    [--config.mesh=auto]
+
+`--config.mesh=auto` picks the mesh, remat and gradient accumulation on the devices at
+start-up (`irl_lm.preflight.auto_config`: FSDP over every device, then remat, then
+accumulation, each train step compiled against the devices' memory until one fits).
 
 A workdir whose `results.json` records a finished run exits at once with status 0, so a
 rerun of a pod job or a sweep does no work twice.
@@ -8,10 +13,12 @@ rerun of a pod job or a sweep does no work twice.
 
 from __future__ import annotations
 
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
-from irl_lm import distributed, train
+from irl_lm import distributed, preflight, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:arg].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
@@ -30,7 +37,7 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the r
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id, 0 first.")
 
 
-def main(argv):
+def main(argv, auto: bool = False):
     del argv
     train.quiet_library_logs()
     if _DISTRIBUTED.value:
@@ -39,9 +46,11 @@ def main(argv):
             num_processes=_NUM_PROCESSES.value,
             process_id=_PROCESS_ID.value,
         )
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    config = preflight.auto_config(_CONFIG.value) if auto else _CONFIG.value
+    train.train_and_evaluate(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    argv, auto = preflight.split_auto(sys.argv)
+    app.run(lambda argv: main(argv, auto), argv=argv)

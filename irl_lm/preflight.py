@@ -1,7 +1,7 @@
 """Preflight: compile a run for a TPU slice or a GPU node on a CPU machine, before launching.
 
     python -m irl_lm.preflight --config=configs/xsum.py:mode=full --topology=v4-32 \\
-        [--config.x=y ...] [--json=PATH]
+        [--config.x=y ...] [--config.mesh=auto] [--json=PATH]
 
 It builds what the trainer builds (`train.train_and_evaluate`: task, model at its real size,
 learner with its sampler, evaluators) from abstract shapes, with no weights and no data, on
@@ -11,7 +11,9 @@ each it prints the bytes per device (the train state, the call's own inputs and
 temporaries) against the chip's memory, the compiled FLOPs against `irl_lm.perf`'s model
 FLOPs, and a roofline estimate of the step time (the larger of FLOPs / peak and bytes
 accessed / memory bandwidth) with the MFU and tokens/s it implies. It exits 1 when a call
-does not fit, naming the settings to change.
+does not fit, naming the settings to change. With `--config.mesh=auto` it compiles the
+layouts of `layouts()` in turn (FSDP over every device; then remat; then gradient
+accumulation) and prints the first whose step fits, as the `--config` flags to launch with.
 
 Targets: TPU slices by their Cloud names (`v4-32`, `v5e-16`, `v5p-8`, `v6e-16`, ...), compiled
 by libtpu for a topology that is not there (`jax.experimental.topologies`); GPU nodes
@@ -45,6 +47,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import seqio
+from absl import logging
 
 from irl_lm import (
     checkpointing,
@@ -58,6 +61,7 @@ from irl_lm import (
     sharding,
     train,
 )
+from irl_lm.config_utils import AUTO_MESH
 from irl_lm.data import pipeline, tasks
 from irl_lm.evaluators import common as eval_common
 from irl_lm.losses import LOSSES, make_loss
@@ -644,6 +648,7 @@ def _refused(call: Call, message: str, seconds: float) -> Compiled:
 @dataclasses.dataclass
 class Report:
     target: Target
+    config: ml_collections.ConfigDict  # the run's, as compiled (mesh=auto's pick applied)
     config_label: str
     mesh: dict
     num_devices: int
@@ -658,6 +663,12 @@ class Report:
     sampling_flops: float
     tokens_per_step: int
     total_steps: int
+    tried: list[tuple[Layout, int]] = dataclasses.field(default_factory=list)  # mesh=auto
+
+    @property
+    def layout(self) -> Layout | None:
+        """mesh=auto's pick: the last layout tried (when the step fits)."""
+        return self.tried[-1][0] if self.tried and not self.too_big() else None
 
     @property
     def state_bytes(self) -> int:
@@ -745,6 +756,15 @@ class Report:
             "tokens_per_s": self.tokens_per_step / self.step_seconds,
             "total_steps": self.total_steps,
             "chip_hours": self.chip_hours,
+            "remat": self.config.model.get("remat", "none"),
+            "grad_accum_steps": self.config.grad_accum_steps,
+            "auto": {
+                "tried": [
+                    {"overrides": layout.overrides(), "needs_bytes": needs}
+                    for layout, needs in self.tried
+                ],
+                "picked": self.layout.overrides() if self.layout else None,
+            },
         }
 
 
@@ -754,22 +774,22 @@ def preflight(
     *,
     config_label: str = "",
     evals: bool = True,
+    auto: bool = False,
     log: Callable[[str], None] = lambda line: None,
 ) -> Report:
-    """Builds `config`'s run for `target` from shapes and compiles each of its calls."""
+    """Builds `config`'s run for `target` from shapes and compiles each of its calls. With
+    `auto` (`--config.mesh=auto`), the layouts of `layouts()` are compiled in turn, fastest
+    first, until the train step fits; the report is of the one picked (else the last)."""
     config, stood_in = offline_config(config)
     devices = compile_devices(target)
     with stand_in_vocabularies():
-        run = build_run(config, devices)
-        calls = train_calls(run)
+        if auto:
+            run, compiled, tried = pick_layout(config, devices, target.memory * HEADROOM, log)
+        else:
+            (run, compiled), tried = compile_train(config, devices, log), []
         if evals:
-            for more in eval_calls(run).values():
-                calls += more
-    compiled = []
-    for call in calls:
-        log(f"compiling {call.name} ...")
-        compiled.append(compile_call(call, run.mesh))
-        log(f"  {compiled[-1].compile_s:.0f} s")
+            for calls in eval_calls(run).values():
+                compiled += [_compile(call, run.mesh, log) for call in calls]
     config = run.config
     lengths = {k: run.lengths[k] for k in perf.COUNTED_FEATURES if k in run.lengths}
     params = run.state.params
@@ -778,6 +798,7 @@ def preflight(
     model_cfg = run.model.config
     return Report(
         target=target,
+        config=config,
         config_label=config_label,
         mesh=dict(run.mesh.shape),
         num_devices=run.mesh.size,
@@ -795,16 +816,139 @@ def preflight(
         sampling_flops=run.learner.sampling_flops,
         tokens_per_step=sum(config.batch_size * n for n in lengths.values()),
         total_steps=int(config.total_steps),
+        tried=tried,
     )
+
+
+def compile_train(config, devices, log) -> tuple[Run, list[Compiled]]:
+    """The run of `config` over `devices`, and its train step (after its sampler) compiled."""
+    run = build_run(config, devices)
+    return run, [_compile(call, run.mesh, log) for call in train_calls(run)]
+
+
+def _compile(call: Call, mesh, log: Callable[[str], None]) -> Compiled:
+    log(f"compiling {call.name} ...")
+    compiled = compile_call(call, mesh)
+    log(f"  {compiled.compile_s:.0f} s")
+    return compiled
+
+
+# ----------------------------------------------------------------------------- mesh=auto
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """What `--config.mesh=auto` sets: parameters, optimizer state and batch over every
+    device (FSDP; no data or tensor axis), a rematerialisation policy, and the gradient
+    accumulation steps (each device then takes batch_size / steps / devices rows at once).
+    The global batch, and with it the science of the run, stays as configured."""
+
+    remat: str
+    grad_accum_steps: int
+
+    def overrides(self) -> dict[str, Any]:
+        return {
+            "mesh.data": 1,
+            "mesh.fsdp": -1,
+            "mesh.tensor": 1,
+            "model.remat": self.remat,
+            "grad_accum_steps": self.grad_accum_steps,
+        }
+
+    def flags(self) -> str:
+        return " ".join(f"--config.{k}={v}" for k, v in self.overrides().items())
+
+    def apply(self, config: ml_collections.ConfigDict) -> None:
+        """Sets the overrides on `config` (an unlocked one: `offline_config`'s copy)."""
+        config.mesh = {"data": 1, "fsdp": -1, "tensor": 1}
+        config.model.remat = self.remat
+        config.grad_accum_steps = self.grad_accum_steps
+
+
+def layouts(config: ml_collections.ConfigDict, num_devices: int) -> list[Layout]:
+    """The layouts `mesh=auto` tries, fastest first: no recomputation; then full
+    rematerialisation (about a third more FLOPs); then 2, 4, ... accumulation steps while
+    every device keeps at least one row (the online losses sample the whole batch at once
+    and do not accumulate)."""
+    if config.batch_size % num_devices:
+        raise ValueError(
+            f"--config.mesh=auto lays the batch over all {num_devices} devices, and "
+            f"config.batch_size={config.batch_size} is not a multiple of {num_devices}: set "
+            "the batch to a multiple, or the mesh by hand (config.mesh.tensor shards the model)"
+        )
+    ladder = [Layout("none", 1), Layout("full", 1)]
+    if not LOSSES[config.loss.name].online:
+        steps = 2
+        while config.batch_size % (steps * num_devices) == 0:
+            ladder.append(Layout("full", steps))
+            steps *= 2
+    return ladder
+
+
+def pick_layout(
+    config: ml_collections.ConfigDict, devices, capacity: float, log=lambda line: None
+) -> tuple[Run, list[Compiled], list[tuple[Layout, int]]]:
+    """Compiles `config`'s train step over `devices` in each of `layouts()` until one needs at
+    most `capacity` bytes per device, or the state alone needs more (no layout helps then),
+    setting each on `config` (unlocked) in turn: -> the last run, its compiled train calls,
+    and (layout, bytes needed) for each tried."""
+    tried = []
+    for layout in layouts(config, len(devices)):
+        layout.apply(config)
+        log(f"mesh=auto: {layout.flags()}")
+        run, compiled = compile_train(config, devices, log)
+        state = next(c for c in compiled if c.name == "train_step").resident
+        tried.append((layout, max(c.needs(state) for c in compiled)))
+        if tried[-1][1] <= capacity or shard_bytes(run.state) > capacity:
+            break
+    return run, compiled, tried
+
+
+def auto_config(config: ml_collections.ConfigDict, log=logging.info) -> ml_collections.ConfigDict:
+    """`config` with `--config.mesh=auto` resolved on this machine's devices, as the trainer
+    does at start-up: each layout's train step is compiled against the devices' memory
+    limit (a minute or so each on the accelerator's host) until one fits. Without a known
+    limit (CPU) the first layout is taken without compiling."""
+    devices = jax.devices()
+    config = ml_collections.ConfigDict(config.to_dict())
+    stats = devices[0].memory_stats() or {}
+    if "bytes_limit" not in stats:
+        first = layouts(config, len(devices))[0]
+        first.apply(config)
+        log(f"mesh=auto, the devices' memory not known: {first.flags()}")
+        return config
+    capacity = stats["bytes_limit"] * HEADROOM
+    _, _, tried = pick_layout(config, devices, capacity, log)
+    layout, needs = tried[-1]
+    if needs > capacity:
+        raise ValueError(
+            f"--config.mesh=auto: no layout fits in {capacity / GiB:.1f} GiB per device "
+            f"(the last, {layout.flags()}, needs {needs / GiB:.1f} GiB): run "
+            "`python -m irl_lm.preflight` with this config for the changes to make"
+        )
+    log(f"mesh=auto picked {layout.flags()}: {needs / GiB:.2f} GiB per device")
+    return config
+
+
+def split_auto(argv: list[str]) -> tuple[list[str], bool]:
+    """Takes `--config.mesh=auto` out of `argv` (the config file's mesh is a dict of axis
+    sizes): -> (the other arguments, whether it was there)."""
+    rest = [a for a in argv if a != AUTO_MESH]
+    return rest, len(rest) < len(argv)
 
 
 def _gib(n: float) -> str:
     return f"{n / GiB:.2f}"
 
 
-def advice(report: Report, config: ml_collections.ConfigDict) -> list[str]:
+def advice(report: Report) -> list[str]:
     """The settings that shrink what did not fit, most effective first."""
-    changes = []
+    config, changes = report.config, []
+    if not report.tried and report.num_devices > 1:
+        changes.append(
+            f"{AUTO_MESH}: preflight tries FSDP over all devices, remat and gradient "
+            "accumulation in turn and prints the first that fits"
+        )
     model = resolve_preset(config.model)
     mesh = report.mesh
     state_share = report.state_bytes / report.capacity
@@ -838,13 +982,17 @@ def advice(report: Report, config: ml_collections.ConfigDict) -> list[str]:
     return changes
 
 
-def format_report(report: Report, config: ml_collections.ConfigDict) -> str:
+def format_report(report: Report) -> str:
     t = report.target
     lines = [
         f"preflight: {report.config_label} on {t.name} ({report.num_devices} x {t.device_kind}, "
         f"{t.memory / GiB:.1f} GiB each; fits: at most {HEADROOM:.0%} of it, "
         f"{_gib(report.capacity)} GiB)",
         f"mesh: {report.mesh}",
+        *(
+            f"mesh=auto tried {layout.flags()}: needs {_gib(needs)} GiB per device"
+            for layout, needs in report.tried
+        ),
         f"model: {report.model}; {report.parameters / 1e6:.1f}M parameters",
         f"batch: {report.batch}",
     ]
@@ -897,10 +1045,12 @@ def format_report(report: Report, config: ml_collections.ConfigDict) -> str:
             "",
             f"DOES NOT FIT: {', '.join(c.name for c in too_big)} need more than "
             f"{_gib(report.capacity)} GiB per device. Change one of:",
-            *(f"  {change}" for change in advice(report, config)),
+            *(f"  {change}" for change in advice(report)),
         ]
     else:
         lines += ["", f"fits: every call within {_gib(report.capacity)} GiB per device"]
+    if report.layout:
+        lines.append(f"mesh=auto picked (launch with these): {report.layout.flags()}")
     return "\n".join(lines)
 
 
@@ -925,7 +1075,7 @@ def _takes_mode(path: str) -> bool:
         return False
 
 
-def main(argv):
+def main(argv, auto: bool = False):
     del argv
     from absl import flags
 
@@ -934,8 +1084,8 @@ def main(argv):
     config = flags_.config
     label = flags_["config"].serialize().removeprefix("--config=")
     log = lambda line: print(line, file=sys.stderr, flush=True)
-    report = preflight(config, target, config_label=label, evals=flags_.evals, log=log)
-    print(format_report(report, config))
+    report = preflight(config, target, config_label=label, evals=flags_.evals, auto=auto, log=log)
+    print(format_report(report))
     if flags_.json:
         files.write_json(flags_.json, report.as_dict())
     return 1 if report.too_big() else 0
@@ -951,7 +1101,8 @@ def cli() -> None:
     flags.DEFINE_string("json", None, "Also write the figures here (JSON).")
     flags.DEFINE_bool("evals", True, "Also compile the evaluators' calls.")
     flags.mark_flags_as_required(["config", "topology"])
-    app.run(lambda argv: sys.exit(main(argv)), argv=with_full_mode(sys.argv))
+    argv, auto = split_auto(with_full_mode(sys.argv))
+    app.run(lambda argv: sys.exit(main(argv, auto)), argv=argv)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from irl_lm import files
-from irl_lm.config_utils import format_value, point_names
+from irl_lm.config_utils import AUTO_MESH, format_value, point_names
 
 SWEEP_FILE = "sweep.json"
 LOG_FILE = "log.txt"
@@ -134,8 +134,9 @@ def _check_fields(config, overrides: dict, where: str) -> None:
 
 
 def _resolve(spec: str, args: list[str]):
-    """The config `irl_lm.main` will build from `--config=spec` and `args`."""
-    argv = ["irl_lm.main", f"--config={spec}", *args]
+    """The config `irl_lm.main` will build from `--config=spec` and `args` (before
+    `--config.mesh=auto`, which the point resolves at start-up)."""
+    argv = ["irl_lm.main", f"--config={spec}", *(a for a in args if a != AUTO_MESH)]
     values = flags.FlagValues()
     config_flags.DEFINE_config_file(
         "config", None, "", flag_values=values, lock_config=True, sys_argv=argv
@@ -423,7 +424,9 @@ def preflight_points(points: Sequence[Point], topology: str) -> int:
         key = preflight.shape_key(config)
         if key not in reports:
             print(f"[preflight] compiling {point.name} for {target.name} ...", flush=True)
-            reports[key] = preflight.preflight(config, target, config_label=point.name)
+            reports[key] = preflight.preflight(
+                config, target, config_label=point.name, auto=AUTO_MESH in point.args
+            )
         report = reports[key]
         hours = point.total_steps * report.step_seconds * target.chips / 3600
         total += hours
@@ -440,7 +443,7 @@ def preflight_points(points: Sequence[Point], topology: str) -> int:
     print(f"[preflight] at least {total:.1f} chip-hours of training (roofline; no evaluation)")
     for point, report in too_big:
         print(f"[preflight] {point.name} does not fit on {target.name}:")
-        print(preflight.format_report(report, point.resolve_config()), flush=True)
+        print(preflight.format_report(report), flush=True)
     if too_big:
         names = ", ".join(p.name for p, _ in too_big)
         print(f"[preflight] refused: {names} do not fit on {target.name}; nothing was run")

@@ -31,16 +31,21 @@ def run_main(*args):
 
 
 def test_main_trains_with_overrides(tmp_path):
+    """With `--config.mesh=auto` too: on a CPU (its memory is not known) the first layout,
+    FSDP over every device, is taken."""
     workdir = str(tmp_path / "run")
     proc = run_main(
         "--config=configs/demo.py:loss=iqlearn,lam=0.3",
         f"--workdir={workdir}",
         "--config.loss.gamma=0.9",
+        "--config.mesh=auto",
         *TINY,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = json.load(open(os.path.join(workdir, "config.json")))
     assert config["loss"] == {"name": "iqlearn", "lam": 0.3, "gamma": 0.9}
+    assert config["mesh"] == {"data": 1, "fsdp": -1, "tensor": 1}  # the demo's: data=-1
+    assert "mesh=auto, the devices' memory not known" in proc.stderr
     assert config["total_steps"] == 2
     assert json.load(open(os.path.join(workdir, "results.json")))["step"] == 2
     assert "step 2/2" in proc.stderr

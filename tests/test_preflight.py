@@ -173,6 +173,7 @@ def test_a_run_that_does_not_fit_exits_1_naming_the_changes(unfit_config, tmp_pa
     assert result.returncode == 1, result.stderr[-3000:]
     assert "DOES NOT FIT: train_step" in result.stdout
     for change in (
+        "--config.mesh=auto: preflight tries",
         "--config.mesh.data=1 --config.mesh.fsdp=-1",
         "--config.model.remat=full",
         "--config.logits_chunk_size=64",
