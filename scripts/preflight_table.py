@@ -1,5 +1,6 @@
 """The "Before you launch" table of docs/preflight.md: `irl_lm.preflight` on the paper's XSUM
-config for each (model, loss, target), the train step compiled at full size.
+config for each (model, loss, target), the train step compiled at full size with
+`--config.mesh=auto` (the layout it picks is in the table).
 
     .venv/bin/python scripts/preflight_table.py --out=DIR [--only=REGEX]
 
@@ -45,6 +46,7 @@ def compile_cell(out: str, model: str, loss: str, target: str) -> None:
         "irl_lm.preflight",
         f"--config=configs/xsum.py:mode=full,model={model},loss={loss}",
         f"--topology={target}",
+        "--config.mesh=auto",
         "--noevals",
         f"--json={path}",
     ]
@@ -59,7 +61,8 @@ def compile_cell(out: str, model: str, loss: str, target: str) -> None:
 
 def table(out: str) -> str:
     lines = [
-        "| model | loss | target | fits | mesh | GiB / device (of usable) | step: compute / "
+        "| model | loss | target | fits | mesh, remat, accumulation | GiB / device (of usable) "
+        "| step: compute / "
         "memory (roofline) | MFU at most | λ sweep chip-hours | compile |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -73,6 +76,8 @@ def table(out: str) -> str:
             r = json.load(f)
         needs = max(c["needs_bytes"] for c in r["calls"]) / 2**30
         mesh = "x".join(f"{k}{v}" for k, v in r["mesh"].items() if v > 1) or "1"
+        # (JSONs written before preflight recorded remat: the config's default, none.)
+        mesh += f", {r.get('remat', 'none')}, {r.get('grad_accum_steps', 1)}"
         seconds = sum(c["compile_s"] for c in r["calls"])
         hours = SWEEP_RUNS * r["chip_hours"]
         step = [c for c in r["calls"] if c["name"] in ("train_step", "sampler")]
