@@ -2,13 +2,15 @@
 config for each (model, loss, target), the train step compiled at full size with
 `--config.mesh=auto` (the layout it picks is in the table).
 
-    .venv/bin/python scripts/preflight_table.py --out=DIR [--only=REGEX]
+    .venv/bin/python scripts/preflight_table.py --out=DIR [--only=REGEX] [--docs]
 
 Each cell runs `python -m irl_lm.preflight ... --noevals --json=DIR/<cell>.json` (a few
 minutes of CPU each at full size) and is skipped when its JSON exists, so a rerun goes on
 where the last stopped. The table is printed from every JSON in DIR, in markdown: fits,
 GiB per device, roofline step time and the MFU it allows, and the chip-hours of the paper's
 λ sweep (6 λ x 3 seeds at the config's steps). Cells not compiled yet are listed after it.
+`--docs` writes the table into docs/preflight.md after each cell, keeping the rows already
+there for cells that DIR has no JSON for (so the table grows across machines).
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ LOSSES = ("mle", "iqlearn_online")
 TARGETS = ("v4-32", "v5e-16", "v5p-8", "h100x8")
 SWEEP_RUNS = 6 * 3  # the paper's λ grid x 3 seeds (configs/xsum.py's sweep)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = os.path.join(ROOT, "docs", "preflight.md")
+HEADER = (
+    "| model | loss | target | fits | mesh, remat, accumulation | GiB / device (of usable) "
+    "| step: compute / memory (roofline) | MFU at most | λ sweep chip-hours | compile |"
+)
+MISSING = "Not compiled yet"
 
 
 def cells() -> list[tuple[str, str, str]]:
@@ -59,18 +67,26 @@ def compile_cell(out: str, model: str, loss: str, target: str) -> None:
     print(f"{name(model, loss, target)}: exit {result.returncode}, {time.time() - started:.0f} s")
 
 
-def table(out: str) -> str:
-    lines = [
-        "| model | loss | target | fits | mesh, remat, accumulation | GiB / device (of usable) "
-        "| step: compute / "
-        "memory (roofline) | MFU at most | λ sweep chip-hours | compile |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+def docs_rows(text: str) -> dict[tuple[str, str, str], str]:
+    """The rows of the table already in the docs, by (model, loss, target)."""
+    rows = {}
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) > 4 and (parts[1], parts[2], parts[3]) in set(cells()):
+            rows[(parts[1], parts[2], parts[3])] = line
+    return rows
+
+
+def table(out: str, kept: dict[tuple[str, str, str], str] | None = None) -> str:
+    lines = [HEADER, "|---" * HEADER.count("|", 1) + "|"]
     missing = []
     for model, loss, target in cells():
         path = os.path.join(out, name(model, loss, target) + ".json")
         if not os.path.exists(path):
-            missing.append(f"{model} {loss} {target}")
+            if kept and (model, loss, target) in kept:
+                lines.append(kept[(model, loss, target)])
+            else:
+                missing.append(f"{model} {loss} {target}")
             continue
         with open(path) as f:
             r = json.load(f)
@@ -90,8 +106,22 @@ def table(out: str) -> str:
             f"{r['mfu']:.0%} | {hours:,.0f} | {seconds:.0f} s |"
         )
     if missing:
-        lines += ["", f"Not compiled yet ({len(missing)} of {len(cells())}): {'; '.join(missing)}."]
+        lines += ["", f"{MISSING} ({len(missing)} of {len(cells())}): {'; '.join(missing)}."]
     return "\n".join(lines)
+
+
+def update_docs(out: str) -> str:
+    """Replaces the table in docs/preflight.md (header to the list of missing cells)."""
+    with open(DOCS) as f:
+        text = f.read()
+    start = text.index(HEADER)
+    end = text.index("\n\n", start)  # the table ends at a blank line
+    if text[end + 2 :].startswith(MISSING):
+        end = text.index("\n", end + 2)
+    new = table(out, docs_rows(text[start:end]))
+    with open(DOCS, "w") as f:
+        f.write(text[:start] + new + text[end:])
+    return new
 
 
 def main() -> None:
@@ -99,13 +129,16 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--only", default="", help="compile only the cells matching this")
     parser.add_argument("--table_only", action="store_true", help="print, compile nothing")
+    parser.add_argument("--docs", action="store_true", help="write the table into the docs")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     if not args.table_only:
         for cell in cells():
             if re.search(args.only, name(*cell)):
                 compile_cell(args.out, *cell)
-    print(table(args.out))
+                if args.docs:
+                    update_docs(args.out)
+    print(update_docs(args.out) if args.docs else table(args.out))
 
 
 if __name__ == "__main__":
