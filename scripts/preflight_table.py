@@ -10,7 +10,8 @@ where the last stopped. The table is printed from every JSON in DIR, in markdown
 GiB per device, roofline step time and the MFU it allows, and the chip-hours of the paper's
 λ sweep (6 λ x 3 seeds at the config's steps). Cells not compiled yet are listed after it.
 `--docs` writes the table into docs/preflight.md after each cell, keeping the rows already
-there for cells that DIR has no JSON for (so the table grows across machines).
+there for cells that DIR has no JSON for, and compiles only the cells missing from both (so
+the table grows across machines).
 """
 
 from __future__ import annotations
@@ -133,8 +134,10 @@ def main() -> None:
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     if not args.table_only:
+        with open(DOCS) as f:
+            documented = docs_rows(f.read()) if args.docs else {}
         for cell in cells():
-            if re.search(args.only, name(*cell)):
+            if re.search(args.only, name(*cell)) and cell not in documented:
                 compile_cell(args.out, *cell)
                 if args.docs:
                     update_docs(args.out)
