@@ -3,6 +3,7 @@
     python -m irl_lm.main --config=configs/gsm8k.py:mode=tiny --workdir=/tmp/gsm8k_tiny
     python -m irl_lm.main --config=configs/gsm8k.py:model=decoder_only,loss=iqlearn \
         --workdir=/tmp/gsm8k_tiny_do
+    python -m irl_lm.data.fetch --task=gsm8k   # the paper's splits, for mode=full
     python -m irl_lm.main --config=configs/gsm8k.py:mode=full,loss=iqlearn,model=t5_large \
         --config.init_from=hf:/ckpts/flan-t5-large --workdir=workdirs/gsm8k_iq
     python -m irl_lm.main --config=configs/gsm8k.py:mode=full,loss=iqlearn,model=gemma3_1b \

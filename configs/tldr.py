@@ -1,9 +1,9 @@
 """Reddit TL;DR summarisation (PaLM2 in the paper; ROUGE, Lsum).
 
     python -m irl_lm.main --config=configs/tldr.py:mode=tiny --workdir=/tmp/tldr_tiny
+    python -m irl_lm.data.fetch --task=tldr   # the paper's splits, for mode=full
     python -m irl_lm.main --config=configs/tldr.py:mode=full,loss=iqlearn,model=t5_base \
-        --config.init_from=hf:/ckpts/t5-v1_1-base --workdir=workdirs/tldr_iq \
-        --config.task.files.train=/data/tldr/train.jsonl
+        --config.init_from=hf:/ckpts/t5-v1_1-base --workdir=workdirs/tldr_iq
 
 mode=tiny: about 20 s on 2 CPU cores on the shared 500-example test subset (ROUGE-1 about 12:
 a smoke run). The paper's TL;DR models are PaLM2 (decoder-only); T5 stands in until the

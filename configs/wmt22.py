@@ -1,9 +1,9 @@
 """WMT22 en->de translation (PaLM2 in the paper; sacreBLEU BLEU and chrF on generaltest2022).
 
     python -m irl_lm.main --config=configs/wmt22.py:mode=tiny --workdir=/tmp/wmt22_tiny
+    python -m irl_lm.data.fetch --task=wmt22_en_de   # the paper's splits, for mode=full
     python -m irl_lm.main --config=configs/wmt22.py:mode=full,loss=iqlearn,model=t5_base \
-        --config.init_from=hf:/ckpts/t5-v1_1-base --workdir=workdirs/wmt22_iq \
-        --config.task.files.train=/data/wmt/train.en-de.jsonl
+        --config.init_from=hf:/ckpts/t5-v1_1-base --workdir=workdirs/wmt22_iq
 
 mode=tiny: about 20 s on 2 CPU cores on the shared generaltest2022 en-de file (BLEU near 0:
 a smoke run). For reference, the best constrained WMT22 en-de system scores BLEU 37.79 and chrF

@@ -1,10 +1,9 @@
 """XSUM summarisation (T5 in the paper: ROUGE-1/2/Lsum, base/large/xl).
 
     python -m irl_lm.main --config=configs/xsum.py:mode=tiny --workdir=/tmp/xsum_tiny
+    python -m irl_lm.data.fetch --task=xsum   # the paper's splits, for mode=full
     python -m irl_lm.main --config=configs/xsum.py:mode=full,loss=iqlearn,lam=0.1,model=t5_base \
-        --config.init_from=hf:/ckpts/t5-v1_1-base --workdir=workdirs/xsum_iq \
-        --config.task.files.train=/data/xsum/train.jsonl \
-        --config.task.files.validation=/data/xsum/validation.jsonl
+        --config.init_from=hf:/ckpts/t5-v1_1-base --workdir=workdirs/xsum_iq
 
 mode=tiny: about 20 s on 2 CPU cores; a byte-level model trained 30 steps on the shared
 1000-example test subset: ROUGE-1 about 8, from frequent words (every piece runs). For

@@ -298,6 +298,11 @@ class InitSource:
         return f"{self.kind} {self.folder}" + (f" step {self.step}" if self.step else "")
 
 
+def _other_weight_formats(name: str) -> bool:
+    """Files of a Hugging Face folder that are not read (weights as PyTorch, TF, Flax...)."""
+    return name.endswith((".bin", ".pt", ".pth", ".h5", ".msgpack", ".onnx", ".gguf", ".ckpt"))
+
+
 def parse_init_from(value: str) -> InitSource | None:
     """`config.init_from`: "" (none), "hf:DIR", or a path to one of our checkpoints."""
     if not value:
@@ -309,6 +314,10 @@ def parse_init_from(value: str) -> InitSource | None:
                 f"config.init_from={value!r}: {folder} has no config.json; "
                 "expected a Hugging Face model folder"
             )
+        if files.is_remote(folder):  # weights are memory-mapped, tokenizers read locally
+            local = files.local_copy(folder, skip=_other_weight_formats)
+            logging.info("config.init_from=%s: read from its copy in %s", value, local)
+            folder = local
         return InitSource("hf", folder)
     path = files.path(os.path.expanduser(value))
     if (path / "params").is_dir() and (path / MODEL_FILE).exists():

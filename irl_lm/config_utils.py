@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -129,6 +130,8 @@ TINY_MODELS = {
 }
 
 
+SMOKE_DATA = "../shared/data"  # mode=tiny's small files (the tests' data folder)
+FULL_DATA = "~/.cache/irl_lm/data"  # mode=full's: `python -m irl_lm.data.fetch TASK`
 LARGE_VOCABULARY = 100_000  # presets with at least this many tokens chunk their logits
 
 
@@ -148,21 +151,25 @@ def text_task_config(
 ):
     """The config of a paper task (`configs/xsum.py` ...). `arg` keys:
 
-    mode   "tiny" (the default): a byte-level model with 2 layers per stack, 30 steps on the
-           shared files, greedy decode evaluation of 8 examples (a CPU smoke run, about
-           20 s); `model` picks its family: "t5" (default) or "decoder_only".
-           "full": `model` (a preset, e.g. t5_base, gemma3_1b; default t5_base), fine-tuned
-           from `--config.init_from`, with the vocabulary of that checkpoint and evaluation
-           every 1000 steps.
+    mode   "tiny" (the default): a smoke run: a byte-level model with 2 layers per stack, 30
+           steps on the small shared files `files` (split -> path under `data`, default
+           ../shared/data; the same file may serve training and evaluation, which only this
+           mode allows), greedy decode evaluation of 8 examples (about 20 s on a CPU);
+           `model` picks its family: "t5" (default) or "decoder_only".
+           "full": the paper's run: `model` (a preset, e.g. t5_base, gemma3_1b; default
+           t5_base), fine-tuned from `--config.init_from`, with the vocabulary of that
+           checkpoint, on the paper's splits `DATA/<task>/{train,validation,test}.jsonl`
+           that `python -m irl_lm.data.fetch <task> --out=DATA` writes (`data`, default
+           ~/.cache/irl_lm/data; a gs:// folder on a pod); validation every 1000 steps and
+           the whole test split decoded at the end (evaluator `test`).
     loss (mle, mle_entropy, iqlearn, iqlearn_online, gail) and its fields (lam, gamma,
-    beta, alpha, mle_weight, kl_coef, entropy_coef, reward), model, data (the folder of the
-    shared JSONL files), evals (the evaluators to keep, "+"-separated; default all).
-    `files` maps splits to paths under `data`; point `--config.task.files.<split>` at the
-    full corpora for real runs. Without `files`, `task` is any registered seqio task or
-    mixture, or "jsonl", with `task_fields` (`modules`; jsonl's `files`, `inputs`, ...) in
+    beta, alpha, mle_weight, kl_coef, entropy_coef, reward), model, data, evals (the
+    evaluators to keep, "+"-separated; default all). `--config.task.files.<split>` points a
+    split elsewhere. Without `files`, `task` is any registered seqio task or mixture, or
+    "jsonl", with `task_fields` (`modules`; jsonl's `files`, `inputs`, ...) in
     `config.task` (configs/seqio_task.py).
     """
-    args = parse_arg(arg, **LOSS_ARGS, mode="tiny", model="", data="../shared/data", evals="")
+    args = parse_arg(arg, **LOSS_ARGS, mode="tiny", model="", data="", evals="")
     if args["mode"] not in ("tiny", "full"):
         raise ValueError(f"config arg mode={args['mode']!r}; allowed: tiny, full")
     tiny = args["mode"] == "tiny"
@@ -173,10 +180,14 @@ def text_task_config(
         )
     config = trainer_defaults()
     if files is not None:  # one of ours
+        data = args["data"] or (SMOKE_DATA if tiny else os.path.expanduser(FULL_DATA))
+        if not tiny:  # the paper's splits, as irl_lm.data.fetch writes them
+            files = {split: f"{task}/{split}.jsonl" for split in ("train", "validation", "test")}
         config.task = dict(
             name=f"irl_lm.{task}",
             source="jsonl",
-            files={split: f"{args['data']}/{path}" for split, path in files.items()},
+            files={split: f"{data}/{path}" for split, path in files.items()},
+            allow_overlap=tiny,
             vocabulary="byte" if tiny else "",  # "": taken from config.init_from's checkpoint
             max_input_len=128 if tiny else lengths[0],
             max_target_len=48 if tiny else lengths[1],
@@ -247,6 +258,10 @@ def text_task_config(
             ),
             reward=dict(kind="reward", every=5000, num_examples=256, num_samples=8),
         )
+        if files is not None:  # the paper's score: the whole test split, at the end
+            config.evals.test = dict(
+                kind="decode", every=0, split="test", max_examples=0, method="greedy"
+            )
         if task == "gsm8k":
             config.evals.calculator = dict(
                 kind="decode", every=5000, max_examples=512, method="greedy", calculator=True

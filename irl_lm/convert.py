@@ -17,7 +17,7 @@ import os
 
 from absl import app, flags
 
-from irl_lm import checkpointing, sharding
+from irl_lm import checkpointing, files, sharding
 from irl_lm.models import build_model
 from irl_lm.models.hf import copy_tokenizer, export_hf
 
@@ -49,7 +49,7 @@ def convert(src: str, dst: str, *, dtype: str = "float32", max_shard_gb: float =
     else:
         checkpointing.save_params(dst, params, model_config)
         copy_tokenizer(source.folder, dst)
-    print(f"{source.describe()} -> {os.path.abspath(dst.removeprefix('hf:'))}")
+    print(f"{source.describe()} -> {files.path(os.path.expanduser(dst.removeprefix('hf:')))}")
 
 
 def main(argv):

@@ -9,6 +9,7 @@ reader never sees half a file; callers write from process 0 only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -138,3 +139,27 @@ def write_lines(p: str | os.PathLike, lines) -> None:
         tmp.unlink(missing_ok=True)
         raise
     tmp.replace(p)
+
+
+CACHE = os.path.join("~", ".cache", "irl_lm")  # local copies of remote folders
+
+
+def local_copy(folder: str | os.PathLike, skip=lambda name: False) -> str:
+    """`folder` itself when local; a remote folder's files (not its subfolders, nor those
+    `skip(name)` names), copied once into `~/.cache/irl_lm/remote/<digest of the URI>/`, for
+    readers that need a local file (memory-mapped weights, tokenizer libraries). A file is
+    copied again when its size differs from the copy's."""
+    source = path(folder)
+    if not is_remote(source):
+        return os.fspath(source)
+    digest = hashlib.sha1(os.fspath(source).encode()).hexdigest()[:16]
+    local = path(os.path.expanduser(CACHE), "remote", digest)
+    local.mkdir(parents=True, exist_ok=True)
+    for item in source.iterdir():
+        if item.is_dir() or skip(item.name):
+            continue
+        copy_to = local / item.name
+        if not copy_to.exists() or copy_to.stat().length != item.stat().length:
+            copy(item, copy_to)
+    write_text(local / ".source", os.fspath(source) + "\n")
+    return os.fspath(local)

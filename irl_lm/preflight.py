@@ -365,11 +365,21 @@ def eval_calls(run: Run, examples: Callable | None = None) -> dict[str, list[Cal
         )
         built = evaluators.make_evaluators(ctx, config.evals)
     params = run.state.params
-    out = {}
+    out, seen = {}, set()
     for name, (_, evaluator) in built.items():
-        calls = _EVALUATOR_CALLS[type(evaluator)](evaluator, dict(config.evals[name]), params, run)
+        # Evaluators that differ only in their split, schedule or number of examples run the
+        # same calls on the same shapes (`placeholder_examples`): compiled once.
+        fields = dict(config.evals[name])
+        same = json.dumps({k: v for k, v in fields.items() if k not in _SAME_CALLS}, sort_keys=True)
+        if same in seen:
+            continue
+        seen.add(same)
+        calls = _EVALUATOR_CALLS[type(evaluator)](evaluator, fields, params, run)
         out[name] = [dataclasses.replace(c, name=f"{name}/{c.name}") for c in calls]
     return out
+
+
+_SAME_CALLS = ("split", "every", "max_examples")  # evaluator fields the calls do not depend on
 
 
 def placeholder_examples(ctx, name, split, max_examples):

@@ -10,8 +10,10 @@ else every sub-folder with a `config.json`) and writes into `DIR/report/`:
 - `groups.csv` / `groups.md`: one row per group (points that differ only in `seed`, or in
   what `--group_by` leaves out) with `<scalar>_mean`, `<scalar>_sem` (standard error, ddof 1)
   and `n`;
-- `pareto.png`: the task metric against Self-BLEU, a marker per group with standard-error
-  bars, and the expert's reference where the evaluator has one;
+- `pareto.png`: the task metric against Self-BLEU, by default both of one evaluator (the
+  same samples) where one has both, a marker per group with standard-error bars, and the
+  expert's reference where the evaluator has one; each axis names its evaluator and what it
+  decodes (`--x` / `--y` pick other scalars);
 - `curves.png`: learning curves (default: the training loss and the x metric), mean over
   seeds with a standard-error band;
 - `<metric>_vs_<field>.png`: the x and y metrics against each swept numeric field.
@@ -271,25 +273,49 @@ def _spread(n: int) -> str:
     return f" (mean ± s.e., n={n})" if n > 1 else " (one run)"
 
 
-def _axis_label(metric: str) -> str:
-    name = metric.rsplit("/", 1)[-1]
+def describe_evaluator(fields: dict) -> str:
+    """What an evaluator of `config.evals` measures on, in a few words."""
+    kind, split = fields.get("kind", ""), fields.get("split") or "validation"
+    method = fields.get("method", "greedy" if kind == "decode" else "temperature")
+    if kind == "loss":
+        return f"teacher-forced on {split}"
+    if kind not in ("decode", "synthetic_expert", "reward"):
+        return kind
+    if method == "beam":
+        how = f"beam search ({fields.get('num_beams', 4)} beams)"
+    elif method == "greedy":
+        how = "greedy"
+    else:
+        how = f"samples at temperature {_fmt_value(fields.get('temperature', 1.0))}"
+    samples = fields.get("num_decodes") or fields.get("num_samples") or 0
+    if method != "greedy" and samples > 1:
+        how += f", {samples} per input"
+    return f"{how}, {split}"
+
+
+def _axis_label(metric: str, evals: dict | None = None) -> str:
+    """The metric, its unit, and the evaluator it comes from with what that decodes."""
+    source, _, name = metric.rpartition("/")  # "eval/decode/rouge1", "validation/mle/nll"
     unit = "Spearman's ρ, -1 to 1" if "spearman" in name else UNITS.get(name)
-    return f"{metric} ({unit})" if unit else metric
+    label = f"{name} ({unit})" if unit else name
+    if not source:
+        return label
+    fields = (evals or {}).get(source.removeprefix("eval/").split("/")[0])
+    where = f"{source}: {describe_evaluator(fields)}" if fields else source
+    return f"{label}\n{where}"
 
 
-def default_x(scalars: Sequence[str]) -> str | None:
-    for metric in TASK_METRICS:
-        for s in scalars:
-            if s.endswith("/" + metric):
-                return s
-    return None
-
-
-def default_y(scalars: Sequence[str], x: str | None) -> str | None:
-    same = f"{x.rsplit('/', 1)[0]}/self_bleu" if x else None
-    if same in scalars:
-        return same
-    return next((s for s in scalars if s.endswith("/self_bleu")), None)
+def default_axes(scalars: Sequence[str], x: str | None = None) -> tuple[str | None, str | None]:
+    """The Pareto plot's (task metric, Self-BLEU), both of one evaluator where one has both
+    (the paper plots the two of the same samples), the task metrics in `TASK_METRICS`'s
+    order; `x` given: its evaluator's Self-BLEU. Else the first of each, from two."""
+    candidates = [x] if x else [s for m in TASK_METRICS for s in scalars if s.endswith("/" + m)]
+    for metric in candidates:
+        same = f"{metric.rsplit('/', 1)[0]}/self_bleu"
+        if same in scalars:
+            return metric, same
+    y = next((s for s in scalars if s.endswith("/self_bleu")), None)
+    return (candidates[0] if candidates else None), y
 
 
 def _figure(title: str, ncols: int = 1):
@@ -313,7 +339,9 @@ def _save(fig, path) -> None:
     files.write_bytes(path, buffer.getvalue())
 
 
-def pareto_plot(groups, x, y, reference, title, path) -> None:
+def pareto_plot(groups, x, y, reference, title, path, evals=None) -> None:
+    if x.rsplit("/", 1)[0] != y.rsplit("/", 1)[0]:
+        title += "  ·  x and y from two evaluators"
     fig, (ax,) = _figure(title)
     for i, g in enumerate(groups):
         (mx, ex), (my, ey) = g.mean_sem(x), g.mean_sem(y)
@@ -332,8 +360,8 @@ def pareto_plot(groups, x, y, reference, title, path) -> None:
             ax.annotate(g.label, (mx, my), textcoords="offset points", xytext=(5, 5), fontsize=8)
     if x in reference and y in reference:
         ax.plot(reference[x], reference[y], "k*", markersize=12, label="reference (expert)")
-    ax.set_xlabel(_axis_label(x))
-    ax.set_ylabel(_axis_label(y))
+    ax.set_xlabel(_axis_label(x, evals))
+    ax.set_ylabel(_axis_label(y, evals))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     _save(fig, path)
@@ -354,7 +382,7 @@ def read_scalar_events(workdir: str) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
-def curves_plot(groups, tags, events, title, path) -> None:
+def curves_plot(groups, tags, events, title, path, evals=None) -> None:
     fig, axes = _figure(title, ncols=len(tags))
     for ax, tag in zip(axes, tags, strict=True):
         for i, g in enumerate(groups):
@@ -371,13 +399,13 @@ def curves_plot(groups, tags, events, title, path) -> None:
                     sem = stats.sem(values, axis=0, ddof=1)
                 ax.fill_between(steps, mean - sem, mean + sem, color=f"C{i % 10}", alpha=0.2)
         ax.set_xlabel("training step")
-        ax.set_ylabel(_axis_label(tag))
+        ax.set_ylabel(_axis_label(tag, evals))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     _save(fig, path)
 
 
-def field_plot(groups, group_by, field, metric, title, path) -> None:
+def field_plot(groups, group_by, field, metric, title, path, evals=None) -> None:
     """`metric` against the swept `field`, one line per value of the other group fields."""
     fig, (ax,) = _figure(title)
     index = group_by.index(field)
@@ -404,7 +432,7 @@ def field_plot(groups, group_by, field, metric, title, path) -> None:
         ax.set_xscale("symlog", linthresh=min(positive))
         ax.set_xticks(xs_all, [_fmt_value(x) for x in xs_all])
     ax.set_xlabel(field)
-    ax.set_ylabel(_axis_label(metric))
+    ax.set_ylabel(_axis_label(metric, evals))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     _save(fig, path)
@@ -469,14 +497,18 @@ def write_report(
     )
     write("groups.csv", groups_csv)
     write("groups.md", f"# {title}\n\nmean ± standard error over n points per group\n\n{groups_md}")
-    x = x or default_x(scalars)
-    y = y or default_y(scalars, x)
+    if not y:
+        x, y = default_axes(scalars, x)
+    elif not x:
+        x = default_axes(scalars)[0]
+    config_file = files.path(points[0].workdir, "config.json")
+    evals = files.read_json(config_file).get("evals", {}) if config_file.exists() else {}
     unknown = [m for m in (x, y) if m and m not in scalars]
     if unknown:
         raise ValueError(f"--x/--y {unknown} are not scalars of the points' results: {scalars}")
     reference = next((p.reference for p in points if p.reference), {})
     if groups and x and y:
-        pareto_plot(groups, x, y, reference, title, out / "pareto.png")
+        pareto_plot(groups, x, y, reference, title, out / "pareto.png", evals)
         written.append("pareto.png")
         events = {p.name: read_scalar_events(p.workdir) for g in groups for p in g.points}
         logged = {tag for series in events.values() for tag in series}
@@ -491,14 +523,14 @@ def write_report(
         else:  # (evaluation-only points log no training loss)
             tags = [t for t in ["train/loss", f"eval/{x}"] if t in logged]
         if tags:
-            curves_plot(groups, tags, events, title, out / "curves.png")
+            curves_plot(groups, tags, events, title, out / "curves.png", evals)
             written.append("curves.png")
         for field in group_by:
             numeric = all(isinstance(g.key[group_by.index(field)], int | float) for g in groups)
             if numeric and len({g.key[group_by.index(field)] for g in groups}) > 1:
                 for metric in dict.fromkeys(metrics or [x, y]):
                     name = f"{metric.replace('/', '_')}_vs_{_label(field)}.png"
-                    field_plot(groups, list(group_by), field, metric, title, out / name)
+                    field_plot(groups, list(group_by), field, metric, title, out / name, evals)
                     written.append(name)
     return {
         "dir": str(out),
@@ -518,7 +550,7 @@ def define_flags() -> None:
         "Override fields that define a group (default: every swept field but seed).",
     )
     flags.DEFINE_string("x", None, "Task metric of pareto.png (default: the first known).")
-    flags.DEFINE_string("y", None, "Diversity metric of pareto.png (default: a self_bleu).")
+    flags.DEFINE_string("y", None, "Diversity metric of pareto.png (default: x's Self-BLEU).")
     flags.DEFINE_list("curves", None, "Scalars of curves.png (default: train/loss, x).")
     flags.DEFINE_list("metrics", None, "Scalars plotted against each swept field (default: x, y).")
     flags.DEFINE_list("columns", None, "Scalars of the .md tables (default: all).")

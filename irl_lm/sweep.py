@@ -268,8 +268,11 @@ class _Runner:
             if proc.poll() is None:
                 continue
             log.close()
-            if local_log != point.log:
-                files.copy(local_log, point.log)
+            if local_log != point.log:  # appended to the bucket's log, as a local log is
+                remote = files.path(point.log)
+                before = remote.read_bytes() if remote.exists() else b""
+                with open(local_log, "rb") as f:
+                    files.write_bytes(remote, before + f.read())
                 shutil.rmtree(os.path.dirname(local_log), ignore_errors=True)
             point.returncode, point.duration_s = proc.returncode, time.perf_counter() - started
             finished = files.finished_results(point.workdir, point.total_steps) is not None

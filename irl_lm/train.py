@@ -242,6 +242,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return done
     config, source = resolve_config(config)
     task = tasks.build(config.task)
+    if config.total_steps:
+        tasks.check_disjoint(config.task)
     files.path(workdir).mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
     model_config = resolve_model_config(config, source, task)

@@ -179,3 +179,28 @@ def test_an_infinite_reverse_kl_is_reported_as_inf_not_averaged_away(tmp_path):
     assert "so the mean is infinite" in md
     results = _read_csv(tmp_path / "report" / "results.csv")
     assert [r["expert/reverse_kl"] for r in results] == ["inf", "0.5", "0.2", "0.3"]
+
+
+def test_pareto_axes_pair_one_evaluators_metrics_and_name_it():
+    """The default pairs the task metric and Self-BLEU of the same samples (the paper's
+    plot), and each axis says which evaluator, decoding what, it comes from."""
+    scalars = ["decode/rouge1", "decode/rouge2", "samples/rouge1", "samples/self_bleu"]
+    assert report.default_axes(scalars) == ("samples/rouge1", "samples/self_bleu")
+    # x asked for: its evaluator's Self-BLEU, else the one there is (two evaluators)
+    assert report.default_axes(scalars, "decode/rouge1") == ("decode/rouge1", "samples/self_bleu")
+    assert report.default_axes(["expert/validity", "expert/self_bleu", "decode/bleu"]) == (
+        "expert/validity",
+        "expert/self_bleu",
+    )
+    from test_configs import CONFIG_DIR, load
+
+    evals = load(os.path.join(CONFIG_DIR, "xsum.py")).get_config("mode=full").evals.to_dict()
+    assert report._axis_label("samples/self_bleu", evals) == (
+        "self_bleu (0-100, lower = more diverse)\n"
+        "samples: samples at temperature 1, 4 per input, validation"
+    )
+    assert report._axis_label("eval/decode/rouge1", evals).endswith(
+        "eval/decode: greedy, validation"
+    )
+    assert report._axis_label("test/rouge1", evals) == "rouge1 (0-100)\ntest: greedy, test"
+    assert report._axis_label("validation/mle/nll", evals).endswith("teacher-forced on validation")

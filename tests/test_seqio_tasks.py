@@ -106,7 +106,7 @@ def test_config_only_jsonl_task_trains_and_scores_with_our_metrics(tmp_path):
         for b in range(4)
     ]
     config = seqio_task.get_config("task=jsonl,inputs=48,targets=16")
-    config.task.files.train = write_jsonl(tmp_path / "train.jsonl", rows)
+    config.task.files.train = write_jsonl(tmp_path / "train.jsonl", rows[8:])
     config.task.files.validation = write_jsonl(tmp_path / "dev.jsonl", rows[:8])
     config.task.inputs = "question: {question} context: {context}"
     config.task.targets = "answer"
@@ -313,12 +313,15 @@ def test_data_code_does_not_import_model_code():
 
 def test_hf_source_is_streamed_once_into_a_jsonl_file(tmp_path, monkeypatch):
     """The `hf` source's conversion, with a stand-in for the `datasets` package (no network
-    here): the split is written once under data_dir, then read as JSON Lines."""
+    here): the split is written once under data_dir, then read as JSON Lines. A dataset
+    still defined by a loading script is read from the Hub's Parquet conversion."""
     rows = [{"prompt": f"POST: p{i}\nTL;DR:", "label": f"s{i}", "id": i} for i in range(5)]
     calls = []
 
-    def load_dataset(name, split, streaming):
-        calls.append((name, split, streaming))
+    def load_dataset(name, config=None, *, split, streaming, revision=None):
+        calls.append((name, split, streaming, revision))
+        if revision is None:  # as `datasets` 4 and newer answer for a script dataset
+            raise RuntimeError("Dataset scripts are no longer supported, but found tldr.py")
         return iter(rows)
 
     monkeypatch.setitem(sys.modules, "datasets", type(sys)("datasets"))
@@ -334,7 +337,8 @@ def test_hf_source_is_streamed_once_into_a_jsonl_file(tmp_path, monkeypatch):
         ds = task.get_dataset(None, split="validation", shuffle=False)
         got = [ex["targets_pretokenized"].decode() for ex in text_tasks.read(ds)]
         assert got == [r["label"] for r in rows]
-    assert calls == [("CarperAI/openai_summarize_tldr", "valid", True)]  # once
+    name = "CarperAI/openai_summarize_tldr"
+    assert calls == [(name, "valid", True, None), (name, "valid", True, text_tasks.HF_PARQUET)]
     (converted,) = (tmp_path / "hf").glob("*/validation.jsonl")
     assert [json.loads(line) for line in open(converted)] == rows
 

@@ -28,6 +28,7 @@ import hashlib
 import importlib
 import json
 import sys
+import time
 from collections.abc import Callable, Mapping
 
 import seqio
@@ -41,7 +42,8 @@ from irl_lm.data.vocabularies import load_vocabulary
 SPLITS = text_tasks.SPLITS
 LENGTH_FIELDS = text_tasks.LENGTH_FIELDS
 # config.task fields of every task; the others are settings of our tasks (`TaskDefinition.fields`).
-GENERAL_FIELDS = ("name", "modules", *LENGTH_FIELDS.values())
+# `allow_overlap`: train although training data holds evaluation examples (`check_disjoint`).
+GENERAL_FIELDS = ("name", "modules", *LENGTH_FIELDS.values(), "allow_overlap")
 # The vocabulary of the registered text tasks: T5's SentencePiece model (read when used).
 T5_VOCABULARY = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
 T5_EXTRA_IDS = 100
@@ -328,6 +330,32 @@ def get_task(task_config: Mapping) -> seqio.Task | seqio.Mixture:
     if registry_name not in seqio.TaskRegistry.names():
         seqio.TaskRegistry.add(registry_name, **definition.build(settings))
     return seqio.TaskRegistry.get(registry_name)
+
+
+def check_disjoint(task_config: Mapping) -> None:
+    """Refuses a run that trains on its evaluation data (`text_tasks.check_disjoint`: the
+    same file, or an example in both), unless `config.task.allow_overlap`. Checked for our
+    text tasks and the jsonl task on JSON Lines files; TFDS and Hugging Face splits are
+    their dataset's own, the synthetic expert draws each split apart, and a task registered
+    elsewhere defines its own splits."""
+    name = task_name(task_config)
+    settings = _settings(task_config, name)
+    if task_config.get("allow_overlap") or settings.get("source") != "jsonl":
+        return
+    if name == "jsonl":
+        text_task = jsonl_task(settings)
+    elif name.removeprefix("irl_lm.") in text_tasks.TEXT_TASKS:
+        text_task = text_tasks.TEXT_TASKS[name.removeprefix("irl_lm.")]
+    else:
+        return
+    started = time.time()
+    limit = int(settings.get("num_train_examples") or 0)
+    count = text_tasks.check_disjoint(text_task, settings.get("files") or {}, limit)
+    logging.info(
+        "Training data holds no evaluation example (%d training examples hashed in %.0f s)",
+        count,
+        time.time() - started,
+    )
 
 
 def subtasks(task: seqio.Task | seqio.Mixture) -> list[seqio.Task]:

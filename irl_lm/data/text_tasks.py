@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -291,6 +292,77 @@ def read(ds: tf.data.Dataset) -> Iterator:
         yield item
 
 
+# ----------------------------------------------------------------------------- disjoint splits
+
+
+def split_files(pattern: str | Sequence[str]) -> list[str]:
+    """The files a `config.task.files.<split>` value names (a path, a glob or a list)."""
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    found = []
+    for p in patterns:
+        found += sorted(tf.io.gfile.glob(p)) if any(c in p for c in "*?[") else [p]
+    return found
+
+
+def example_key(task: TextTask, row: Mapping[str, str]) -> str:
+    """What makes two examples the same: a digest of their formatted inputs."""
+    return hashlib.sha1(task.format(row)[0].encode()).hexdigest()
+
+
+def example_keys(task: TextTask, paths: Sequence[str]) -> Iterator[tuple[str, str]]:
+    """(`FILE:LINE`, `example_key`) for each line of `paths`."""
+    for path in paths:
+        for where, row in files.read_jsonl_records(path):
+            check_fields(where, row, task.fields)
+            yield where, example_key(task, row)
+
+
+def check_disjoint(
+    task: TextTask, split_to_files: Mapping[str, str | Sequence[str]], limit: int = 0
+) -> int:
+    """Refuses training data that holds evaluation data: the train split and another split
+    naming the same file, or sharing an example (the same formatted inputs, hashed), among
+    the first `limit` training examples when it is set. Names both and the fix. Returns the
+    number of training examples read."""
+    fix = (
+        "evaluation data must not be in training: point the splits at disjoint files (`python "
+        "-m irl_lm.data.fetch TASK` writes the paper's splits), or set "
+        "config.task.allow_overlap=True to run anyway"
+    )
+    if not split_to_files.get("train"):
+        return 0
+    train = split_files(split_to_files["train"])
+    held_out: dict[str, tuple[str, str]] = {}  # digest -> (split, FILE:LINE)
+    for split, pattern in split_to_files.items():
+        if split == "train" or not pattern:
+            continue
+        paths = split_files(pattern)
+        same = sorted(
+            {os.fspath(files.path(p)) for p in paths} & set(map(os.fspath, map(files.path, train)))
+        )
+        if same:
+            raise ValueError(
+                f"config.task.files.train and config.task.files.{split} both name {same[0]}; " + fix
+            )
+        for where, key in example_keys(task, paths):
+            held_out.setdefault(key, (split, where))
+    shared, count = [], 0
+    for where, key in example_keys(task, train):
+        if limit and count == limit:
+            break
+        count += 1
+        if key in held_out:
+            shared.append((where, *held_out[key]))
+    if shared:
+        split = shared[0][1]
+        examples = ", ".join(f"{a} is {b}" for a, _, b in shared[:3])
+        raise ValueError(
+            f"config.task.files.train and config.task.files.{split} share "
+            f"{len(shared)} examples ({examples}{', ...' if len(shared) > 3 else ''}); {fix}"
+        )
+    return count
+
+
 # ----------------------------------------------------------------------------- the task
 
 
@@ -383,17 +455,36 @@ def _hf_rows(name: str, split: str, settings: Mapping) -> Iterator[dict]:
     if name not in HF_NAMES and not settings.get("hf_name"):
         raise ValueError(f"no Hugging Face source for {name}; set config.task.hf_name")
     hf_name = settings.get("hf_name") or HF_NAMES[name]
+    yield from hf_rows(hf_name, HF_SPLITS.get(name, {}).get(split, split), split=split)
+
+
+def hf_rows(hf_name: str, hf_split: str, config: str | None = None, split: str = "train"):
+    """The rows of a Hugging Face dataset's split, streamed. A dataset still defined by a
+    loading script (which `datasets` 4 and newer refuse) is read from the Hub's Parquet
+    conversion of it. Unreachable, it fails naming the jsonl option for `split`."""
     try:
         import datasets
 
-        hf_split = HF_SPLITS.get(name, {}).get(split, split)
-        rows = datasets.load_dataset(hf_name, split=hf_split, streaming=True)
-        rows = iter(rows)
-        first = next(rows)  # reaching the first row is what fails offline
+        try:
+            rows = iter(datasets.load_dataset(hf_name, config, split=hf_split, streaming=True))
+            first = next(rows)  # reaching the first row is what fails offline
+        except Exception as e:
+            if "script" not in str(e):
+                raise
+            rows = iter(
+                datasets.load_dataset(
+                    hf_name, config, split=hf_split, streaming=True, revision=HF_PARQUET
+                )
+            )
+            first = next(rows)
     except Exception as e:  # not installed, network, unknown split
-        raise _unreachable("hf", f"Hugging Face {hf_name!r} split {split!r}", split, e) from e
+        what = f"Hugging Face {hf_name!r}{f' ({config})' if config else ''} split {hf_split!r}"
+        raise _unreachable("hf", what, split, e) from e
     yield dict(first)
     yield from (dict(row) for row in rows)
+
+
+HF_PARQUET = "refs/convert/parquet"  # the Hub's Parquet copy of every public dataset
 
 
 def _sacrebleu_rows(name: str, split: str, settings: Mapping) -> list[dict]:
@@ -404,15 +495,21 @@ def _sacrebleu_rows(name: str, split: str, settings: Mapping) -> list[dict]:
             f"the sacrebleu source holds WMT22 test sets only; for {name}/{split} use jsonl"
         )
     source, target = name.split("_")[1:]
+    return sacrebleu_rows("wmt22", source, target, split)
+
+
+def sacrebleu_rows(test_set: str, source: str, target: str, split: str = "test") -> list[dict]:
+    """A WMT test set (`wmt21`, `wmt22`, ...) as rows {source: ..., target: ...}, through
+    sacreBLEU's loader (which downloads it once)."""
     from sacrebleu.utils import get_reference_files, get_source_file
 
     try:
-        with open(get_source_file("wmt22", f"{source}-{target}")) as f:
+        with open(get_source_file(test_set, f"{source}-{target}")) as f:
             sources = f.read().splitlines()
-        with open(get_reference_files("wmt22", f"{source}-{target}")[0]) as f:
+        with open(get_reference_files(test_set, f"{source}-{target}")[0]) as f:
             references = f.read().splitlines()
     except Exception as e:
-        raise _unreachable("sacrebleu", f"WMT22 {source}-{target}", split, e) from e
+        raise _unreachable("sacrebleu", f"{test_set} {source}-{target}", split, e) from e
     return [{source: s, target: t} for s, t in zip(sources, references, strict=True)]
 
 
