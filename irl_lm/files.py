@@ -66,6 +66,14 @@ def copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     tmp.replace(dst)
 
 
+def append(local_file: str, p: str | os.PathLike) -> None:
+    """Appends the local file's bytes to `p` (a bucket object cannot grow: it is rewritten)."""
+    p = path(p)
+    before = p.read_bytes() if p.exists() else b""
+    with open(local_file, "rb") as f:
+        write_bytes(p, before + f.read())
+
+
 RESULTS_FILE = "results.json"  # written by the trainer when a run reaches config.total_steps
 
 
@@ -81,7 +89,10 @@ def finished_results(workdir: str | os.PathLike, total_steps: int) -> dict | Non
 
 def read_jsonl_records(file: str | os.PathLike):
     """Yields (`FILE:LINE`, record) for each line of a JSON Lines file (UTF-8); a line that
-    is empty, not UTF-8 or not a JSON object fails naming its file and line and the fix."""
+    is empty, not UTF-8 or not a JSON object fails naming its file and line and the fix.
+    A missing file fails too (a bucket's would otherwise read as empty)."""
+    if not path(file).exists():
+        raise FileNotFoundError(f"{file}: no such file")
     with path(file).open("rb") as f:
         for line_no, raw in enumerate(f, 1):
             where = f"{file}:{line_no}"

@@ -8,17 +8,25 @@ start-up (`irl_lm.preflight.auto_config`: FSDP over every device, then remat, th
 accumulation, each train step compiled against the devices' memory until one fits).
 
 A workdir whose `results.json` records a finished run exits at once with status 0, so a
-rerun of a pod job or a sweep does no work twice.
+rerun of a pod job or a sweep does no work twice. `--log_to_workdir` (the cluster task files
+of scripts/launch/ set it) appends process 0's log to `WORKDIR/log.txt` when the run ends,
+stopped or failed included; `irl_lm.sweep` writes that file itself.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 import sys
+import tempfile
 
+import jax
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from irl_lm import distributed, preflight, train
+from irl_lm import distributed, files, preflight, sweep, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:arg].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
@@ -35,6 +43,9 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id, 0 first.")
+_LOG_TO_WORKDIR = flags.DEFINE_bool(
+    "log_to_workdir", False, "Append process 0's log to WORKDIR/log.txt when the run ends."
+)
 
 
 def main(argv, auto: bool = False):
@@ -46,6 +57,27 @@ def main(argv, auto: bool = False):
             num_processes=_NUM_PROCESSES.value,
             process_id=_PROCESS_ID.value,
         )
+    if not (_LOG_TO_WORKDIR.value and jax.process_index() == 0):
+        return run(auto)
+    folder = tempfile.mkdtemp(prefix="irl_lm_log_")
+    handler = logging.FileHandler(os.path.join(folder, sweep.LOG_FILE))
+    handler.setFormatter(absl_logging.PythonFormatter())
+    logger = absl_logging.get_absl_logger()
+    logger.addHandler(handler)
+    try:
+        logger.info("irl_lm.main %s", " ".join(sys.argv[1:]))
+        run(auto)
+    except BaseException:
+        logger.exception("The run stopped with an error")
+        raise
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        files.append(handler.baseFilename, files.path(_WORKDIR.value, sweep.LOG_FILE))
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def run(auto: bool) -> None:
     config = preflight.auto_config(_CONFIG.value) if auto else _CONFIG.value
     train.train_and_evaluate(config, _WORKDIR.value)
 

@@ -8,9 +8,11 @@ A config file defines its sweeps beside `get_config`: `sweep(arg=None) -> list[d
 dict per point of `config` field overrides by dotted path (`{"loss.lam": 0.3, "seed": 1}`),
 optionally with `config_arg` (the `get_config` arg of that point, e.g. "loss=iqlearn") and
 `name`. Each point gets a readable, filesystem-safe name from its overrides
-(`lam=0.3,seed=1`) and trains in `DIR/<name>`, logging to `DIR/<name>/log.txt`. Every point
-is checked before anything runs: an unknown field, a value the command line cannot carry, or
-two points with one name fail, naming them.
+(`lam=0.3,seed=1`) and trains in `DIR/<name>`, logging to `DIR/<name>/log.txt`; on a GPU
+machine `--parallel=N` gives each running point its own N-th of the GPUs (when N divides
+their count; else the points share them). Every point is checked before anything runs: an
+unknown field, a value the command line cannot carry, or two points with one name fail,
+naming them.
 
 A point whose `results.json` records a finished run is skipped; an unfinished one is run
 again in its workdir, so it resumes from its checkpoint. A failing point does not stop the
@@ -224,6 +226,31 @@ def write_sweep_file(workdir: str, info: dict, points: Sequence[Point]) -> None:
     )
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs of this machine: `CUDA_VISIBLE_DEVICES` when set, else those `nvidia-smi`
+    lists (none on a machine without it)."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return [d.strip() for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    listed = subprocess.run(
+        ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return listed.stdout.split() if listed.returncode == 0 else []
+
+
+def gpu_slots(gpus: Sequence[str], parallel: int) -> list[list[str]]:
+    """`gpus` split into `parallel` equal groups, one a running point; none (every point sees
+    every device) when `parallel` is 1, there are no GPUs, or they do not split evenly."""
+    if parallel == 1 or not gpus or len(gpus) % parallel:
+        return []
+    size = len(gpus) // parallel
+    return [list(gpus[i * size : (i + 1) * size]) for i in range(parallel)]
+
+
 class _Runner:
     """Runs the `todo` points as `python -m irl_lm.main` processes, `parallel` at a time;
     `points` (every point of the sweep) go to sweep.json at each change."""
@@ -235,8 +262,18 @@ class _Runner:
         self.durations: list[float] = []
         self.stop = False
         self.env = dict(os.environ)
-        if parallel > 1:  # several JAX processes share the accelerators: no preallocation
+        # On a multi-GPU node each running point gets its own GPUs; elsewhere several JAX
+        # processes share the accelerators: no preallocation.
+        gpus = visible_gpus()
+        self.free_gpus = gpu_slots(gpus, parallel)
+        if parallel > 1 and not self.free_gpus:
             self.env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+            if gpus:
+                print(
+                    f"[sweep] the {len(gpus)} GPUs do not split into {parallel} equal shares: "
+                    "the running points share them",
+                    flush=True,
+                )
 
     def start(self, point: Point) -> None:
         files.path(point.workdir).mkdir(parents=True, exist_ok=True)
@@ -244,35 +281,40 @@ class _Runner:
         local_log = point.log
         if files.is_remote(point.workdir):
             local_log = os.path.join(tempfile.mkdtemp(prefix="irl_lm_sweep_"), LOG_FILE)
-        command = point.command
+        command, env, gpus = point.command, self.env, None
+        if self.free_gpus:
+            gpus = self.free_gpus.pop(0)
+            env = env | {"CUDA_VISIBLE_DEVICES": ",".join(gpus)}
         log = open(local_log, "a")  # noqa: SIM115 - closed in poll()
         try:
-            log.write(f"\n# sweep {self.info['commit']}: {shlex.join(command)}\n")
+            where = f" (CUDA_VISIBLE_DEVICES={','.join(gpus)})" if gpus else ""
+            log.write(f"\n# sweep {self.info['commit']}{where}: {shlex.join(command)}\n")
             log.flush()
             # Its own session: a Ctrl-C reaches the runner only, which stops the points
             # with SIGTERM (they save a checkpoint), not with SIGINT.
             proc = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
         except BaseException:
             log.close()
+            if gpus:
+                self.free_gpus.append(gpus)
             raise
-        self.running[point.name] = (point, proc, time.perf_counter(), log, local_log)
+        self.running[point.name] = (point, proc, time.perf_counter(), log, local_log, gpus)
         point.status = "running"
         print(f"[sweep] started {point.name} (log: {point.log})", flush=True)
         if self.stop:  # a signal arrived while it started
             proc.send_signal(signal.SIGTERM)
 
     def poll(self) -> None:
-        for name, (point, proc, started, log, local_log) in list(self.running.items()):
+        for name, (point, proc, started, log, local_log, gpus) in list(self.running.items()):
             if proc.poll() is None:
                 continue
             log.close()
+            if gpus:
+                self.free_gpus.append(gpus)
             if local_log != point.log:  # appended to the bucket's log, as a local log is
-                remote = files.path(point.log)
-                before = remote.read_bytes() if remote.exists() else b""
-                with open(local_log, "rb") as f:
-                    files.write_bytes(remote, before + f.read())
+                files.append(local_log, point.log)
                 shutil.rmtree(os.path.dirname(local_log), ignore_errors=True)
             point.returncode, point.duration_s = proc.returncode, time.perf_counter() - started
             finished = files.finished_results(point.workdir, point.total_steps) is not None
@@ -468,7 +510,12 @@ def define_flags() -> None:
     flags.DEFINE_string("config", None, "Config file[:arg]; the file defines sweep(arg).")
     flags.DEFINE_string("workdir", None, "Parent directory of the points' workdirs.")
     flags.DEFINE_string("sweep_arg", None, "The arg of the file's sweep(arg).")
-    flags.DEFINE_integer("parallel", 1, "Points run at the same time.")
+    flags.DEFINE_integer(
+        "parallel",
+        1,
+        "Points run at the same time; on a GPU machine whose GPU count divides by it, each "
+        "gets its own share of the GPUs (CUDA_VISIBLE_DEVICES).",
+    )
     flags.DEFINE_string("only", None, "Run only the points whose name matches this regex.")
     flags.DEFINE_bool("dry_run", False, "List the points and their commands; run nothing.")
     flags.DEFINE_bool(

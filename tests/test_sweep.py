@@ -266,25 +266,6 @@ def test_jax_distributed_reads_skypilot_gpu_nodes(monkeypatch):
         main.distributed_init_args(env | {"SKYPILOT_NUM_NODES": "3"}, tpu_vm=False)
 
 
-LAUNCH_FILES = {  # file -> (accelerators, nodes)
-    "tpu_pod.yaml": ({"tpu-v4-32": 1}, 1),
-    "gpu_cluster.yaml": ({"H100": 8}, 2),
-}
-
-
-def test_launch_files_parse_with_skypilot():
-    sky = pytest.importorskip("sky", reason="skypilot is a test requirement (make test)")
-    folder = os.path.join(ROOT, "scripts", "launch")
-    assert sorted(os.listdir(folder)) == sorted(LAUNCH_FILES)
-    for name, (accelerators, nodes) in LAUNCH_FILES.items():
-        task = sky.Task.from_yaml(os.path.join(folder, name))
-        (resources,) = task.resources
-        assert (resources.accelerators, task.num_nodes) == (accelerators, nodes), name
-        assert "IRL_LM_ARGS" in task.envs
-        assert "python3 -m irl_lm.main --jax_distributed $IRL_LM_ARGS" in task.run
-        assert "pip install" in task.setup and "constraints.txt" in task.setup
-
-
 def test_config_file_arg_merges_with_the_points_config_arg(tmp_path):
     xsum = os.path.join(ROOT, "configs/xsum.py")
     points = sweep.build_points(f"{xsum}:model=t5_large", str(tmp_path))

@@ -300,7 +300,10 @@ def split_files(pattern: str | Sequence[str]) -> list[str]:
     patterns = [pattern] if isinstance(pattern, str) else list(pattern)
     found = []
     for p in patterns:
-        found += sorted(tf.io.gfile.glob(p)) if any(c in p for c in "*?[") else [p]
+        matched = sorted(tf.io.gfile.glob(p)) if any(c in p for c in "*?[") else [p]
+        if not matched:
+            raise FileNotFoundError(f"{p}: no file matches the pattern")
+        found += matched
     return found
 
 
@@ -331,6 +334,13 @@ def check_disjoint(
     )
     if not split_to_files.get("train"):
         return 0
+    for split, pattern in split_to_files.items():
+        for p in split_files(pattern) if pattern else []:
+            if not files.path(p).exists():
+                raise FileNotFoundError(
+                    f"config.task.files.{split}: {p} does not exist (`python -m "
+                    "irl_lm.data.fetch --task=TASK --out=DIR` writes the paper's splits)"
+                )
     train = split_files(split_to_files["train"])
     held_out: dict[str, tuple[str, str]] = {}  # digest -> (split, FILE:LINE)
     for split, pattern in split_to_files.items():
