@@ -131,7 +131,7 @@ TINY_MODELS = {
 
 
 SMOKE_DATA = "../shared/data"  # mode=tiny's small files (the tests' data folder)
-FULL_DATA = "~/.cache/irl_lm/data"  # mode=full's: `python -m irl_lm.data.fetch TASK`
+FULL_DATA = "~/.cache/irl_lm/data"  # mode=full's: `python -m irl_lm.data.fetch --task=TASK`
 LARGE_VOCABULARY = 100_000  # presets with at least this many tokens chunk their logits
 
 
@@ -159,7 +159,7 @@ def text_task_config(
            "full": the paper's run: `model` (a preset, e.g. t5_base, gemma3_1b; default
            t5_base), fine-tuned from `--config.init_from`, with the vocabulary of that
            checkpoint, on the paper's splits `DATA/<task>/{train,validation,test}.jsonl`
-           that `python -m irl_lm.data.fetch <task> --out=DATA` writes (`data`, default
+           that `python -m irl_lm.data.fetch --task=<task> --out=DATA` writes (`data`, default
            ~/.cache/irl_lm/data; a gs:// folder on a pod); validation every 1000 steps and
            the whole test split decoded at the end (evaluator `test`).
     loss (mle, mle_entropy, iqlearn, iqlearn_online, gail) and its fields (lam, gamma,

@@ -9,8 +9,10 @@ accumulation, each train step compiled against the devices' memory until one fit
 
 A workdir whose `results.json` records a finished run exits at once with status 0, so a
 rerun of a pod job or a sweep does no work twice. `--log_to_workdir` (the cluster task files
-of scripts/launch/ set it) appends process 0's log to `WORKDIR/log.txt` when the run ends,
-stopped or failed included; `irl_lm.sweep` writes that file itself.
+of scripts/launch/ set it) appends process 0's log lines to `WORKDIR/log.txt` when the run
+ends, stopped (SIGTERM) or failed included; a killed process leaves it to the launcher's own
+log (`sky jobs logs`). `irl_lm.sweep` writes that file itself, with everything its points
+print.
 """
 
 from __future__ import annotations
@@ -59,21 +61,27 @@ def main(argv, auto: bool = False):
         )
     if not (_LOG_TO_WORKDIR.value and jax.process_index() == 0):
         return run(auto)
+    # What the console shows (every Python logger: irl_lm's and the libraries' warnings).
     folder = tempfile.mkdtemp(prefix="irl_lm_log_")
     handler = logging.FileHandler(os.path.join(folder, sweep.LOG_FILE))
     handler.setFormatter(absl_logging.PythonFormatter())
-    logger = absl_logging.get_absl_logger()
+    handler.addFilter(train.own_info_and_warnings)
+    logger = logging.getLogger()
     logger.addHandler(handler)
     try:
-        logger.info("irl_lm.main %s", " ".join(sys.argv[1:]))
+        absl_logging.info("irl_lm.main %s", " ".join(sys.argv[1:]))
         run(auto)
     except BaseException:
-        logger.exception("The run stopped with an error")
+        absl_logging.exception("The run stopped with an error")
         raise
     finally:
         logger.removeHandler(handler)
         handler.close()
-        files.append(handler.baseFilename, files.path(_WORKDIR.value, sweep.LOG_FILE))
+        log = files.path(_WORKDIR.value, sweep.LOG_FILE)
+        try:
+            files.append(handler.baseFilename, log)
+        except Exception as e:  # the run's own outcome stands
+            absl_logging.warning("Could not append this run's log to %s: %s", log, e)
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -207,14 +207,15 @@ def write_model_info(path: str, params, param_shardings) -> None:
     files.write_text(path, "path\tshape\tdtype\tsharding\n" + "\n".join(lines) + "\n")
 
 
+def own_info_and_warnings(record) -> bool:
+    """A log filter: INFO lines of irl_lm, and warnings and up of every library."""
+    return record.levelno >= pylogging.WARNING or "site-packages" not in record.pathname
+
+
 def quiet_library_logs() -> None:
     """Keeps INFO lines of irl_lm only; libraries (orbax, seqio, ...) log warnings and up."""
-
-    def keep(record) -> bool:
-        return record.levelno >= pylogging.WARNING or "site-packages" not in record.pathname
-
     logging.set_verbosity(logging.INFO)
-    logging.get_absl_handler().python_handler.addFilter(keep)
+    logging.get_absl_handler().python_handler.addFilter(own_info_and_warnings)
 
 
 # ----------------------------------------------------------------------------- the loop

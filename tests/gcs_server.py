@@ -127,13 +127,15 @@ def _relay(client: ssl.SSLSocket, upstream: socket.socket) -> None:
         head.append(b"Content-Length: %d\r\nX-Forwarded-Proto: https\r\n\r\n" % len(body))
         upstream.sendall(request + b"".join(head) + body)
 
-        status = upstream_reader.readline()
-        parsed = _headers(upstream_reader) if status else None
-        if parsed is None:
-            return
-        lines, fields = parsed
-        code = int(status.split()[1])
-        if request.startswith(b"HEAD ") or code in (204, 304) or code < 200:
+        code = 100
+        while code < 200:  # interim responses (none expected: no Expect goes upstream)
+            status = upstream_reader.readline()
+            parsed = _headers(upstream_reader) if status else None
+            if parsed is None:
+                return
+            lines, fields = parsed
+            code = int(status.split()[1])
+        if request.startswith(b"HEAD ") or code in (204, 304):
             body = b""
         elif fields.get(b"transfer-encoding", b"").lower() == b"chunked":
             body = _chunked(upstream_reader)
@@ -141,8 +143,10 @@ def _relay(client: ssl.SSLSocket, upstream: socket.socket) -> None:
             lines.append(b"Content-Length: %d\r\n" % len(body))
         elif b"content-length" in fields:
             body = upstream_reader.read(int(fields[b"content-length"]))
-        else:  # until the server closes the connection
+        else:  # until the server closes the connection: so does the proxy
             body = upstream_reader.read()
+            fields[b"connection"] = b"close"
+            lines.append(b"Content-Length: %d\r\nConnection: close\r\n" % len(body))
         client.sendall(status + b"".join(lines) + b"\r\n" + body)
         if fields.get(b"connection", b"").lower() == b"close":
             return

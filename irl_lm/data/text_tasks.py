@@ -329,7 +329,7 @@ def check_disjoint(
     number of training examples read."""
     fix = (
         "evaluation data must not be in training: point the splits at disjoint files (`python "
-        "-m irl_lm.data.fetch TASK` writes the paper's splits), or set "
+        "-m irl_lm.data.fetch --task=TASK` writes the paper's splits), or set "
         "config.task.allow_overlap=True to run anyway"
     )
     if not split_to_files.get("train"):

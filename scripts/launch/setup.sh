@@ -13,7 +13,7 @@ accelerator="${1:?usage: setup.sh tpu|cuda12|cpu}"
 venv="${IRL_LM_VENV:-$HOME/irl-lm-venv}"
 python_version="${IRL_LM_PYTHON:-3.11}"
 
-jax_version="$(sed -n 's/^jax==//p' constraints.txt)"
+jax_version="$(sed -n 's/^jax==//p' constraints.txt 2> /dev/null || true)"
 if [ -z "$jax_version" ]; then
   echo "setup.sh: constraints.txt pins no jax (run from the repository root)" >&2
   exit 2
