@@ -9,6 +9,10 @@ an MLE run, as in the paper (500 steps):
     python -m irl_lm.main --config=configs/demo.py:loss=gail --workdir=/tmp/demo_gail \
         --config.init_from=/tmp/demo_mle
 
+`model=t5gemma2` trains the same loss on a T5Gemma 2-shaped model of the same width (Gemma 3
+layers, merged attention, a sliding and a global layer per stack):
+    python -m irl_lm.main --config=configs/demo.py:loss=iqlearn,model=t5gemma2 --workdir=/tmp/g2
+
 Expected: about 1-2 minutes per run on 2 CPU cores; validity well above 0.9 and forward /
 reverse KL per token of a few hundredths of a nat for both losses after 1200 steps.
 
@@ -22,6 +26,7 @@ from irl_lm.config_utils import (
     LOSS_ARGS,
     PAPER_LAMBDAS,
     SEEDS,
+    TINY_MODELS,
     grid,
     loss_config,
     parse_arg,
@@ -30,7 +35,9 @@ from irl_lm.config_utils import (
 
 
 def get_config(arg=None):
-    args = parse_arg(arg, **{**LOSS_ARGS, "loss": "iqlearn"})
+    args = parse_arg(arg, **{**LOSS_ARGS, "loss": "iqlearn"}, model="t5")
+    if args["model"] not in ("t5", "t5gemma2"):
+        raise ValueError(f"config arg model={args['model']!r}; allowed: t5, t5gemma2")
     config = trainer_defaults()
     config.total_steps = 3000
     config.batch_size = 64
@@ -69,6 +76,8 @@ def get_config(arg=None):
         num_decoder_layers=2,
         dropout_rate=0.0,
     )
+    if args["model"] == "t5gemma2":
+        config.model = dict(TINY_MODELS["t5gemma2"], vocab_size=0, dropout_rate=0.0)
     config.loss = loss_config(args)
     if config.loss.name == "gail":  # fine-tunes an MLE run (`make demo` points init_from at it)
         config.total_steps, config.checkpoint.every = 500, 500

@@ -116,9 +116,28 @@ def loss_config(args: dict[str, str]) -> ml_collections.ConfigDict:
 _TINY_T5 = dict(
     name="t5", d_model=64, d_kv=16, d_ff=128, num_heads=4, num_layers=2, num_decoder_layers=2
 )
+# A T5Gemma 2-shaped stack at the tiny T5's width: merged attention, q/k norms, one sliding
+# (window 8) and one global layer, grouped-query.
+_TINY_T5GEMMA2_STACK = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    sliding_window=8,
+    layer_types=("sliding_attention", "full_attention"),
+)
 TINY_MODELS = {
     "": _TINY_T5,
     "t5": _TINY_T5,
+    "t5gemma2": dict(
+        name="t5gemma",
+        model_type="t5gemma2",
+        eoi_token_index=None,  # the tiny vocabularies have no end-of-image token
+        encoder=_TINY_T5GEMMA2_STACK,
+        decoder=_TINY_T5GEMMA2_STACK,
+    ),
     "decoder_only": dict(
         name="decoder_only",
         hidden_size=64,
@@ -155,7 +174,8 @@ def text_task_config(
            steps on the small shared files `files` (split -> path under `data`, default
            ../shared/data; the same file may serve training and evaluation, which only this
            mode allows), greedy decode evaluation of 8 examples (about 20 s on a CPU);
-           `model` picks its family: "t5" (default) or "decoder_only".
+           `model` picks its family: "t5" (default), "t5gemma2" (T5Gemma 2-shaped) or
+           "decoder_only".
            "full": the paper's run: `model` (a preset, e.g. t5_base, gemma3_1b; default
            t5_base), fine-tuned from `--config.init_from`, with the vocabulary of that
            checkpoint, on the paper's splits `DATA/<task>/{train,validation,test}.jsonl`

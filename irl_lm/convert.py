@@ -9,13 +9,17 @@
 a Hugging Face folder (config.json + safetensors + the tokenizer files), any other as Orbax.
 Parameters are sharded over all local devices (fsdp) while converting, so models larger
 than one device load.
+
+A T5Gemma 2 checkpoint also holds a vision tower, which irl-lm does not train: an export
+copies it unchanged from `--carry_from` (default: the `hf:` source itself, or the `hf:`
+folder a training workdir started from, read from its config.json).
 """
 
 from __future__ import annotations
 
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from irl_lm import checkpointing, files, sharding
 from irl_lm.models import build_model
@@ -25,9 +29,38 @@ _SRC = flags.DEFINE_string("src", None, "hf:DIR, a training workdir, or a conver
 _DST = flags.DEFINE_string("dst", None, "hf:DIR for a Hugging Face folder, else an Orbax one.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Hugging Face dtype.")
 _SHARD_GB = flags.DEFINE_float("max_shard_gb", 2.0, "Largest safetensors file when exporting.")
+_CARRY_FROM = flags.DEFINE_string(
+    "carry_from",
+    None,
+    "hf:DIR whose tensors that are not the model's (T5Gemma 2's vision tower) an export "
+    "copies; default: the source's own Hugging Face folder.",
+)
 
 
-def convert(src: str, dst: str, *, dtype: str = "float32", max_shard_gb: float = 2.0) -> None:
+def hf_origin(source: checkpointing.InitSource) -> str | None:
+    """The Hugging Face folder a source came from: itself, or the `init_from` a training
+    workdir's config.json names (when that is an `hf:` folder)."""
+    if source.kind == "hf":
+        return source.folder
+    config_path = files.path(source.folder, "config.json")
+    if source.kind == "workdir" and config_path.exists():
+        init_from = files.read_json(config_path).get("init_from") or ""
+        if init_from.startswith("hf:"):
+            try:
+                return checkpointing.parse_init_from(init_from).folder
+            except FileNotFoundError as e:
+                logging.warning("the Hugging Face folder the run started from is gone: %s", e)
+    return None
+
+
+def convert(
+    src: str,
+    dst: str,
+    *,
+    dtype: str = "float32",
+    max_shard_gb: float = 2.0,
+    carry_from: str | None = None,
+) -> None:
     source = checkpointing.parse_init_from(src)
     if source is None:
         raise ValueError("--src is empty")
@@ -45,6 +78,7 @@ def convert(src: str, dst: str, *, dtype: str = "float32", max_shard_gb: float =
             dtype=dtype,
             max_shard_bytes=int(max_shard_gb * 2**30),
             tokenizer_from=source.vocabulary_folder(),
+            carry_from=carry_from.removeprefix("hf:") if carry_from else hf_origin(source),
         )
     else:
         checkpointing.save_params(dst, params, model_config)
@@ -54,7 +88,13 @@ def convert(src: str, dst: str, *, dtype: str = "float32", max_shard_gb: float =
 
 def main(argv):
     del argv
-    convert(_SRC.value, _DST.value, dtype=_DTYPE.value, max_shard_gb=_SHARD_GB.value)
+    convert(
+        _SRC.value,
+        _DST.value,
+        dtype=_DTYPE.value,
+        max_shard_gb=_SHARD_GB.value,
+        carry_from=_CARRY_FROM.value,
+    )
 
 
 if __name__ == "__main__":

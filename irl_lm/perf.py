@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from irl_lm.models import is_decoder_only
+from irl_lm.models import T5GemmaConfig, is_decoder_only
 from irl_lm.models.decoder_only import SLIDING
 
 # (substring of the lower-cased `jax.Device.device_kind`, peak dense bf16 FLOP/s), first
@@ -77,6 +77,8 @@ def flops_breakdown(model, batch_shapes: Mapping[str, Any]) -> dict[str, float]:
         return _decoder_only_breakdown(model.config, *_shape(batch_shapes, "decoder_target_tokens"))
     batch, inputs_len = _shape(batch_shapes, "encoder_input_tokens")
     _, targets_len = _shape(batch_shapes, "decoder_target_tokens")
+    if isinstance(model.config, T5GemmaConfig):
+        return _t5gemma_breakdown(model.config, batch, inputs_len, targets_len)
     return _t5_breakdown(model.config, batch, inputs_len, targets_len)
 
 
@@ -140,12 +142,50 @@ def _window(cfg, layer: int) -> int | None:
     return cfg.sliding_window if cfg.layer_type(layer) == SLIDING else None
 
 
+def _t5gemma_parts(cfg: T5GemmaConfig, inputs_len: int) -> dict[str, float]:
+    """Per-input and per-decoder-token FLOPs of T5Gemma's parts (one input of `inputs_len`)."""
+    enc, dec = cfg.encoder, cfg.decoder
+    behind, ahead = cfg.encoder_window()
+    encoder_pairs = sum(
+        inputs_len * min(inputs_len, behind + ahead + 1) if _window(enc, i) else inputs_len**2
+        for i in range(enc.num_hidden_layers)
+    )
+    q_width, kv_width = dec.num_attention_heads * dec.head_size, dec.kv_heads * dec.head_size
+    # The encoder's keys/values for each decoder layer (merged attention: the layer's own
+    # kernels; T5Gemma: the cross-attention's), and T5Gemma's cross q/o per decoder token.
+    cross_kv = 2 * 2 * enc.hidden_size * kv_width
+    cross_qo = 0 if cfg.merged_attention else 2 * 2 * dec.hidden_size * q_width
+    return {
+        "encoder_matmul": enc.num_hidden_layers * inputs_len * _decoder_only_per_token(enc),
+        "encoder_attention": encoder_pairs * 2 * 2 * enc.num_attention_heads * enc.head_size,
+        "cross_kv": dec.num_hidden_layers * inputs_len * cross_kv,
+        "decoder_token": dec.num_hidden_layers * (_decoder_only_per_token(dec) + cross_qo),
+        "per_pair": 2 * 2 * dec.num_attention_heads * dec.head_size,
+        "head": 2 * dec.hidden_size * cfg.vocab_size,
+    }
+
+
+def _t5gemma_breakdown(cfg, batch: int, inputs_len: int, targets_len: int) -> dict[str, float]:
+    parts, dec = _t5gemma_parts(cfg, inputs_len), cfg.decoder
+    self_pairs = sum(
+        _causal_pairs(targets_len, _window(dec, i)) for i in range(dec.num_hidden_layers)
+    )
+    cross_pairs = dec.num_hidden_layers * targets_len * inputs_len
+    return {
+        "encoder_matmul": float(batch * parts["encoder_matmul"]),
+        "encoder_attention": float(batch * parts["encoder_attention"]),
+        "decoder_matmul": float(batch * (targets_len * parts["decoder_token"] + parts["cross_kv"])),
+        "decoder_attention": float(batch * (self_pairs + cross_pairs) * parts["per_pair"]),
+        "head": float(batch * targets_len * parts["head"]),
+    }
+
+
 def sampling_flops(model, num_rows: int, input_len: int, sample_len: int) -> float:
     """Forward FLOPs of sampling `sample_len` tokens for `num_rows` rows with a KV cache.
 
     The cache has a fixed size and every step attends over all of it (masked slots cost the
-    same), as `irl_lm.decoding` runs it. T5: the encoder once over `input_len`, the cross-
-    attention keys/values once per decoder layer, then per step the decoder layers for one
+    same), as `irl_lm.decoding` runs it. T5 and T5Gemma: the encoder once over `input_len`,
+    the cross-attention keys/values once per decoder layer, then per step the decoder layers for one
     token, attention over `sample_len` self and `input_len` cross slots, and the head.
     Decoder-only: a prefill over the `input_len` prompt (causal, halved; no head), then per
     step the layers for one token, attention over `input_len + sample_len` slots (sliding
@@ -161,6 +201,12 @@ def sampling_flops(model, num_rows: int, input_len: int, sample_len: int) -> flo
         step = layers * (layer + (input_len + sample_len) * per_pair)
         step += 2 * cfg.hidden_size * cfg.vocab_size
         return float(prefill + num_rows * sample_len * step)
+    if isinstance(cfg, T5GemmaConfig):
+        parts = _t5gemma_parts(cfg, input_len)
+        per_input = parts["encoder_matmul"] + parts["encoder_attention"] + parts["cross_kv"]
+        layers = cfg.decoder.num_hidden_layers
+        step = parts["decoder_token"] + layers * (sample_len + input_len) * parts["per_pair"]
+        return float(num_rows * (per_input + sample_len * (step + parts["head"])))
     projection, mlp = _t5_per_token(cfg)
     per_pair = 2 * 2 * cfg.num_heads * cfg.d_kv
     encoder = cfg.num_layers * input_len * (4 * projection + mlp + input_len * per_pair)

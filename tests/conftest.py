@@ -102,6 +102,28 @@ TINY_DECODER_ONLY = dict(
 )
 
 
+# `config.model` of a T5Gemma 2-shaped tiny_config run: merged attention, q/k norms, a
+# sliding layer (window 3) in each stack, grouped-query.
+_TINY_T5GEMMA2_STACK = dict(
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=8,
+    sliding_window=3,
+    layer_types=("sliding_attention",),
+)
+TINY_T5GEMMA2 = dict(
+    name="t5gemma",
+    model_type="t5gemma2",
+    vocab_size=0,
+    eoi_token_index=None,
+    encoder=_TINY_T5GEMMA2_STACK,
+    decoder=_TINY_T5GEMMA2_STACK,
+)
+
+
 # A 2 λ × 2 seed sweep of 6 steps a point (tests/test_sweep.py, tests/test_report.py).
 _TINY_SWEEP = """
 

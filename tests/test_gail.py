@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import TINY_T5GEMMA2
 from test_trainer import _Recorder, read_events
 
 from irl_lm import checkpointing, sharding, train
@@ -90,13 +91,15 @@ def test_policy_and_discriminator_losses_match_numpy():
     np.testing.assert_allclose(metrics["gail/disc_accuracy_policy"], accuracy, rtol=1e-6)
 
 
-@pytest.mark.parametrize("family", ["t5", "decoder_only"])
+@pytest.mark.parametrize("family", ["t5", "decoder_only", "t5gemma2"])
 def test_scalar_discriminator_reads_state_and_action(family):
     """The default head: z_t = w · h_t + b with h_t the final state after reading a_t, checked
     against the model's own hidden states; changing a_t moves z_t and no earlier z."""
     fields = dict(vocab_size=11, dtype="float32")
     if family == "t5":
         fields |= dict(name="t5", d_model=16, d_kv=4, d_ff=32, num_heads=2, num_layers=1)
+    elif family == "t5gemma2":
+        fields = TINY_T5GEMMA2 | fields
     else:
         fields |= dict(
             name="decoder_only",
@@ -113,7 +116,7 @@ def test_scalar_discriminator_reads_state_and_action(family):
         "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
         "decoder_target_tokens": targets,
     }
-    if family == "t5":
+    if family != "decoder_only":
         batch["encoder_input_tokens"] = rng.integers(2, 11, (2, 4)).astype(np.int32)
     params = sharding.unbox(disc.init(jax.random.PRNGKey(0), batch)["params"])
     params["kernel"] = jnp.asarray(rng.normal(size=16), jnp.float32)
@@ -196,9 +199,14 @@ def final_state(workdir, config):
     return jax.device_get(state)
 
 
-def test_gail_resumes_policy_discriminator_and_reference(make_config, tmp_path, monkeypatch):
+@pytest.mark.parametrize("family", ["t5", "t5gemma2"])
+def test_gail_resumes_policy_discriminator_and_reference(
+    make_config, tmp_path, monkeypatch, family
+):
     config = gail_config(make_config, total_steps=6, evals={})
     config.loss.mle_weight = 0.5
+    if family == "t5gemma2":
+        config.model = TINY_T5GEMMA2
     _Recorder(monkeypatch)
     train.train_and_evaluate(config, str(tmp_path / "straight"))
     straight = final_state(str(tmp_path / "straight"), config)

@@ -3,7 +3,13 @@
 import jax
 import numpy as np
 import pytest
-from conftest import TINY_DECODER_ONLY, batch_sequences, numpy_iqlearn, restore_final
+from conftest import (
+    TINY_DECODER_ONLY,
+    TINY_T5GEMMA2,
+    batch_sequences,
+    numpy_iqlearn,
+    restore_final,
+)
 from test_trainer import read_events
 
 from irl_lm import decoding, sharding, train
@@ -13,21 +19,24 @@ from irl_lm.models import build_model
 EOS = 1
 
 
+FAMILIES = ["t5", "decoder_only", "t5gemma2"]
+TINY_MODELS = {
+    "t5": dict(name="t5", d_model=16, d_kv=4, d_ff=32, num_heads=4, num_layers=1),
+    "decoder_only": TINY_DECODER_ONLY,
+    "t5gemma2": TINY_T5GEMMA2,
+}
+
+
 def tiny_model(family):
-    fields = (
-        TINY_DECODER_ONLY
-        if family == "decoder_only"
-        else dict(name="t5", d_model=16, d_kv=4, d_ff=32, num_heads=4, num_layers=1)
-    )
-    model = build_model(fields | {"vocab_size": 23})
+    model = build_model(TINY_MODELS[family] | {"vocab_size": 23})
     features = {k: np.ones((1, 4), np.int32) for k in type(model).input_features}
     params = sharding.unbox(model.init(jax.random.PRNGKey(0), features)["params"])
     return model, jax.tree.map(lambda p: 3 * p, params)
 
 
 def training_batch(family):
-    """Two rows: T5 encoder inputs, or prefix-LM rows (BOS, prompt, EOS, target)."""
-    if family == "t5":
+    """Two rows: encoder inputs, or prefix-LM rows (BOS, prompt, EOS, target)."""
+    if family != "decoder_only":
         enc = np.zeros((2, 6), np.int32)
         enc[0, :4], enc[1, :6] = [5, 6, 7, EOS], [8, 9, 10, 11, 12, EOS]
         return {"encoder_input_tokens": enc}
@@ -39,7 +48,7 @@ def training_batch(family):
     return {"decoder_input_tokens": tokens, "decoder_loss_weights": weights}
 
 
-@pytest.mark.parametrize("family", ["t5", "decoder_only"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_policy_batch_scores_the_samples_the_sampler_drew(family):
     """The teacher-forced pass over the laid-out samples gives, token for token, the
     log-probabilities the sampler recorded while drawing them (from its cache)."""
@@ -70,14 +79,14 @@ def test_policy_batch_scores_the_samples_the_sampler_drew(family):
         assert np.argmax(weights[0] > 0) == 4 and np.argmax(weights[1] > 0) == 3
 
 
-@pytest.mark.parametrize("model", ["t5", "decoder_only"])
+@pytest.mark.parametrize("model", FAMILIES)
 def test_online_iqlearn_trains_and_times_sampling_apart(make_config, tmp_path, model):
     """Step 3's data terms are NumPy's on batch 3 under the step-2 parameters; the logged
     loss is its terms' sum; sampling is timed apart from the update."""
     config = make_config()
     config.loss = dict(name="iqlearn_online", lam=0.1, gamma=0.99, alpha=0.5, chi2_on_mixture=1)
-    if model == "decoder_only":
-        config.model = TINY_DECODER_ONLY
+    if model != "t5":
+        config.model = TINY_MODELS[model]
     results = train.train_and_evaluate(config, str(tmp_path))
     assert results["step"] == 4 and np.isfinite(results["eval"]["validation"]["iqlearn/loss"])
     events = read_events(str(tmp_path))
@@ -129,7 +138,7 @@ def _incremental_logits(model, params, prompt_batch, inputs_T):
     return np.stack(rows)
 
 
-@pytest.mark.parametrize("family", ["t5", "decoder_only"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_a_sampled_token_0_is_a_token_for_every_caller(family):
     """A barely trained policy samples id 0 (the padding id) now and then. The teacher-forced
     passes of every caller (the loss's `model_logits`, chunked or not, with the whole sample
@@ -139,7 +148,7 @@ def test_a_sampled_token_0_is_a_token_for_every_caller(family):
 
     model, params = tiny_model(family)
     sampled = [5, 0, 7, EOS]  # drew 0 second
-    if family == "t5":
+    if family != "decoder_only":
         prompt = {"encoder_input_tokens": np.asarray([[8, 9, 10, EOS]], np.int32)}
         row = {
             "encoder_input_tokens": prompt["encoder_input_tokens"],

@@ -126,7 +126,7 @@ def xla_train_flops(model, batch) -> float:
     return float(cost["flops"])
 
 
-@pytest.mark.parametrize("family", ["t5", "decoder_only"])
+@pytest.mark.parametrize("family", ["t5", "decoder_only", "t5gemma", "t5gemma2"])
 def test_train_flops_match_xla_cost_analysis(family):
     """Where matmuls dominate, XLA's count is ours plus what our convention leaves out.
 
@@ -157,18 +157,20 @@ def test_train_flops_match_xla_cost_analysis(family):
         # Inputs twice as long as targets: the cross k/v projections run on input tokens.
         batch["encoder_input_tokens"] = jnp.concatenate([tokens, tokens], axis=1)
     else:
-        model = build_model(
-            dict(
-                name="decoder_only",
-                vocab_size=2048,
-                hidden_size=256,
-                intermediate_size=1024,
-                num_hidden_layers=2,
-                num_attention_heads=heads,
-                num_key_value_heads=2,
-                head_dim=head_dim,
-            )
+        stack = dict(
+            hidden_size=256,
+            intermediate_size=1024,
+            num_hidden_layers=2,
+            num_attention_heads=heads,
+            num_key_value_heads=2,
+            head_dim=head_dim,
         )
+        if family == "decoder_only":
+            model = build_model(dict(name="decoder_only", vocab_size=2048, **stack))
+        else:  # T5Gemma: separate cross-attention; T5Gemma 2: merged attention
+            fields = dict(name="t5gemma", model_type=family, encoder=stack, decoder=stack)
+            model = build_model(dict(fields, vocab_size=2048, eoi_token_index=None))
+            batch["encoder_input_tokens"] = jnp.concatenate([tokens, tokens], axis=1)
     ours = perf.train_flops_per_step(model, batch)
     xla = xla_train_flops(model, batch)
     # Two causal layers (T5's decoder, or the decoder-only stack), each B * T^2/2 pairs

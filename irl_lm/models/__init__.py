@@ -1,8 +1,9 @@
 """Model families, chosen by `config.model.name`; the other `config.model` fields configure it.
 
-`name` is a family (`t5`: encoder-decoder; `decoder_only`: Llama / Gemma / PaLM-style) or a
-preset of one (`t5_small` ... `t5_xxl`, `gemma3_270m`, `gemma3_1b`, `llama3_2_1b`,
-`tinyllama_1_1b`: the public checkpoints' shapes); fields given next to a preset override it.
+`name` is a family (`t5` and `t5gemma`: encoder-decoder, T5 v1.1 and T5Gemma / T5Gemma 2;
+`decoder_only`: Llama / Gemma / PaLM-style) or a preset of one (`t5_small` ... `t5_xxl`,
+`t5gemma2_1b_1b`, `gemma3_1b`, `llama3_2_1b`, ...: the public checkpoints' shapes, listed in
+`presets.py`); fields given next to a preset override it.
 """
 
 from __future__ import annotations
@@ -19,19 +20,37 @@ from irl_lm.losses.common import ChunkedLogits
 from irl_lm.models.decoder_only import DecoderOnly, DecoderOnlyConfig
 from irl_lm.models.presets import PRESETS, PUBLIC_PARAM_COUNTS
 from irl_lm.models.t5 import T5, T5Config
+from irl_lm.models.t5gemma import T5Gemma, T5GemmaConfig
 
 # name -> (config dataclass, module class)
-MODELS = {"t5": (T5Config, T5), "decoder_only": (DecoderOnlyConfig, DecoderOnly)}
+MODELS = {
+    "t5": (T5Config, T5),
+    "decoder_only": (DecoderOnlyConfig, DecoderOnly),
+    "t5gemma": (T5GemmaConfig, T5Gemma),
+}
 
 
 def resolve_preset(model_config: Mapping) -> dict:
-    """`config.model` with a preset name expanded into its family and fields."""
-    fields = dict(model_config)
+    """`config.model` with a preset name expanded into its family and fields (a field that
+    is itself a dict, e.g. T5Gemma's `encoder`, is merged key by key)."""
+    fields = _plain(model_config)
     name = fields.get("name")
     if name in PRESETS:
         family, preset = PRESETS[name]
-        fields = {**preset, **fields, "name": family}
+        merged = {**preset}
+        for key, value in fields.items():
+            if isinstance(value, dict) and isinstance(preset.get(key), Mapping):
+                value = {**preset[key], **value}
+            merged[key] = value
+        fields = {**merged, "name": family}
     return fields
+
+
+def _plain(value):
+    """Dicts (ConfigDicts too) as plain dicts, all the way down."""
+    if isinstance(value, Mapping) or hasattr(value, "to_dict"):
+        return {k: _plain(v) for k, v in dict(value).items()}
+    return value
 
 
 def build_model(model_config: Mapping) -> nn.Module:
@@ -90,6 +109,8 @@ __all__ = [
     "PUBLIC_PARAM_COUNTS",
     "T5",
     "T5Config",
+    "T5Gemma",
+    "T5GemmaConfig",
     "build_model",
     "is_decoder_only",
     "model_logits",

@@ -196,18 +196,23 @@ def layer_masks(cfg, mask: AttentionMask, query_positions_BxQ, key_positions_BxK
 
 class GroupedQueryAttention(nn.Module):
     """Attention with `kv_heads` key/value heads shared by groups of query heads, rotary
-    positions on queries and keys (after the optional query/key norms)."""
+    positions on queries and keys (after the optional query/key norms).
+
+    Positions None (cross-attention over an encoder's states, `kv_features` wide): no
+    rotation."""
 
     config: DecoderOnlyConfig
     layer_type: str = FULL
+    kv_features: int | None = None  # width of the states keys/values read; None: hidden_size
 
     def setup(self):
         cfg = self.config
         d, h, kvh, k = cfg.hidden_size, cfg.num_attention_heads, cfg.kv_heads, cfg.head_size
+        d_kv = self.kv_features or d
         self.query = param(self, "query", normal(d**-0.5), (d, h, k), ("embed", "heads", "kv"))
         kv_axes = ("embed", "kv_heads", "kv")
-        self.key = param(self, "key", normal(d**-0.5), (d, kvh, k), kv_axes)
-        self.value = param(self, "value", normal(d**-0.5), (d, kvh, k), kv_axes)
+        self.key = param(self, "key", normal(d_kv**-0.5), (d_kv, kvh, k), kv_axes)
+        self.value = param(self, "value", normal(d_kv**-0.5), (d_kv, kvh, k), kv_axes)
         self.out = param(self, "out", normal((h * k) ** -0.5), (h, k, d), ("heads", "kv", "embed"))
         self.dropout = nn.Dropout(cfg.dropout_rate)
         if cfg.qk_norm:
@@ -223,7 +228,7 @@ class GroupedQueryAttention(nn.Module):
         v = jnp.einsum("btd,dhk->bthk", x_BxTxD, self.value.astype(dtype))
         if self.config.qk_norm:
             k = self.key_norm(k)
-        return rotary(k, positions_BxT, self.inv_freq), v
+        return _rotate(k, positions_BxT, self.inv_freq), v
 
     def attend(self, x_BxQxD, positions_BxQ, k_BxSxKxD, v_BxSxKxD, mask, deterministic):
         cfg, dtype = self.config, jnp.dtype(self.config.dtype)
@@ -231,7 +236,7 @@ class GroupedQueryAttention(nn.Module):
         if cfg.qk_norm:
             q = self.query_norm(q)
         scale = (cfg.query_pre_attn_scalar or cfg.head_size) ** -0.5
-        q = rotary(q, positions_BxQ, self.inv_freq) * jnp.asarray(scale, dtype)
+        q = _rotate(q, positions_BxQ, self.inv_freq) * jnp.asarray(scale, dtype)
         dropout = None
         if cfg.dropout_rate > 0 and not deterministic:
             dropout = lambda probs: self.dropout(probs, deterministic=False)
@@ -246,6 +251,10 @@ class GroupedQueryAttention(nn.Module):
         )
         out = jnp.einsum("bqhk,hkd->bqd", out, self.out.astype(dtype))
         return constrain(out, "activation_batch", "activation_length", "activation_embed")
+
+
+def _rotate(x_BxTxHxD, positions_BxT, inv_freq):
+    return x_BxTxHxD if positions_BxT is None else rotary(x_BxTxHxD, positions_BxT, inv_freq)
 
 
 class DecoderOnlyLayer(nn.Module):
@@ -286,19 +295,26 @@ class DecoderOnlyLayer(nn.Module):
         return self._block(x_Bx1xD, h, positions_Bx1, (kv["k"], kv["v"]), mask, True), kv
 
     def _block(self, x, h, positions, kv, mask, deterministic):
-        cfg = self.config
-        drop = lambda y: self.dropout(y, deterministic=deterministic)
         attn = self.self_attention.attend(h, positions, *kv, mask, deterministic)
-        if cfg.parallel_block:
-            x = x + drop(attn) + drop(self.mlp(h, deterministic=deterministic))
-        else:
-            if cfg.post_norms:
-                attn = self.post_attention_norm(attn)
-            x = x + drop(attn)
-            mlp = self.mlp(self.pre_mlp_norm(x), deterministic=deterministic)
-            if cfg.post_norms:
-                mlp = self.post_mlp_norm(mlp)
-            x = x + drop(mlp)
+        if self.config.parallel_block:
+            mlp = self.mlp(h, deterministic=deterministic)
+            x = x + self._drop(attn, deterministic) + self._drop(mlp, deterministic)
+            return constrain(x, "activation_batch", "activation_length", "activation_embed")
+        x = self._residual(x, attn, "post_attention_norm", deterministic)
+        return self._mlp_residual(x, deterministic)
+
+    def _drop(self, y, deterministic):
+        return self.dropout(y, deterministic=deterministic)
+
+    def _residual(self, x, y, post_norm: str, deterministic):
+        """x + dropout(y), y normed first by the layer's `post_norm` when it has post-norms."""
+        if self.config.post_norms:
+            y = getattr(self, post_norm)(y)
+        return x + self._drop(y, deterministic)
+
+    def _mlp_residual(self, x, deterministic):
+        mlp = self.mlp(self.pre_mlp_norm(x), deterministic=deterministic)
+        x = self._residual(x, mlp, "post_mlp_norm", deterministic)
         return constrain(x, "activation_batch", "activation_length", "activation_embed")
 
 
@@ -584,16 +600,30 @@ def hf_tensor_names(cfg: DecoderOnlyConfig) -> dict[tuple[str, ...], tuple[str, 
         ours, theirs = f"layers_{i}", f"model.layers.{i}"
         for our_norm, their_norm in norms.items():
             names[(ours, our_norm, "scale")] = (f"{theirs}.{their_norm}.weight", None)
-        attention = (ours, "self_attention")
-        for our_name, proj in (("query", "q"), ("key", "k"), ("value", "v")):
-            names[(*attention, our_name)] = (f"{theirs}.self_attn.{proj}_proj.weight", 1)
-        names[(*attention, "out")] = (f"{theirs}.self_attn.o_proj.weight", 2)
-        if cfg.qk_norm:
-            names[(*attention, "query_norm", "scale")] = (f"{theirs}.self_attn.q_norm.weight", None)
-            names[(*attention, "key_norm", "scale")] = (f"{theirs}.self_attn.k_norm.weight", None)
-        for our_name, proj in (("wi_0", "gate"), ("wi_1", "up"), ("wo", "down")):
-            names[(ours, "mlp", our_name)] = (f"{theirs}.mlp.{proj}_proj.weight", 1)
+        names |= attention_tensor_names(cfg, (ours, "self_attention"), f"{theirs}.self_attn")
+        names |= mlp_tensor_names((ours, "mlp"), f"{theirs}.mlp")
     return names
+
+
+def attention_tensor_names(cfg: DecoderOnlyConfig, ours: tuple[str, ...], theirs: str) -> dict:
+    """The names of a `GroupedQueryAttention` at `ours` in Hugging Face's Llama / Gemma
+    attention at `theirs` (`q_proj` ... `o_proj`, `q_norm` / `k_norm`)."""
+    names = {}
+    for our_name, proj in (("query", "q"), ("key", "k"), ("value", "v")):
+        names[(*ours, our_name)] = (f"{theirs}.{proj}_proj.weight", 1)
+    names[(*ours, "out")] = (f"{theirs}.o_proj.weight", 2)
+    if cfg.qk_norm:
+        names[(*ours, "query_norm", "scale")] = (f"{theirs}.q_norm.weight", None)
+        names[(*ours, "key_norm", "scale")] = (f"{theirs}.k_norm.weight", None)
+    return names
+
+
+def mlp_tensor_names(ours: tuple[str, ...], theirs: str) -> dict:
+    """The names of a gated `MLP` at `ours` in Hugging Face's `gate/up/down_proj` at `theirs`."""
+    return {
+        (*ours, our_name): (f"{theirs}.{proj}_proj.weight", 1)
+        for our_name, proj in (("wi_0", "gate"), ("wi_1", "up"), ("wo", "down"))
+    }
 
 
 def hf_aliases(cfg: DecoderOnlyConfig) -> dict[str, str]:

@@ -23,10 +23,11 @@ from collections.abc import Callable, Iterator, Mapping
 
 import jax
 import numpy as np
+from absl import logging
 
 from irl_lm import files, sharding
 from irl_lm.data import vocabularies
-from irl_lm.models import MODELS, build_model, decoder_only, t5
+from irl_lm.models import MODELS, build_model, decoder_only, t5, t5gemma
 from irl_lm.models.safetensors_io import read_folder, write_folder
 
 
@@ -41,6 +42,16 @@ class HFLayout:
     tensor_names: Callable[[object], dict[tuple[str, ...], tuple[str, int | None]]]
     aliases: Callable[[object], dict[str, str]]
     config_hint: str  # the config.json fields that decide which tensors exist
+    # Tensors of the checkpoint that are not the model's (T5Gemma 2's vision tower): skipped on
+    # import, counted in the log; copied from the source folder on export.
+    carried_prefixes: tuple[str, ...] = ()
+
+    def carried(self, names) -> list[str]:
+        return (
+            [n for n in names if n.startswith(self.carried_prefixes)]
+            if self.carried_prefixes
+            else []
+        )
 
 
 LAYOUTS = (
@@ -62,12 +73,26 @@ LAYOUTS = (
         decoder_only.hf_aliases,
         "model_type / num_hidden_layers / tie_word_embeddings",
     ),
+    HFLayout(
+        "t5gemma",
+        tuple(t5gemma.HF_MODEL_TYPES),
+        t5gemma.from_hf_config,
+        t5gemma.to_hf_config,
+        t5gemma.hf_tensor_names,
+        t5gemma.hf_aliases,
+        "model_type / encoder / decoder num_hidden_layers / tie_word_embeddings",
+        t5gemma.VISION_PREFIXES,
+    ),
 )
 
 # Fields a user may change on an imported model: how it runs, not what it is.
 RUNTIME_FIELDS = ("dtype", "param_dtype", "attention_impl", "remat", "dropout_rate")
-# Parameters with one row per token (both families): the embedding, and an untied head.
-TOKEN_ROW_PARAMS = (("token_embedder", "embedding"), ("lm_head", "kernel"))
+# Parameters with one row per token (every family): the embeddings, and an untied head.
+TOKEN_ROW_PARAMS = (
+    ("token_embedder", "embedding"),
+    ("encoder_token_embedder", "embedding"),
+    ("lm_head", "kernel"),
+)
 TOKENIZER_FILES = (
     "spiece.model",  # T5 (SentencePiece)
     "tokenizer.model",  # Gemma, Llama 2 (SentencePiece)
@@ -145,7 +170,16 @@ def place_tensors(model, tensors: Mapping[str, np.ndarray], mesh, *, source: str
     names = layout.tensor_names(model.config)
     aliases = layout.aliases(model.config)
     used = {hf_name for hf_name, _ in names.values()}
-    unknown = sorted(set(tensors) - used - set(aliases))
+    carried = layout.carried(tensors)
+    if carried:
+        logging.info(
+            "%s: %d tensors (%s) are not part of the text model; skipped (export carries "
+            "them over from this folder)",
+            source,
+            len(carried),
+            ", ".join(f"{p}*" for p in layout.carried_prefixes),
+        )
+    unknown = sorted(set(tensors) - used - set(aliases) - set(carried))
     if unknown:
         raise ValueError(
             f"{source}: {len(unknown)} tensors have no place in the model its config.json "
@@ -245,14 +279,29 @@ def export_hf(
     dtype: str = "float32",
     max_shard_bytes: int = 2 * 2**30,
     tokenizer_from: str | None = None,
+    carry_from: str | None = None,
 ) -> None:
     """Writes `params` as a Hugging Face folder that transformers loads (`from_pretrained`).
 
     Parameters are fetched one at a time (gathered across hosts); process 0 writes.
     `tokenizer_from` copies the tokenizer files of another folder alongside. Rows moved at
-    import (`token_zero_row`) go back to the checkpoint's order.
+    import (`token_zero_row`) go back to the checkpoint's order. `carry_from`: the Hugging
+    Face folder the model came from, whose tensors that are not the model's (T5Gemma 2's
+    vision tower) are copied unchanged, with their config.json settings.
     """
     layout = _layout_for(model)
+    carried, carried_config = {}, None
+    if layout.carried_prefixes and carry_from:
+        source_tensors = read_folder(carry_from)
+        carried = {name: source_tensors[name] for name in layout.carried(source_tensors)}
+        carried_config = files.read_json(files.path(carry_from, "config.json"))
+    elif layout.carried_prefixes:
+        logging.warning(
+            "export to %s: no source folder to carry %s from; transformers will initialise "
+            "those tensors at random (the text model is unaffected)",
+            folder,
+            ", ".join(f"{p}*" for p in layout.carried_prefixes),
+        )
     names = layout.tensor_names(model.config)
     flat = {
         tuple(k.key for k in path): leaf
@@ -274,11 +323,17 @@ def export_hf(
                 axis = _token_axis(array.ndim, split)
                 array = np.take(array, _swap_order(array.shape[axis], row), axis=axis)
             yield hf_name, _to_hf(array, split)
+        if jax.process_index() == 0:
+            yield from ((name, np.asarray(carried[name])) for name in sorted(carried))
 
     if jax.process_index() == 0:
         os.makedirs(folder, exist_ok=True)
         write_folder(folder, tensors(), max_shard_bytes=max_shard_bytes)
-        hf_config = layout.to_hf_config(model.config) | {"dtype": str(target)}
+        if layout.carried_prefixes:
+            hf_config = layout.to_hf_config(model.config, carried_config)
+        else:
+            hf_config = layout.to_hf_config(model.config)
+        hf_config |= {"dtype": str(target)}
         files.write_json(files.path(folder, "config.json"), hf_config)
         if tokenizer_from:
             copy_tokenizer(tokenizer_from, folder)

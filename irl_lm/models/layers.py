@@ -126,7 +126,8 @@ class AttentionMask:
     q_lengths_B: jax.Array | None = None
     kv_lengths_B: jax.Array | None = None
     causal: bool = flax.struct.field(pytree_node=False, default=False)
-    window: int | None = flax.struct.field(pytree_node=False, default=None)  # keys i-j < window
+    # Causal: keys i - j < window; bidirectional: (keys behind, keys ahead), both inclusive.
+    window: int | tuple[int, int] | None = flax.struct.field(pytree_node=False, default=None)
     dense_only: bool = flax.struct.field(pytree_node=False, default=False)
 
     def additive_bias(self) -> jax.Array:
@@ -134,8 +135,8 @@ class AttentionMask:
         bias = attention_bias(self.allowed_BxQxK)
         return bias if self.bias_1xHxQxK is None else bias + self.bias_1xHxQxK
 
-    def restricted(self, allowed_BxQxK, window: int) -> AttentionMask:
-        """This mask with keys further than `window` positions back also hidden."""
+    def restricted(self, allowed_BxQxK, window: int | tuple[int, int]) -> AttentionMask:
+        """This mask with keys outside `window` also hidden (`allowed_BxQxK` says which)."""
         return self.replace(allowed_BxQxK=allowed_BxQxK, window=window)
 
 
@@ -223,7 +224,9 @@ def dot_attention(
 
 def _fused_attention(q_BxQxHxD, k_BxKxGxD, v_BxKxGxD, mask: AttentionMask, impl: str):
     dtype = q_BxQxHxD.dtype
-    window = None if mask.window is None else (mask.window - 1, 0)
+    window = mask.window
+    if isinstance(window, int):
+        window = (window - 1, 0)
     bias = None if mask.bias_1xHxQxK is None else mask.bias_1xHxQxK.astype(dtype)
     return jax.nn.dot_product_attention(
         q_BxQxHxD,
