@@ -219,6 +219,8 @@ class StandInTokenizer(seqio.ByteVocabulary):
 STAND_IN_TOKENIZERS = {
     "t5_": (32_100, 1, None, 32_128),  # google/t5-v1_1-*: 32000 pieces + 100 sentinels
     "gemma3_": (262_144, 1, 2, 262_144),  # google/gemma-3-*-pt
+    "t5gemma2_": (262_144, 1, 2, 262_144),  # google/t5gemma-2-*: Gemma 3's tokenizer
+    "t5gemma_": (256_000, 1, 2, 256_000),  # google/t5gemma-*: Gemma 2's
     "llama3_": (128_256, 128_001, 128_000, 128_256),  # meta-llama/Llama-3.2-1B
     "tinyllama_": (32_000, 2, 1, 32_000),
 }

@@ -304,10 +304,13 @@ def finished_sweep(tmp_path_factory):
 
 
 def tiny_model(family: str, **fields):
-    """A tiny T5 (1 + 2 layers) or decoder-only model (2 layers, grouped-query heads), vocab 97."""
+    """A tiny T5 (1 + 2 layers), T5Gemma 2 (`TINY_T5GEMMA2`) or decoder-only model (2 layers,
+    grouped-query heads), vocab 97."""
     from irl_lm.models import build_model
 
-    if family == "t5":
+    if family == "t5gemma2":
+        base = TINY_T5GEMMA2
+    elif family == "t5":
         base = dict(
             name="t5", d_model=32, d_kv=8, d_ff=64, num_heads=4, num_layers=1, num_decoder_layers=2
         )
@@ -325,7 +328,8 @@ def tiny_model(family: str, **fields):
 
 
 def tiny_batch(family: str, seed: int = 0) -> dict:
-    """8 rows of 10 target positions: EOS, then two of padding (T5: 6 input tokens)."""
+    """8 rows of 10 target positions: EOS, then two of padding (encoder-decoder: 6 input
+    tokens)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -336,7 +340,7 @@ def tiny_batch(family: str, seed: int = 0) -> dict:
         "decoder_target_tokens": targets,
         "decoder_loss_weights": (targets > 0).astype(np.float32),
     }
-    if family == "t5":
+    if family != "decoder_only":
         batch["encoder_input_tokens"] = rng.integers(2, 97, (8, 6)).astype(np.int32)
     return batch
 

@@ -1,4 +1,4 @@
-"""Every config at its full size x every loss x both model families, checked abstractly.
+"""Every config at its full size x every loss x each model family, checked abstractly.
 
 Each case follows the trainer's start (`train.train_and_evaluate`): the config validates
 (as its documented command runs it, with `config.init_from`), resolves and builds its task,
@@ -41,10 +41,10 @@ from irl_lm.models import PUBLIC_PARAM_COUNTS, is_decoder_only
 LOSS_NAMES = ("mle", "mle_entropy", "iqlearn", "iqlearn_online", "gail")
 # A full-size model of each family: the paper-task configs' default and the decoder-only
 # preset their docstrings run (sliding-window and global layers, 262k vocabulary).
-FULL_MODELS = {"t5": "t5_base", "decoder_only": "gemma3_1b"}
+FULL_MODELS = {"t5": "t5_base", "decoder_only": "gemma3_1b", "t5gemma": "t5gemma2_1b_1b"}
 TEXT_CONFIGS = ("gsm8k", "seqio_task", "tldr", "wmt22", "xsum")
-# The demo and its study base have neither `mode` (their one size is the full one) nor
-# `model` (they train a T5 only).
+# The demo and its study base have no `mode` (their one size is the full one) and no
+# presets (they train a tiny T5, or the demo a tiny T5Gemma 2).
 EXPERT_CONFIGS = ("demo", "expert_study")
 # Metrics each loss's step reports besides loss, grad_norm and num_tokens (its own terms).
 LOSS_TERMS = {
@@ -67,7 +67,7 @@ HELD_OUT_TERMS = {
 # family, so that every (config, family) and every (family, loss) is traced once; the demo
 # and its study base (tiny models) for every loss. IRL_LM_CONFIG_MATRIX=full: every case.
 FULL_MATRIX = os.environ.get("IRL_LM_CONFIG_MATRIX") == "full"
-_SQUARE_SHIFT = {"t5": 0, "decoder_only": 2}
+_SQUARE_SHIFT = {"t5": 0, "decoder_only": 2, "t5gemma": 4}
 
 
 def traced_by_default(config_name: str, loss: str, family: str) -> bool:
@@ -297,7 +297,7 @@ def _skip(case, reason: str):
 def _skip_unless_applicable(*case):
     name, _, _, family = case
     if name in EXPERT_CONFIGS and family != "t5":
-        _skip(case, f"{name}.py has no `model` key: it trains a T5 only")
+        _skip(case, f"{name}.py trains a tiny model only (no presets)")
 
 
 @pytest.mark.parametrize(("config_name", "arg", "loss", "family"), CASES, ids=CASE_IDS)
@@ -363,14 +363,14 @@ def test_steps_trace_at_full_size(config_name, arg, loss, family, offline):
         policy, rows = out["policy"], run.learner.sampled_rows
         assert set(policy) >= {*type(run.model).input_features, "decoder_loss_weights"}
         assert {x.shape[0] for x in policy.values()} == {rows}
-        if family == "t5":
+        if family != "decoder_only":
             assert policy["decoder_target_tokens"].shape == (rows, targets)
 
     evals = trace_evaluators(run)
     assert set(evals) == set(config.evals)
-    # A teacher-forced row of a prompt and a sample: T5's decoder reads the sample, a
-    # decoder-only model BOS + input + sample, less the last token.
-    scored = targets if family == "t5" else 1 + inputs + targets - 1
+    # A teacher-forced row of a prompt and a sample: an encoder-decoder's decoder reads the
+    # sample, a decoder-only model BOS + input + sample, less the last token.
+    scored = 1 + inputs + targets - 1 if family == "decoder_only" else targets
     for name, traces in evals.items():
         fields = dict(config.evals[name])
         if fields["kind"] == "loss":

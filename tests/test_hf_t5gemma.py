@@ -221,3 +221,65 @@ def test_vocabulary_and_sizes_come_from_the_folder(tmp_path):
     assert model.config.decoder.layer_types == ("sliding_attention", "full_attention")
     assert model.config.decoder.rope_local_base_freq == 50.0
     assert os.path.exists(tmp_path / "config.json")
+
+
+def gemma_like_tokenizer(folder, texts, vocab_size=250):
+    """A BPE `tokenizer.json` with Gemma's special ids (pad 0, eos 1, bos 2, unk 3) and
+    fewer tokens than the tiny model's rows."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    special = {"pad_token": "<pad>", "eos_token": "<eos>", "bos_token": "<bos>"}
+    json.dump(special, open(folder / "tokenizer_config.json", "w"))
+
+
+def test_t5gemma2_checkpoint_fine_tunes_through_the_trainer_and_exports_unchanged(tmp_path):
+    """init_from=hf:<T5Gemma 2 folder> on the XSUM tiny config: the task tokenizes with the
+    folder's tokenizer.json, the architecture comes from config.json, and with learning rate
+    0 the exported folder (vision tower carried over) is the original in transformers."""
+    from test_configs import CONFIG_DIR, load
+
+    from irl_lm import train
+    from irl_lm.convert import convert
+
+    data = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+    if not os.path.isdir(os.path.join(data, "xsum")):
+        pytest.skip(f"shared data not found at {data} (see shared/data/README.md)")
+    reference = save_hf_t5gemma(tmp_path / "g2", "t5gemma2")
+    texts = [
+        json.loads(line)["document"]
+        for line in open(os.path.join(data, "xsum", "test_first1000.jsonl"))
+    ]
+    gemma_like_tokenizer(tmp_path / "g2", texts[:200])
+    config = load(os.path.join(CONFIG_DIR, "xsum.py")).get_config(f"loss=mle,data={data}")
+    config.init_from = f"hf:{tmp_path / 'g2'}"
+    config.task.vocabulary = ""  # the checkpoint's
+    config.total_steps, config.optimizer.learning_rate = 2, 0.0
+    config.evals = {"validation": config.evals.validation}
+    results = train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert np.isfinite(results["eval"]["validation"]["mle/nll"])
+    assert os.path.exists(tmp_path / "run" / "tokenizer.json")
+    model_json = json.load(open(tmp_path / "run" / "model.json"))
+    assert model_json["model_type"] == "t5gemma2" and model_json["vocab_size"] == VOCAB
+    convert(str(tmp_path / "run"), f"hf:{tmp_path / 'out'}")  # carries from init_from
+    exported = reload(tmp_path / "out", "t5gemma2")
+    np.testing.assert_allclose(
+        hf_logits(exported, ENCODER_TOKENS, DECODER_TOKENS),
+        hf_logits(reference, ENCODER_TOKENS, DECODER_TOKENS),
+        atol=1e-5,
+        rtol=0,
+    )
+    source, out = read_folder(str(tmp_path / "g2")), read_folder(str(tmp_path / "out"))
+    vision = [n for n in source if ".vision_tower." in n]
+    assert vision and all(np.array_equal(source[n], out[n]) for n in vision)
+    assert os.path.exists(tmp_path / "out" / "tokenizer.json")

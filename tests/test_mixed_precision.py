@@ -37,7 +37,7 @@ def test_bf16_loss_curve_follows_float32_on_the_demo(tmp_path):
     assert not np.array_equal(bf16, f32)  # bf16 really ran
 
 
-@pytest.mark.parametrize("family", ["t5", "decoder_only"])
+@pytest.mark.parametrize("family", ["t5", "decoder_only", "t5gemma2"])
 @pytest.mark.parametrize("policy", ["dots_saveable", "full"])
 def test_remat_gives_the_same_loss_and_gradients(family, policy):
     """Recomputing activations in the backward pass changes neither the parameter paths nor
