@@ -283,3 +283,11 @@ def test_t5gemma2_checkpoint_fine_tunes_through_the_trainer_and_exports_unchange
     vision = [n for n in source if ".vision_tower." in n]
     assert vision and all(np.array_equal(source[n], out[n]) for n in vision)
     assert os.path.exists(tmp_path / "out" / "tokenizer.json")
+
+
+def test_a_stack_field_set_on_the_wrong_level_is_refused():
+    stack = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    with pytest.raises(
+        ValueError, match=r"\['dtype'\] are set for both stacks.*config.model.encoder"
+    ):
+        build_model(dict(name="t5gemma", encoder=dict(stack, dtype="bfloat16"), decoder=stack))

@@ -59,11 +59,12 @@ class Embed(nn.Module):
     num_embeddings: int
     features: int
     dtype: jnp.dtype = jnp.float32
+    init_stddev: float = 1.0
 
     def setup(self):
-        self.embedding = param(
-            self, "embedding", normal(1.0), (self.num_embeddings, self.features), ("vocab", "embed")
-        )
+        shape = (self.num_embeddings, self.features)
+        init = normal(self.init_stddev)
+        self.embedding = param(self, "embedding", init, shape, ("vocab", "embed"))
 
     def __call__(self, tokens_BxT):
         x = jnp.take(self.embedding, tokens_BxT, axis=0).astype(self.dtype)

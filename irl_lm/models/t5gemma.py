@@ -98,7 +98,15 @@ class T5GemmaConfig:
             fields = getattr(self, stack)
             if isinstance(fields, DecoderOnlyConfig):
                 fields = dataclasses.asdict(fields)
-            fields = {**dict(fields), **fixed}
+            fields = dict(fields)
+            clashes = sorted(k for k in fixed if k in fields and fields[k] != fixed[k])
+            if clashes:
+                raise ValueError(
+                    f"T5GemmaConfig.{stack}: {clashes} are set for both stacks, on "
+                    f"config.model itself (or fixed by model_type={self.model_type!r}); "
+                    f"remove them from config.model.{stack}"
+                )
+            fields |= fixed
             allowed = {f.name for f in dataclasses.fields(DecoderOnlyConfig)}
             unknown = sorted(set(fields) - allowed)
             if unknown:
@@ -215,9 +223,12 @@ class T5Gemma(nn.Module):
     def setup(self):
         cfg = self.config
         enc, dec, dtype = cfg.encoder, cfg.decoder, jnp.dtype(cfg.dtype)
-        self.token_embedder = Embed(cfg.vocab_size, dec.hidden_size, dtype)
+        # Initialised at 1/sqrt(width): the embeddings enter times sqrt(width) (unit scale),
+        # and the tied head then starts with logits of unit scale, not sqrt(width).
+        embed = lambda width: Embed(cfg.vocab_size, width, dtype, width**-0.5)
+        self.token_embedder = embed(dec.hidden_size)
         if not cfg.shared_embedding:
-            self.encoder_token_embedder = Embed(cfg.vocab_size, enc.hidden_size, dtype)
+            self.encoder_token_embedder = embed(enc.hidden_size)
         if cfg.eoi_token_index is not None:
             init = nn.initializers.zeros
             self.eoi_embedding = param(self, "eoi_embedding", init, (dec.hidden_size,), ("norm",))
