@@ -135,8 +135,8 @@ TINY_MODELS = {
         name="t5gemma",
         model_type="t5gemma2",
         eoi_token_index=None,  # the tiny vocabularies have no end-of-image token
-        encoder=_TINY_T5GEMMA2_STACK,
-        decoder=_TINY_T5GEMMA2_STACK,
+        encoder=dict(_TINY_T5GEMMA2_STACK),  # copies: each stack is overridden on its own
+        decoder=dict(_TINY_T5GEMMA2_STACK),
     ),
     "decoder_only": dict(
         name="decoder_only",

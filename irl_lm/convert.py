@@ -38,19 +38,21 @@ _CARRY_FROM = flags.DEFINE_string(
 
 
 def hf_origin(source: checkpointing.InitSource) -> str | None:
-    """The Hugging Face folder a source came from: itself, or the `init_from` a training
-    workdir's config.json names (when that is an `hf:` folder)."""
-    if source.kind == "hf":
-        return source.folder
-    config_path = files.path(source.folder, "config.json")
-    if source.kind == "workdir" and config_path.exists():
-        init_from = files.read_json(config_path).get("init_from") or ""
-        if init_from.startswith("hf:"):
-            try:
-                return checkpointing.parse_init_from(init_from).folder
-            except FileNotFoundError as e:
-                logging.warning("the Hugging Face folder the run started from is gone: %s", e)
-    return None
+    """The Hugging Face folder a source came from: itself, or the one found by following the
+    `init_from` of training workdirs (their config.json) back to an `hf:` folder."""
+    seen = set()
+    while source.kind == "workdir" and source.folder not in seen:
+        seen.add(source.folder)
+        config_path = files.path(source.folder, "config.json")
+        init_from = files.read_json(config_path).get("init_from") if config_path.exists() else ""
+        try:
+            source = checkpointing.parse_init_from(init_from or "")
+        except FileNotFoundError as e:
+            logging.warning("the checkpoint a run started from is gone: %s", e)
+            return None
+        if source is None:
+            return None
+    return source.folder if source.kind == "hf" else None
 
 
 def convert(

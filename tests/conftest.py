@@ -119,8 +119,8 @@ TINY_T5GEMMA2 = dict(
     model_type="t5gemma2",
     vocab_size=0,
     eoi_token_index=None,
-    encoder=_TINY_T5GEMMA2_STACK,
-    decoder=_TINY_T5GEMMA2_STACK,
+    encoder=dict(_TINY_T5GEMMA2_STACK),
+    decoder=dict(_TINY_T5GEMMA2_STACK),
 )
 
 

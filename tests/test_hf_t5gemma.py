@@ -291,3 +291,73 @@ def test_a_stack_field_set_on_the_wrong_level_is_refused():
         ValueError, match=r"\['dtype'\] are set for both stacks.*config.model.encoder"
     ):
         build_model(dict(name="t5gemma", encoder=dict(stack, dtype="bfloat16"), decoder=stack))
+
+
+def test_a_model_trained_from_scratch_exports_a_folder_transformers_loads(tmp_path):
+    """No source folder to carry a vision tower from (the tiny model has no end-of-image
+    token either): transformers builds its own tower and gives our text model's logits."""
+    from irl_lm import sharding
+    from irl_lm.config_utils import TINY_MODELS
+
+    model = build_model(dict(TINY_MODELS["t5gemma2"], vocab_size=VOCAB))
+    example = {"encoder_input_tokens": ENCODER_TOKENS, "decoder_input_tokens": DECODER_TOKENS}
+    params = sharding.unbox(model.init(jax.random.PRNGKey(0), example)["params"])
+    export_hf(model, params, str(tmp_path))
+    reloaded = reload(tmp_path, "t5gemma2")
+    np.testing.assert_allclose(
+        hf_logits(reloaded, ENCODER_TOKENS, DECODER_TOKENS),
+        our_logits(model, params, ENCODER_TOKENS, DECODER_TOKENS),
+        atol=ATOL,
+        rtol=0,
+    )
+    again, again_params = load_hf(str(tmp_path))  # and reads back: eoi_token_index None
+    assert again.config.eoi_token_index is None
+    np.testing.assert_array_equal(
+        our_logits(again, again_params, ENCODER_TOKENS, DECODER_TOKENS),
+        our_logits(model, params, ENCODER_TOKENS, DECODER_TOKENS),
+    )
+
+
+def test_each_stack_of_a_spelled_out_config_is_overridden_on_its_own():
+    from configs import demo
+
+    config = demo.get_config("model=t5gemma2")
+    config.model.decoder.num_hidden_layers = 3
+    config.model.decoder.layer_types = ("sliding_attention",) * 2 + ("full_attention",)
+    model = build_model(dict(config.model, vocab_size=VOCAB))
+    assert (model.config.encoder.num_hidden_layers, model.config.decoder.num_hidden_layers) == (
+        2,
+        3,
+    )
+    assert model.config.decoder.hidden_act == "gelu_pytorch_tanh"  # Gemma's GeGLU by default
+
+
+def test_cudnn_is_refused_a_window_that_looks_ahead():
+    from irl_lm.models.layers import AttentionMask, resolve_attention_impl
+
+    mask = AttentionMask(np.ones((1, 4, 4), bool), window=(1, 1))
+    shapes = dict(q_shape=(1, 4, 2, 8), k_len=4, dtype="bfloat16", mask=mask)
+    with pytest.raises(ValueError, match=r"cudnn.*does not take a window that looks ahead"):
+        resolve_attention_impl("cudnn", **shapes, dropout=False, softcap=None)
+    assert resolve_attention_impl("auto", **shapes, dropout=False, softcap=None) == "einsum"
+
+
+def test_convert_follows_init_from_back_to_the_hugging_face_folder(tmp_path):
+    """A GAIL run fine-tunes an MLE workdir that started from hf:<folder>: the export carries
+    that folder's vision tower."""
+    from irl_lm import checkpointing
+    from irl_lm.convert import hf_origin
+
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    for run, init_from in (("mle", f"hf:{tmp_path / 'hf'}"), ("gail", "")):
+        (tmp_path / run / "checkpoints" / "5").mkdir(parents=True)
+        (tmp_path / run / "model.json").write_text("{}")
+        (tmp_path / run / "config.json").write_text(json.dumps({"init_from": init_from}))
+    gail_config = {"init_from": str(tmp_path / "mle" / "checkpoints" / "5")}
+    (tmp_path / "gail" / "config.json").write_text(json.dumps(gail_config))
+    gail = checkpointing.InitSource("workdir", str(tmp_path / "gail"), 5)
+    assert hf_origin(gail) == str(tmp_path / "hf")
+    assert hf_origin(checkpointing.InitSource("workdir", str(tmp_path / "mle"), 5)) == str(
+        tmp_path / "hf"
+    )

@@ -22,7 +22,7 @@ from irl_lm import perf
 from irl_lm.learners import gail, policy, sampler
 from irl_lm.learners.common import Learner, make_optimizer
 from irl_lm.losses import LOSSES, make_loss
-from irl_lm.models import build_model
+from irl_lm.models import build_model, merge_fields
 
 __all__ = ["Learner", "example_batch", "make_learner", "sampled_rows", "validate"]
 
@@ -93,7 +93,7 @@ def make_learner(config, model, model_config: dict, mesh, *, batch_lengths, leng
     }
     if config.loss.name == "gail":
         disc = config.discriminator
-        disc_family = build_model(model_config | dict(disc.model))
+        disc_family = build_model(merge_fields(model_config, disc.model))
         disc_tx = gail.discriminator_optimizer(
             config.optimizer, config.schedule, config.total_steps, disc.learning_rate
         )

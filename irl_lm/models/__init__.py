@@ -37,13 +37,19 @@ def resolve_preset(model_config: Mapping) -> dict:
     name = fields.get("name")
     if name in PRESETS:
         family, preset = PRESETS[name]
-        merged = {**preset}
-        for key, value in fields.items():
-            if isinstance(value, dict) and isinstance(preset.get(key), Mapping):
-                value = {**preset[key], **value}
-            merged[key] = value
-        fields = {**merged, "name": family}
+        fields = {**merge_fields(preset, fields), "name": family}
     return fields
+
+
+def merge_fields(base: Mapping, overrides: Mapping) -> dict:
+    """`base` with `overrides`; a field that is a dict in both (T5Gemma's `encoder`) is merged
+    key by key."""
+    merged = _plain(base)
+    for key, value in _plain(overrides).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = {**merged[key], **value}
+        merged[key] = value
+    return merged
 
 
 def _plain(value):
@@ -113,6 +119,7 @@ __all__ = [
     "T5GemmaConfig",
     "build_model",
     "is_decoder_only",
+    "merge_fields",
     "model_logits",
     "num_params",
     "resolve_preset",

@@ -42,16 +42,13 @@ class HFLayout:
     tensor_names: Callable[[object], dict[tuple[str, ...], tuple[str, int | None]]]
     aliases: Callable[[object], dict[str, str]]
     config_hint: str  # the config.json fields that decide which tensors exist
-    # Tensors of the checkpoint that are not the model's (T5Gemma 2's vision tower): skipped on
-    # import, counted in the log; copied from the source folder on export.
-    carried_prefixes: tuple[str, ...] = ()
+    # Name prefixes of a model's checkpoint tensors that are not the model's (T5Gemma 2's
+    # vision tower): skipped on import, counted in the log; copied from the source on export.
+    carried_prefixes: Callable[[object], tuple[str, ...]] = lambda config: ()
 
-    def carried(self, names) -> list[str]:
-        return (
-            [n for n in names if n.startswith(self.carried_prefixes)]
-            if self.carried_prefixes
-            else []
-        )
+
+def _carried(prefixes: tuple[str, ...], names) -> list[str]:
+    return [n for n in names if n.startswith(prefixes)] if prefixes else []
 
 
 LAYOUTS = (
@@ -81,7 +78,7 @@ LAYOUTS = (
         t5gemma.hf_tensor_names,
         t5gemma.hf_aliases,
         "model_type / encoder / decoder num_hidden_layers / tie_word_embeddings",
-        t5gemma.VISION_PREFIXES,
+        t5gemma.carried_prefixes,
     ),
 )
 
@@ -170,14 +167,15 @@ def place_tensors(model, tensors: Mapping[str, np.ndarray], mesh, *, source: str
     names = layout.tensor_names(model.config)
     aliases = layout.aliases(model.config)
     used = {hf_name for hf_name, _ in names.values()}
-    carried = layout.carried(tensors)
+    prefixes = layout.carried_prefixes(model.config)
+    carried = _carried(prefixes, tensors)
     if carried:
         logging.info(
             "%s: %d tensors (%s) are not part of the text model; skipped (export carries "
             "them over from this folder)",
             source,
             len(carried),
-            ", ".join(f"{p}*" for p in layout.carried_prefixes),
+            ", ".join(f"{p}*" for p in prefixes),
         )
     unknown = sorted(set(tensors) - used - set(aliases) - set(carried))
     if unknown:
@@ -290,17 +288,20 @@ def export_hf(
     vision tower) are copied unchanged, with their config.json settings.
     """
     layout = _layout_for(model)
+    prefixes = layout.carried_prefixes(model.config)
     carried, carried_config = {}, None
-    if layout.carried_prefixes and carry_from:
+    if prefixes and carry_from:
         source_tensors = read_folder(carry_from)
-        carried = {name: source_tensors[name] for name in layout.carried(source_tensors)}
+        carried = {name: source_tensors[name] for name in _carried(prefixes, source_tensors)}
         carried_config = files.read_json(files.path(carry_from, "config.json"))
-    elif layout.carried_prefixes:
+        _check_carried(model, carried, carry_from)
+    elif prefixes:
         logging.warning(
             "export to %s: no source folder to carry %s from; transformers will initialise "
-            "those tensors at random (the text model is unaffected)",
+            "those tensors at random (the text model is unaffected; irl_lm.convert takes "
+            "--carry_from=hf:DIR)",
             folder,
-            ", ".join(f"{p}*" for p in layout.carried_prefixes),
+            ", ".join(f"{p}*" for p in prefixes),
         )
     names = layout.tensor_names(model.config)
     flat = {
@@ -329,7 +330,7 @@ def export_hf(
     if jax.process_index() == 0:
         os.makedirs(folder, exist_ok=True)
         write_folder(folder, tensors(), max_shard_bytes=max_shard_bytes)
-        if layout.carried_prefixes:
+        if prefixes:
             hf_config = layout.to_hf_config(model.config, carried_config)
         else:
             hf_config = layout.to_hf_config(model.config)
@@ -340,6 +341,18 @@ def export_hf(
     else:
         for _ in tensors():  # every process takes part in each gather
             pass
+
+
+def _check_carried(model, carried: Mapping[str, np.ndarray], source: str) -> None:
+    """The carried vision projector must map into this model's width."""
+    projection = carried.get(t5gemma.PROJECTION)
+    width = model.config.encoder.hidden_size
+    if projection is not None and projection.shape[-1] != width:
+        raise ValueError(
+            f"carry_from={source}: its vision projector {t5gemma.PROJECTION} maps to width "
+            f"{projection.shape[-1]}, but this model's encoder is {width} wide; carry from "
+            "the folder of the checkpoint this model was fine-tuned from"
+        )
 
 
 def _fetch(array) -> np.ndarray:

@@ -167,11 +167,18 @@ def resolve_attention_impl(
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"attention_impl={impl!r} is not supported; allowed: {ATTENTION_IMPLS}")
     has_bias = mask.bias_1xHxQxK is not None
+    # cuDNN's window reaches back only: a bidirectional window (an encoder's) is not its form.
+    looks_ahead = isinstance(mask.window, tuple) and mask.window[1] > 0
     if impl == "auto":
-        fusable = jax.default_backend() == "gpu" and not mask.dense_only
+        fusable = jax.default_backend() == "gpu" and not mask.dense_only and not looks_ahead
         fusable = fusable and not dropout and softcap is None
         fusable = fusable and cudnn_refusal(q_shape, k_len, dtype, has_bias) is None
         return "cudnn" if fusable else "einsum"
+    if impl == "cudnn" and looks_ahead:
+        raise ValueError(
+            f"attention_impl='cudnn' does not take a window that looks ahead ({mask.window}: "
+            "a bidirectional sliding-window encoder layer); use 'auto' or 'einsum'"
+        )
     if impl != "einsum" and (dropout or softcap is not None):
         raise ValueError(
             f"attention_impl={impl!r} has no attention dropout or soft-capping; use 'einsum' "

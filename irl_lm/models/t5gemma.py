@@ -61,6 +61,22 @@ HF_MODEL_TYPES = {
     "t5gemma2": ("T5Gemma2ForConditionalGeneration", "gemma3_text"),
 }
 _RUNTIME = ("dropout_rate", "dtype", "param_dtype", "attention_impl", "remat")
+# Stack fields a config need not give (transformers' defaults for each family's config.json).
+STACK_DEFAULTS = {
+    "t5gemma": dict(
+        hidden_act="gelu_pytorch_tanh",
+        rms_norm_eps=1e-6,
+        rope_theta=10_000.0,
+        attn_logit_softcapping=50.0,
+        final_logit_softcapping=30.0,
+    ),
+    "t5gemma2": dict(
+        hidden_act="gelu_pytorch_tanh",
+        rms_norm_eps=1e-6,
+        rope_theta=1_000_000.0,
+        rope_local_base_freq=10_000.0,
+    ),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +102,16 @@ class T5GemmaConfig:
                 f"T5GemmaConfig.model_type={self.model_type!r} is not supported; allowed: "
                 f"{sorted(HF_MODEL_TYPES)}"
             )
+        if self.token_zero_row and not 0 < self.token_zero_row < self.vocab_size:
+            raise ValueError(
+                f"T5GemmaConfig.token_zero_row={self.token_zero_row} is not supported; allowed: "
+                f"a row of the vocabulary, 0 to {self.vocab_size - 1}"
+            )
+        if self.eoi_token_index is not None and self.model_type != "t5gemma2":
+            raise ValueError(
+                f"T5GemmaConfig.eoi_token_index={self.eoi_token_index}: only "
+                "model_type='t5gemma2' has an end-of-image embedding; set it to None"
+            )
         family = DECODER_ONLY_TYPES[HF_MODEL_TYPES[self.model_type][1]][1]
         fixed = {
             "model_type": HF_MODEL_TYPES[self.model_type][1],
@@ -94,10 +120,12 @@ class T5GemmaConfig:
             **family,
             **{k: getattr(self, k) for k in _RUNTIME},
         }
+        if self.merged_attention:  # transformers' merged attention has no score soft-capping
+            fixed["attn_logit_softcapping"] = None
         for stack in ("encoder", "decoder"):
             fields = getattr(self, stack)
-            if isinstance(fields, DecoderOnlyConfig):
-                fields = dataclasses.asdict(fields)
+            if isinstance(fields, DecoderOnlyConfig):  # already built: re-derive what is fixed
+                fields = {k: v for k, v in dataclasses.asdict(fields).items() if k not in fixed}
             fields = dict(fields)
             clashes = sorted(k for k in fixed if k in fields and fields[k] != fixed[k])
             if clashes:
@@ -106,7 +134,7 @@ class T5GemmaConfig:
                     f"config.model itself (or fixed by model_type={self.model_type!r}); "
                     f"remove them from config.model.{stack}"
                 )
-            fields |= fixed
+            fields = {**STACK_DEFAULTS[self.model_type], **fields, **fixed}
             allowed = {f.name for f in dataclasses.fields(DecoderOnlyConfig)}
             unknown = sorted(set(fields) - allowed)
             if unknown:
@@ -412,6 +440,13 @@ class T5Gemma(nn.Module):
 # Tensors of T5Gemma 2 checkpoints that are not the text model: read past on import (counted),
 # copied from the source folder on export.
 VISION_PREFIXES = ("model.encoder.vision_tower.", "model.encoder.multi_modal_projector.")
+PROJECTION = "model.encoder.multi_modal_projector.mm_input_projection_weight"  # [vision, text]
+
+
+def carried_prefixes(cfg: T5GemmaConfig) -> tuple[str, ...]:
+    return VISION_PREFIXES if cfg.model_type == "t5gemma2" else ()
+
+
 # config.json fields of the encoder that describe the vision tower (carried with it).
 VISION_CONFIG_FIELDS = (
     "vision_config",
@@ -456,8 +491,9 @@ def from_hf_config(hf: dict, tensors: Mapping[str, np.ndarray]) -> dict:
     elif tied and embedding is not None:
         tied = head.shape == embedding.shape and np.array_equal(head, embedding)
     fields["tie_word_embeddings"] = tied
-    if model_type == "t5gemma2":
-        fields["eoi_token_index"] = int(hf["encoder"].get("eoi_token_index", 256_000))
+    if model_type == "t5gemma2":  # transformers' default 256,000; our exports may say null
+        eoi = hf["encoder"].get("eoi_token_index", 256_000)
+        fields["eoi_token_index"] = None if eoi is None else int(eoi)
     return fields
 
 
