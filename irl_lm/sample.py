@@ -17,6 +17,12 @@ beam, without padding), `"outputs"` (their text, when there is a vocabulary), `"
 (beam: the length-normalised beam score; sampling: the sequence's log-probability under the
 model) and `"lengths"`. Rows are sharded over the local devices (`--fsdp` / `--tensor` shard
 the parameters); one shape is compiled once.
+
+`--rerank reward` (or `logprob`, `mean_logprob`) orders each input's decodes best first by
+the checkpoint's extracted reward R (`irl_lm.reward`; γ from `--gamma`, else the run's) and
+adds `"rewards"` and `"log_probs"` (log π(y|x)) per decode; `--keep K` keeps the best K.
+Best-of-N: `--method temperature --num-decodes 8 --rerank reward --keep 1`. Text inputs
+are formatted with the run's task template first (`--template`, `--task`).
 """
 
 from __future__ import annotations
@@ -49,7 +55,19 @@ def parse_args(argv):
     p.add_argument("--max-decode-len", type=int, default=64)
     p.add_argument("--max-input-len", type=int, default=0, help="0: the longest input")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--rerank",
+        choices=RANKERS,
+        default="none",
+        help="order each input's decodes best first by: reward (the extracted reward R, "
+        "irl_lm.reward), logprob (log π(y|x)), mean_logprob (per token)",
+    )
+    p.add_argument("--keep", type=int, default=0, help="with --rerank: keep the best K (0: all)")
+    p.add_argument("--gamma", type=float, default=None, help="--rerank reward: default the run's")
     return p.parse_args(argv)
+
+
+RANKERS = ("none", "reward", "logprob", "mean_logprob")
 
 
 def add_source_args(p: argparse.ArgumentParser) -> None:
@@ -67,6 +85,13 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
         help="decoder-only text inputs (see above); auto: prefix_lm for --workdir, "
         "continue for --hf",
     )
+    p.add_argument(
+        "--template",
+        default="auto",
+        help="the template text inputs are formatted with, e.g. 'summarize: {document}'; "
+        "auto: the workdir's task's (none for --hf unless --task is given); none: as given",
+    )
+    p.add_argument("--task", default="", help="a paper task (xsum, ...) whose template applies")
     p.add_argument("--eos-id", type=int, default=None, help="default: the vocabulary's, else 1")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--fsdp", type=int, default=1)
@@ -86,6 +111,7 @@ class ReadyCheckpoint:
     eos_id: int
     encoder: bool
     text_format: tuple
+    template: str | None = None  # the task's input template (text inputs), or None
 
     def load_params(self):
         abstract, shardings = sharding.abstract_params(self.model, self.mesh)
@@ -93,12 +119,46 @@ class ReadyCheckpoint:
 
 
 def load_checkpoint(args) -> ReadyCheckpoint:
-    source = checkpointing.parse_init_from(f"hf:{args.hf}" if args.hf else args.workdir)
-    model = build_model(source.model_config() | {"dtype": args.dtype, "dropout_rate": 0.0})
-    mesh = sharding.make_mesh({"data": -1, "fsdp": args.fsdp, "tensor": args.tensor})
+    """The checkpoint of the CLI flags (`add_source_args`)."""
+    return ready_checkpoint(
+        f"hf:{args.hf}" if args.hf else args.workdir,
+        dtype=args.dtype,
+        fsdp=args.fsdp,
+        tensor=args.tensor,
+        eos_id=args.eos_id,
+        prompt_format=args.prompt_format,
+        template=_template_flag(args),
+    )
+
+
+def _template_flag(args) -> str:
+    if args.task:
+        if args.template not in ("auto", ""):
+            raise ValueError("give --template or --task, not both")
+        return f"task:{args.task}"
+    return args.template
+
+
+def ready_checkpoint(
+    source: str,
+    *,
+    dtype: str = "float32",
+    fsdp: int = 1,
+    tensor: int = 1,
+    eos_id: int | None = None,
+    prompt_format: str = "auto",
+    template: str = "auto",
+) -> ReadyCheckpoint:
+    """A checkpoint (`hf:DIR`, a workdir or a converted folder) ready to decode or score.
+
+    `template`: how text inputs are formatted: "auto" (a workdir's task template, as its
+    training formatted inputs; none for `hf:`), "none", "task:<paper task>", or a template."""
+    source = checkpointing.parse_init_from(source)
+    model = build_model(source.model_config() | {"dtype": dtype, "dropout_rate": 0.0})
+    mesh = sharding.make_mesh({"data": -1, "fsdp": fsdp, "tensor": tensor})
     vocab_folder = source.vocabulary_folder()
     vocab = load_vocabulary(vocab_folder) if vocab_folder else None
-    eos_id = args.eos_id if args.eos_id is not None else vocab.eos_id if vocab else 1
+    eos_id = eos_id if eos_id is not None else vocab.eos_id if vocab else 1
     # T5 reads its inputs with the encoder (EOS-terminated, cut at the end when too long);
     # a decoder-only model continues a prompt (no EOS, cut at the start when too long).
     encoder = type(model).input_features[0] == "encoder_input_tokens"
@@ -106,15 +166,60 @@ def load_checkpoint(args) -> ReadyCheckpoint:
     if not encoder and vocab is not None:
         from irl_lm.data import pipeline  # brings TensorFlow: only for decoder-only text
 
-        prompt_format = args.prompt_format
         if prompt_format == "auto":
-            prompt_format = "continue" if args.hf else "prefix_lm"
+            prompt_format = "continue" if source.kind == "hf" else "prefix_lm"
         bos = pipeline.vocabulary_bos_id(vocab)
         if prompt_format == "prefix_lm":
             text_format = (pipeline.prompt_prefix(not encoder, vocab), [eos_id])
         elif bos is not None:
             text_format = ([bos], ())
-    return ReadyCheckpoint(source, model, mesh, vocab, eos_id, encoder, text_format)
+    template = _resolve_template(template, source)
+    return ReadyCheckpoint(source, model, mesh, vocab, eos_id, encoder, text_format, template)
+
+
+def _resolve_template(template: str, source: checkpointing.InitSource) -> str | None:
+    if template in ("none", ""):
+        return None
+    if template == "auto":
+        config_path = files.path(source.folder, "config.json")
+        if source.kind != "workdir" or not config_path.exists():
+            return None
+        task = files.read_json(config_path).get("task") or {}
+    elif template.startswith("task:"):
+        task = {"name": template.removeprefix("task:")}
+    else:
+        task = {"inputs": template}
+    from irl_lm.data import text_tasks  # brings seqio: only where a template may apply
+
+    resolved = text_tasks.input_template(task)
+    if resolved is None and template.startswith("task:"):
+        raise ValueError(
+            f"--task={task['name']!r} is not a paper task; known: {sorted(text_tasks.TEXT_TASKS)}"
+        )
+    if resolved is not None:
+        text_tasks.template_fields(resolved, "inputs")  # a bad template fails here, by name
+    return resolved
+
+
+def format_input(record: dict, where: str, template: str | None) -> dict:
+    """`record` with its text `inputs` formatted by `template`: from the fields the template
+    reads (a record may hold them by name, e.g. `document`), or from `inputs` when the
+    template reads one field."""
+    if template is None or "input_ids" in record:
+        return record
+    import string
+
+    fields = [f for _, f, _, _ in string.Formatter().parse(template) if f]
+    if all(f in record for f in fields):
+        values = {f: record[f] for f in fields}
+    elif len(fields) == 1 and isinstance(record.get("inputs"), str):
+        values = {fields[0]: record["inputs"]}
+    else:
+        raise ValueError(
+            f"{where}: the input template {template!r} reads {fields}; give them as keys, "
+            "or 'inputs' when it reads one field"
+        )
+    return record | {"inputs": template.format_map(values)}
 
 
 def record_ids(record, where, *, ids_key, text_key, vocab, vocab_size, text_format=((), ())):
@@ -145,7 +250,7 @@ def prompt_ids(record, where, loaded: ReadyCheckpoint) -> list[int]:
     """A line's prompt: `input_ids` as given, or the text `inputs` in the prompt format;
     EOS-terminated for an encoder."""
     ids = record_ids(
-        record,
+        format_input(record, where, loaded.template),
         where,
         ids_key="input_ids",
         text_key="inputs",
@@ -178,9 +283,17 @@ def main(argv=None) -> dict:
     truncated = sum(len(ids) > length for ids in inputs)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     batch_size = math.ceil(args.batch_size / shards) * shards
+    if args.keep and args.rerank == "none":
+        raise ValueError("--keep needs --rerank (which decodes are the best)")
 
     with sharding.use_mesh(mesh):
         params = loaded.load_params()
+        scorer = None
+        if args.rerank != "none":
+            from irl_lm.reward import RewardModel, run_gamma  # reward builds on this module
+
+            gamma = run_gamma(loaded, args.gamma)
+            scorer = RewardModel(loaded, params, gamma=gamma, batch_size=args.batch_size)
         decode = jax.jit(
             decoding.make_decoder(
                 model,
@@ -206,13 +319,57 @@ def main(argv=None) -> dict:
                     tokens[row, : len(ids)] = ids
                 batch = sharding.shard_host_batch({feature: tokens}, mesh)
                 result = jax.device_get(decode(params, batch, jax.random.fold_in(key, start)))
-                for row in range(len(chunk)):
-                    out.write(json.dumps(_record(result, row, loaded.vocab, args.method)) + "\n")
+                records = [
+                    _record(result, row, loaded.vocab, args.method) for row in range(len(chunk))
+                ]
+                if scorer is not None:
+                    prompts = [list(t[t > 0]) if encoder else _prompt(t) for t in tokens]
+                    widths = (length, args.max_decode_len)
+                    records = _reranked(records, prompts, scorer, args.rerank, args.keep, widths)
+                for record in records:
+                    out.write(json.dumps(record) + "\n")
     summary = {"inputs": len(inputs), "truncated_inputs": truncated, "output": args.output_file}
+    if scorer is not None:
+        summary |= {"ranked_by": args.rerank, "gamma": scorer.gamma}
     if truncated:
         print(f"{truncated} inputs longer than {length} tokens were truncated", file=sys.stderr)
     print(json.dumps(summary))
     return summary
+
+
+def _prompt(tokens_T) -> list[int]:
+    """A decoder-only prompt row's ids (right-padded with 0)."""
+    return [int(t) for t in tokens_T[: int(np.sum(tokens_T != 0))]]
+
+
+def _reranked(records, prompts, scorer, ranker: str, keep: int, widths) -> list[dict]:
+    """`records` with each input's decodes ordered best first by `ranker` (the first `keep`
+    of them when `keep` > 0), and every decode's extracted reward R and log π(y|x)."""
+    pairs = [(i, ids) for i, r in enumerate(records) for ids in r["output_ids"] if ids]
+    scored = scorer.score_ids(
+        [[int(t) for t in prompts[i]] for i, _ in pairs],
+        [ids for _, ids in pairs],
+        prompt_width=widths[0],
+        target_width=widths[1],  # one shape for every batch
+    )
+    found = iter(scored)
+    out = []
+    for record in records:
+        # An empty decode (none at all) scores lowest under every ranker.
+        empty = {"reward": -np.inf, "log_prob": -np.inf, "length": 1}
+        scores = [next(found) if ids else empty for ids in record["output_ids"]]
+        key = {
+            "reward": lambda s: s["reward"],
+            "logprob": lambda s: s["log_prob"],
+            "mean_logprob": lambda s: s["log_prob"] / s["length"],
+        }[ranker]
+        order = sorted(range(len(scores)), key=lambda j: -key(scores[j]))
+        order = order[:keep] if keep > 0 else order
+        ranked = {k: [v[j] for j in order] for k, v in record.items()}
+        ranked["rewards"] = [scores[j]["reward"] for j in order]
+        ranked["log_probs"] = [scores[j]["log_prob"] for j in order]
+        out.append(ranked)
+    return out
 
 
 def _record(result, row: int, vocab, method: str) -> dict:

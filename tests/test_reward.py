@@ -11,7 +11,7 @@ from conftest import TINY_DECODER_ONLY, teacher_forced_logits
 from test_configs import CONFIG_DIR, load
 
 from irl_lm import evaluators, reward, sharding, train
-from irl_lm.data import pipeline, tasks
+from irl_lm.data import pipeline, tasks, text_tasks
 from irl_lm.data.synthetic import EOS_ID
 from irl_lm.losses import make_loss
 from irl_lm.losses.iqlearn import data_terms, sequence_rewards
@@ -200,10 +200,14 @@ def test_reward_cli_scores_pairs_as_the_evaluator_does(wmt22_tiny, tmp_path):
         {"input_ids": [*vocab.encode(r["input"])[:127], 1], "target_ids": r["tokens"]}
         for r in rows[:6]
     ]
-    lines += [  # text is encoded with the run's vocabulary, EOS after the target
+    # Text is formatted by the run's task template and encoded with its vocabulary, EOS
+    # after the target.
+    template = text_tasks.input_template(load_config().task)
+    assert template.endswith("{en}")
+    lines += [
         {"inputs": "Hallo Welt", "targets": "Hello world"},
         {
-            "input_ids": [*vocab.encode("Hallo Welt"), 1],
+            "input_ids": [*vocab.encode(template.format(en="Hallo Welt")), 1],
             "target_ids": [*vocab.encode("Hello world"), 1],
         },
     ]
@@ -221,10 +225,11 @@ def test_reward_cli_scores_pairs_as_the_evaluator_does(wmt22_tiny, tmp_path):
             "4",
         ]
     )
-    assert summary == {"pairs": 8, "gamma": 0.99, "output": str(out)}
+    assert summary == {"pairs": 8, "gamma": 0.99, "output": str(out), "template": template}
     scored = [json.loads(line) for line in open(out)]
     for line, s in zip(lines, scored, strict=True):
         assert {k: s[k] for k in line} == line  # each output line repeats its input
+        assert s["log_prob"] < 0
     for r, s in zip(rows[:6], scored, strict=False):
         assert s["reward"] == pytest.approx(r["reward"], rel=1e-4, abs=1e-4)
         np.testing.assert_allclose(s["token_rewards"], r["token_rewards"], rtol=1e-4, atol=1e-4)
@@ -299,3 +304,84 @@ def test_reward_cli_on_a_hugging_face_folder_matches_transformers_logits(tmp_pat
         expected = reference_rewards(hf_logits(reference, batch)[0], y, gamma=0.99)
         np.testing.assert_allclose(s["token_rewards"], expected, rtol=1e-4, atol=1e-4)
         assert s["reward"] == pytest.approx(expected.sum(), rel=1e-4, abs=1e-4)
+
+
+def numpy_scores(model, params, x, y, gamma):
+    """(r_t, log π(y | x)) of one unpadded pair, in float64, from the model's own logits."""
+    batch = {
+        "encoder_input_tokens": np.array([x]),
+        "decoder_input_tokens": np.array([[0, *y[:-1]]]),
+    }
+    logits = np.asarray(model.apply({"params": params}, batch)[0], np.float64)
+    values = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    log_prob = sum(logits[t, a] - values[t] for t, a in enumerate(y))
+    return reference_rewards(logits, y, gamma), log_prob, values[0]
+
+
+def test_reward_model_scores_as_numpy_and_ranks_as_log_prob_at_gamma_one(wmt22_tiny):
+    """The Python API: R, r_t and log π(y|x) against NumPy on the model's own logits; at
+    γ = 1, R = log π(y|x) + V_0(x) (the sum telescopes), so R ranks one input's outputs as
+    log π does; `normalize` divides R by |y|."""
+    workdir, _, rows = wmt22_tiny
+    for gamma in (0.9, 1.0):
+        rm = reward.RewardModel.load(str(workdir), gamma=gamma, batch_size=4)
+        xs = [[5, 9, 17, 1], [12, 1]]
+        ys = [[7, 8, 1], [30, 31, 32, 33], [40, 1], [41, 42, 43, 44, 1]]
+        inputs, outputs = [xs[0]] * 2 + [xs[1]] * 2, ys
+        scored = rm.score(inputs, outputs)
+        params = jax.device_get(rm.params)
+        for x, y, s in zip(inputs, outputs, scored, strict=True):
+            rewards, log_prob, v0 = numpy_scores(rm.loaded.model, params, x, y, gamma)
+            np.testing.assert_allclose(s["token_rewards"], rewards, rtol=1e-4, atol=1e-4)
+            assert s["reward"] == pytest.approx(rewards.sum(), rel=1e-4, abs=1e-4)
+            assert s["log_prob"] == pytest.approx(log_prob, rel=1e-4, abs=1e-4)
+            if gamma == 1.0:
+                assert s["reward"] == pytest.approx(log_prob + v0, rel=1e-4, abs=1e-4)
+        normalized = rm.score(inputs, outputs, normalize=True)
+        for s, n, y in zip(scored, normalized, outputs, strict=True):
+            assert n["reward"] == pytest.approx(s["reward"] / len(y))
+    text = rm.score(["Hallo Welt"], ["Hello world"])[0]  # text: the run's template, EOS
+    assert text["length"] == len("Hello world") + 1
+
+
+def test_sample_cli_reranks_decodes_by_the_extracted_reward(wmt22_tiny, tmp_path):
+    """Best-of-N: 4 samples per input ordered by R (each R the API's for that pair); keeping
+    1 keeps the first; ordering by log π agrees with the sampler's own log-probabilities."""
+    from irl_lm import sample
+
+    workdir, _, _ = wmt22_tiny
+    lines = [{"input_ids": [5, 9, 17, 1]}, {"input_ids": [12, 13, 1]}, {"inputs": "Hallo"}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    common = ["--workdir", str(workdir), "--input-file", str(tmp_path / "in.jsonl")]
+    common += ["--method", "temperature", "--num-decodes", "4", "--max-decode-len", "12"]
+    outputs = {}
+    for ranker, keep in (("reward", 0), ("reward", 1), ("logprob", 0)):
+        out = tmp_path / f"{ranker}{keep}.jsonl"
+        summary = sample.main(
+            [*common, "--output-file", str(out), "--rerank", ranker, "--keep", str(keep)]
+        )
+        assert summary["ranked_by"] == ranker and summary["gamma"] == 0.99
+        outputs[ranker, keep] = [json.loads(line) for line in open(out)]
+    rm = reward.RewardModel.load(str(workdir))
+    for row, line in enumerate(outputs["reward", 0]):
+        assert len(line["output_ids"]) == 4
+        assert line["rewards"] == sorted(line["rewards"], reverse=True)
+        prompt = lines[row].get("input_ids", lines[row].get("inputs"))
+        again = rm.score([prompt] * 4, line["output_ids"])
+        np.testing.assert_allclose(line["rewards"], [s["reward"] for s in again], rtol=1e-5)
+        best = outputs["reward", 1][row]
+        assert (
+            best["output_ids"] == line["output_ids"][:1] and best["rewards"] == line["rewards"][:1]
+        )
+        by_log_prob = outputs["logprob", 0][row]
+        assert by_log_prob["log_probs"] == sorted(by_log_prob["log_probs"], reverse=True)
+        np.testing.assert_allclose(by_log_prob["scores"], by_log_prob["log_probs"], atol=1e-3)
+
+
+def test_a_template_reading_several_fields_needs_them_by_name(wmt22_tiny, tmp_path):
+    workdir, _, _ = wmt22_tiny
+    rm = reward.RewardModel.load(str(workdir), template="question: {q} context: {c}")
+    with pytest.raises(ValueError, match=r"pair 0: the input template .* reads \['q', 'c'\]"):
+        rm.score(["just one text"], ["y"])
+    with pytest.raises(ValueError, match=r"--task='nope' is not a paper task; known: \["):
+        reward.RewardModel.load(str(workdir), template="task:nope")

@@ -106,6 +106,17 @@ def as_template(value: str) -> str:
     return value if "{" in value or "}" in value else f"{{{value}}}"
 
 
+def input_template(task_config: Mapping) -> str | None:
+    """The template a run's task formats its inputs with: `config.task.inputs` where set (a
+    template, or a field name), else that of the paper task `irl_lm.<name>`; None for a task
+    that is not text (the synthetic expert)."""
+    inputs = task_config.get("inputs") or ""
+    if inputs:
+        return as_template(inputs)
+    task = TEXT_TASKS.get(str(task_config.get("name", "")).removeprefix("irl_lm."))
+    return task.inputs if task else None
+
+
 def template_fields(template: str, where: str) -> tuple[str, ...]:
     """The fields `template` reads; fails naming `where` (the config field) on a bad one."""
     fix = "write fields as {name} and literal braces as {{ and }}"
