@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 
@@ -18,6 +17,7 @@ import jax
 from irl_lm import sharding
 from irl_lm.losses.common import ChunkedLogits
 from irl_lm.models.decoder_only import DecoderOnly, DecoderOnlyConfig
+from irl_lm.models.layers import config_from_fields
 from irl_lm.models.presets import PRESETS, PUBLIC_PARAM_COUNTS
 from irl_lm.models.t5 import T5, T5Config
 from irl_lm.models.t5gemma import T5Gemma, T5GemmaConfig
@@ -67,16 +67,9 @@ def build_model(model_config: Mapping) -> nn.Module:
         allowed = sorted(MODELS) + sorted(PRESETS)
         raise ValueError(f"config.model.name={name!r} is not a model; allowed: {allowed}")
     config_cls, module_cls = MODELS[name]
-    allowed = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(fields) - allowed)
-    if unknown:
-        raise ValueError(
-            f"config.model: unknown fields {unknown} for model {name!r}; allowed: {sorted(allowed)}"
-        )
-    try:
-        return module_cls(config_cls(**fields))
-    except ValueError as e:
-        raise ValueError(f"config.model: {e}") from None
+    return module_cls(
+        config_from_fields(config_cls, fields, "config.model", f" for model {name!r}")
+    )
 
 
 def is_decoder_only(model: nn.Module) -> bool:

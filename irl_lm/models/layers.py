@@ -7,8 +7,9 @@ Hugging Face tensors map onto them with one reshape/transpose at import.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import flax
 import flax.linen as nn
@@ -416,12 +417,38 @@ def check_runtime_fields(config) -> None:
             )
 
 
+def config_from_fields(config_cls, fields: Mapping, where: str, about: str = ""):
+    """`config_cls(**fields)`; an unknown field or a refused value fails naming `where` (the
+    config path) and, for unknown fields, `about` (which model they were given for)."""
+    allowed = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(fields) - allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown fields {unknown}{about}; allowed: {sorted(allowed)}")
+    try:
+        return config_cls(**fields)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
 def write_kv(kv: dict, k_new, v_new, slot) -> dict:
     """A decoding cache `{"k", "v"}` (`[B, S, H, Dk]`) with new keys/values written at `slot`."""
     write = lambda cache, new: jax.lax.dynamic_update_slice_in_dim(
         cache, new.astype(cache.dtype), slot, axis=1
     )
     return {"k": write(kv["k"], k_new), "v": write(kv["v"], v_new)}
+
+
+def token_lengths(tokens_BxT):
+    """Real tokens per row (right padding), for fused attention."""
+    return jnp.sum(tokens_BxT > 0, axis=1, dtype=jnp.int32)
+
+
+def padding_mask(q_tokens, k_tokens, q_segments, k_segments):
+    """`[B, Q, K]`: both positions are real tokens and, when packed, in the same segment."""
+    mask = (q_tokens > 0)[:, :, None] & (k_tokens > 0)[:, None, :]
+    if q_segments is not None and k_segments is not None:
+        mask = mask & (q_segments[:, :, None] == k_segments[:, None, :])
+    return mask
 
 
 def attention_bias(mask_BxQxK: jax.Array) -> jax.Array:

@@ -28,8 +28,10 @@ from irl_lm.models.layers import (
     check_runtime_fields,
     constrain,
     normal,
+    padding_mask,
     param,
     remat,
+    token_lengths,
     vocab_logits,
     write_kv,
 )
@@ -254,9 +256,9 @@ class T5(nn.Module):
     def encode(self, encoder_input_tokens, encoder_segment_ids=None, *, deterministic=True):
         """Encoder states `[B, S, D]`."""
         tokens = encoder_input_tokens
-        lengths = _lengths(tokens)
+        lengths = token_lengths(tokens)
         mask = AttentionMask(
-            _padding_mask(tokens, tokens, encoder_segment_ids, encoder_segment_ids),
+            padding_mask(tokens, tokens, encoder_segment_ids, encoder_segment_ids),
             self.encoder_relpos(tokens.shape[1], tokens.shape[1]),
             lengths,
             lengths,
@@ -289,14 +291,14 @@ class T5(nn.Module):
         causal = np.tril(np.ones((length, length), bool))[None]
         packed = decoder_segment_ids is not None
         self_mask = AttentionMask(
-            causal & _padding_mask(real, real, decoder_segment_ids, decoder_segment_ids),
+            causal & padding_mask(real, real, decoder_segment_ids, decoder_segment_ids),
             self.decoder_relpos(length, length),
             causal=True,
             dense_only=packed,
         )
         cross_mask = AttentionMask(
-            _padding_mask(real, encoder_input_tokens, decoder_segment_ids, encoder_segment_ids),
-            kv_lengths_B=_lengths(encoder_input_tokens),
+            padding_mask(real, encoder_input_tokens, decoder_segment_ids, encoder_segment_ids),
+            kv_lengths_B=token_lengths(encoder_input_tokens),
             dense_only=packed,
         )
         x = self.dropout(self.token_embedder(decoder_input_tokens), deterministic=deterministic)
@@ -377,19 +379,6 @@ class T5(nn.Module):
             batch.get("decoder_segment_ids"),
             deterministic=deterministic,
         )
-
-
-def _lengths(tokens_BxT):
-    """Real tokens per row (right padding), for fused attention."""
-    return jnp.sum(tokens_BxT > 0, axis=1, dtype=jnp.int32)
-
-
-def _padding_mask(q_tokens, k_tokens, q_segments, k_segments):
-    """`[B, Q, K]`: both positions are real tokens and, when packed, in the same segment."""
-    mask = (q_tokens > 0)[:, :, None] & (k_tokens > 0)[:, None, :]
-    if q_segments is not None and k_segments is not None:
-        mask = mask & (q_segments[:, :, None] == k_segments[:, None, :])
-    return mask
 
 
 # ----------------------------------------------------------------------------- Hugging Face layout

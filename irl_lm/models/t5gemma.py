@@ -48,9 +48,12 @@ from irl_lm.models.layers import (
     Head,
     RMSNorm,
     check_runtime_fields,
+    config_from_fields,
+    padding_mask,
     param,
     remat,
     softcap,
+    token_lengths,
     vocab_logits,
     write_kv,
 )
@@ -135,16 +138,8 @@ class T5GemmaConfig:
                     f"remove them from config.model.{stack}"
                 )
             fields = {**STACK_DEFAULTS[self.model_type], **fields, **fixed}
-            allowed = {f.name for f in dataclasses.fields(DecoderOnlyConfig)}
-            unknown = sorted(set(fields) - allowed)
-            if unknown:
-                raise ValueError(
-                    f"T5GemmaConfig.{stack}: unknown fields {unknown}; allowed: {sorted(allowed)}"
-                )
-            try:
-                object.__setattr__(self, stack, DecoderOnlyConfig(**fields))
-            except ValueError as e:
-                raise ValueError(f"T5GemmaConfig.{stack}: {e}") from None
+            built = config_from_fields(DecoderOnlyConfig, fields, f"T5GemmaConfig.{stack}")
+            object.__setattr__(self, stack, built)
         if self.merged_attention and self.encoder.hidden_size != self.decoder.hidden_size:
             raise ValueError(
                 "T5GemmaConfig: model_type='t5gemma2' reads the encoder's states with the "
@@ -302,12 +297,8 @@ class T5Gemma(nn.Module):
         tokens, cfg = encoder_input_tokens, self.config
         index = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         positions = index if encoder_positions is None else encoder_positions
-        real = tokens > 0
-        allowed = real[:, :, None] & real[:, None, :]
-        if encoder_segment_ids is not None:
-            same = encoder_segment_ids[:, :, None] == encoder_segment_ids[:, None, :]
-            allowed = allowed & same
-        lengths = jnp.sum(real, axis=1, dtype=jnp.int32)
+        allowed = padding_mask(tokens, tokens, encoder_segment_ids, encoder_segment_ids)
+        lengths = token_lengths(tokens)
         packed = encoder_segment_ids is not None
         masks = {FULL: AttentionMask(allowed, None, lengths, lengths, dense_only=packed)}
         if SLIDING in (cfg.encoder.layer_types or ()):
@@ -338,23 +329,17 @@ class T5Gemma(nn.Module):
         tokens = decoder_input_tokens
         index = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         positions = index if decoder_positions is None else decoder_positions
-        length = tokens.shape[1]
-        allowed = np.tril(np.ones((length, length), bool))[None]
+        length, real = tokens.shape[1], jnp.ones_like(tokens)
+        causal = np.tril(np.ones((length, length), bool))[None]
         packed = decoder_segment_ids is not None
-        if packed:
-            allowed = allowed & (decoder_segment_ids[:, :, None] == decoder_segment_ids[:, None, :])
+        allowed = causal & padding_mask(real, real, decoder_segment_ids, decoder_segment_ids)
         self_mask = AttentionMask(allowed, causal=True, dense_only=packed)
         masks = decoder_only.layer_masks(cfg.decoder, self_mask, index, index)
-        encoder_real = encoder_input_tokens > 0
-        cross_allowed = jnp.broadcast_to(
-            encoder_real[:, None, :], (*tokens.shape, encoder_real.shape[1])
+        cross_mask = AttentionMask(
+            padding_mask(real, encoder_input_tokens, decoder_segment_ids, encoder_segment_ids),
+            kv_lengths_B=token_lengths(encoder_input_tokens),
+            dense_only=packed,
         )
-        if packed:
-            cross_allowed = cross_allowed & (
-                decoder_segment_ids[:, :, None] == encoder_segment_ids[:, None, :]
-            )
-        kv_lengths = jnp.sum(encoder_real, axis=1, dtype=jnp.int32)
-        cross_mask = AttentionMask(cross_allowed, kv_lengths_B=kv_lengths, dense_only=packed)
         tokens = self._decoder_inputs(tokens, positions == 0)
         x = self.dropout(self._embed(self.token_embedder, tokens), deterministic=deterministic)
         for layer in self.decoder_layers:
