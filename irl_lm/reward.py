@@ -200,12 +200,13 @@ def main(argv=None) -> dict:
     reward_model = RewardModel(loaded, params, gamma=gamma, batch_size=args.batch_size)
     scored = []
     step = reward_model.batch_size
+    widths = max(map(len, prompts)), max(map(len, targets))  # one shape for the whole file
     for start in tqdm(range(0, len(records), step), desc="scoring", unit="batch"):
         scored += reward_model.score_ids(
             prompts[start : start + step],
             targets[start : start + step],
-            prompt_width=max(map(len, prompts)),  # one shape for the whole file
-            target_width=max(map(len, targets)),
+            prompt_width=widths[0],
+            target_width=widths[1],
         )
     with files.path(args.output_file).open("w") as out:
         for record, s in zip(records, scored, strict=True):

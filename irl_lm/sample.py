@@ -31,6 +31,7 @@ import argparse
 import dataclasses
 import json
 import math
+import string
 import sys
 
 import jax
@@ -207,8 +208,6 @@ def format_input(record: dict, where: str, template: str | None) -> dict:
     template reads one field."""
     if template is None or "input_ids" in record:
         return record
-    import string
-
     fields = [f for _, f, _, _ in string.Formatter().parse(template) if f]
     if all(f in record for f in fields):
         values = {f: record[f] for f in fields}
