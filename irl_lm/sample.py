@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from irl_lm import checkpointing, decoding, files, sharding
 from irl_lm.data.vocabularies import load_vocabulary
+from irl_lm.evaluators.reward import RANKERS
 from irl_lm.models import build_model
 
 
@@ -58,7 +59,7 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--rerank",
-        choices=RANKERS,
+        choices=["none", *RANKERS],
         default="none",
         help="order each input's decodes best first by: reward (the extracted reward R, "
         "irl_lm.reward), logprob (log π(y|x)), mean_logprob (per token)",
@@ -66,9 +67,6 @@ def parse_args(argv):
     p.add_argument("--keep", type=int, default=0, help="with --rerank: keep the best K (0: all)")
     p.add_argument("--gamma", type=float, default=None, help="--rerank reward: default the run's")
     return p.parse_args(argv)
-
-
-RANKERS = ("none", "reward", "logprob", "mean_logprob")
 
 
 def add_source_args(p: argparse.ArgumentParser) -> None:
@@ -357,12 +355,11 @@ def _reranked(records, prompts, scorer, ranker: str, keep: int, widths) -> list[
         # An empty decode (none at all) scores lowest under every ranker.
         empty = {"reward": -np.inf, "log_prob": -np.inf, "length": 1}
         scores = [next(found) if ids else empty for ids in record["output_ids"]]
-        key = {
-            "reward": lambda s: s["reward"],
-            "logprob": lambda s: s["log_prob"],
-            "mean_logprob": lambda s: s["log_prob"] / s["length"],
-        }[ranker]
-        order = sorted(range(len(scores)), key=lambda j: -key(scores[j]))
+        key = RANKERS[ranker]
+        order = sorted(
+            range(len(scores)),
+            key=lambda j: -key(scores[j]["reward"], scores[j]["log_prob"], scores[j]["length"]),
+        )
         order = order[:keep] if keep > 0 else order
         ranked = {k: [v[j] for j in order] for k, v in record.items()}
         ranked["rewards"] = [scores[j]["reward"] for j in order]

@@ -42,6 +42,23 @@ def test_expert_study_sweeps_build(study, tmp_path):
         assert all(p.total_steps == 0 for p in evaluated)
 
 
+def test_best_of_n_sweeps_train_then_evaluate_the_same_runs(tmp_path):
+    config = os.path.join(ROOT, "experiments", "best_of_n", "config.py")
+    trained = sweep.build_points(config, str(tmp_path / "policies"), "policies")
+    evaluated = sweep.build_points(config, str(tmp_path / "bon"), str(tmp_path / "policies"))
+    assert len(trained) == len(evaluated) == 18
+    assert [p.name for p in trained] == [p.name for p in evaluated]
+    assert {p.total_steps for p in trained} == {1000, 3000}
+    assert all(p.overrides["init_from"] == q.workdir for p, q in zip(evaluated, trained))
+    resolved = evaluated[0].resolve_config()
+    assert resolved.total_steps == 0 and resolved.loss.lam == 0
+    assert sorted(resolved.evals) == ["gamma_0_9", "gamma_0_99", "gamma_1"]
+    assert resolved.evals.gamma_0_9.gamma == 0.9
+    assert tuple(resolved.evals.gamma_1.best_of) == (1, 2, 4, 8, 16)
+    with pytest.raises(ValueError, match="sweep arg: 'policies'"):
+        sweep.build_points(config, str(tmp_path / "x"))
+
+
 @pytest.mark.parametrize("task", ["gsm8k", "tldr", "wmt22", "xsum"])
 def test_paper_task_study_sweeps_build(task, tmp_path):
     assert set(STUDIES) == set(TASK_POINTS)

@@ -30,11 +30,26 @@ BEST_OF = (1, 2, 4, 8, 16)
 
 
 def get_config(arg=None):
-    config = study_config(arg)
+    """configs/expert_study.py's `arg`, plus `evals=best_of` for the evaluation sweep."""
+    items = [item for item in (arg or "").split(",") if item]
+    best_of = "evals=best_of" in items
+    config = study_config(",".join(item for item in items if item != "evals=best_of"))
     config.evals = dict(
         validation=dict(kind="loss", every=250, max_examples=512),
         expert=dict(kind="synthetic_expert", every=250, num_examples=128, num_samples=4),
     )
+    if best_of:
+        config.evals = {
+            f"gamma_{format_value(gamma).replace('.', '_')}": dict(
+                kind="reward",
+                every=0,
+                num_examples=256,
+                num_samples=max(BEST_OF),
+                gamma=gamma,
+                best_of=BEST_OF,
+            )
+            for gamma in GAMMAS
+        }
     return config
 
 
@@ -59,28 +74,15 @@ def sweep(arg=None):
         ]
     if not arg:
         raise ValueError(
-            "sweep arg: 'policies' (train the policies) or the folder of that sweep "
-            "(evaluate them)"
+            "sweep arg: 'policies' (train the policies) or the folder of that sweep (evaluate them)"
         )
-    evals = {
-        f"bon_gamma={format_value(gamma)}": dict(
-            kind="reward",
-            every=0,
-            num_examples=256,
-            num_samples=max(BEST_OF),
-            gamma=gamma,
-            best_of=BEST_OF,
-        )
-        for gamma in GAMMAS
-    }
     return [
         {
-            "config_arg": "loss=iqlearn",
+            "config_arg": "loss=iqlearn,evals=best_of",
             "init_from": os.path.join(arg, _name(steps, lam, seed)),
             "total_steps": 0,
             "loss.lam": lam,
             "seed": seed,
-            "evals": evals,
             "name": _name(steps, lam, seed),
         }
         for steps in STEPS

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+import scipy.special
 import scipy.stats
 
 from irl_lm import decoding, sharding
@@ -17,6 +18,7 @@ from irl_lm.evaluators.common import (
     round_up,
     task_examples,
     teacher_forced_rows,
+    token_log_probs_fn,
     write_predictions,
 )
 from irl_lm.metrics import ids_to_text
@@ -78,6 +80,67 @@ def rank_correlations(rewards, scores, groups, *, num_bootstrap=1000, seed=0) ->
     return out
 
 
+# How a ranker scores one sample from its R, log π(y|x) and length (irl_lm.sample --rerank,
+# the reward evaluator's best_of). "random" (best_of only) ignores the sample.
+RANKERS = {
+    "reward": lambda reward, log_prob, length: reward,
+    "logprob": lambda reward, log_prob, length: log_prob,
+    "mean_logprob": lambda reward, log_prob, length: log_prob / length,
+}
+
+
+def best_of_n_weights(values, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best-of-n from a pool of M ≥ n samples of one input (y_j ~ π) ranked by `values`:
+
+    - `weights[j]`: the probability that sample j is kept when n of the M are drawn at
+      random without replacement and the highest value is kept (ties broken at random).
+      Σ_j weights[j] g(y_j) is an unbiased estimate of E[g] under the best-of-n
+      distribution q_n (a U-statistic over all n-subsets of the pool);
+    - `log_ratios[j]`: an estimate of log q_n(y_j)/π(y_j). Without ties q_n = π · n F^{n−1}
+      (F: the ranker's CDF under π) and, at the j-th lowest of M, E[log F] = ψ(j) − ψ(M+1),
+      which makes Σ_j weights[j] log_ratios[j] an unbiased estimate of KL(q_n ‖ π) =
+      log n − (n−1)/n. A value that repeats (one sequence sampled twice, an atom of π) has
+      ratio (F_hi^n − F_lo^n)/(F_hi − F_lo), plugged in from the pool.
+    """
+    values = np.asarray(values, np.float64)
+    m = len(values)
+    if not 1 <= n <= m:
+        raise ValueError(f"best-of-{n} needs 1 ≤ n ≤ the {m} samples of an input")
+    order = np.argsort(values, kind="stable")
+    position = np.arange(1, m + 1)  # ascending
+    w_sorted = scipy.special.comb(position - 1, n - 1) / scipy.special.comb(m, n)
+    l_sorted = np.log(n) + (n - 1) * (
+        scipy.special.digamma(position) - scipy.special.digamma(m + 1)
+    )
+    _, first, group, count = np.unique(
+        values[order], return_index=True, return_inverse=True, return_counts=True
+    )
+    w_group = np.bincount(group, weights=w_sorted) / count
+    lo, hi = first / m, (first + count) / m
+    l_group = np.log((hi**n - lo**n) / (hi - lo))
+    tied = count[group] > 1
+    weights, log_ratios = np.empty(m), np.empty(m)
+    weights[order] = w_group[group]
+    log_ratios[order] = np.where(tied, l_group[group], l_sorted)
+    return weights, log_ratios
+
+
+def best_of_n_log_ratio(values, n: int, query: float) -> float:
+    """An estimate of log q_n(y)/π(y) (`best_of_n_weights`) at a y that is not one of the
+    pool's samples (an expert sample, for the forward KL), ranked `query`: with c of the M
+    pool values below it, F ~ Beta(c + 1, M − c + 1) and E[log F] = ψ(c + 1) − ψ(M + 2); a
+    value the pool holds too is an atom (plug-in, as there)."""
+    values = np.asarray(values, np.float64)
+    m = len(values)
+    below, equal = int(np.sum(values < query)), int(np.sum(values == query))
+    if equal:
+        lo, hi = below / m, (below + equal) / m
+        return float(np.log((hi**n - lo**n) / (hi - lo)))
+    return float(
+        np.log(n) + (n - 1) * (scipy.special.digamma(below + 1) - scipy.special.digamma(m + 2))
+    )
+
+
 class RewardEvaluator:
     """IQLearn's extracted reward R(y) = Σ_t r_t of policy samples (r_t = δ_t, the loss's
     own TD residual, `make_reward_fn`) against a per-sample task score (PAPER.md §5, claim 5).
@@ -93,6 +156,17 @@ class RewardEvaluator:
     `gamma`: the discount in δ_t (0: `config.loss.gamma`, else 0.99). Writes every sample
     with its reward, per-token rewards and scores to
     `workdir/predictions/<name>/<step>.jsonl`.
+
+    `best_of` (e.g. (1, 2, 4, 8, 16), each ≤ `num_samples`): best-of-N reranking with the
+    samples as the pool (`best_of_n_weights`: every N-subset of an input's samples, not one
+    draw). For each N and each ranker (`RANKERS`: R, log π, log π per token; and `random`)
+    `best_of_<N>_<ranker>_<score>`, the mean score of the kept sample (over kept samples
+    that have the score); for the synthetic expert at temperature 1 also
+    `best_of_<N>_<ranker>_reverse_kl` and `_forward_kl`, per token, estimated as the
+    synthetic_expert evaluator defines them (reverse: the kept samples' distribution q_N
+    restricted to valid outputs and renormalised; forward: on `num_samples` expert samples
+    per input) with log q_N = log π + the estimated log q_N/π. `random` keeps a sample at
+    random: q_N = π, the policy's own KLs.
     """
 
     def __init__(
@@ -107,8 +181,15 @@ class RewardEvaluator:
         gamma=0.0,
         max_decode_len=0,
         num_bootstrap=1000,
+        best_of=(),
         seed=0,
     ):
+        self.best_of = tuple(int(n) for n in best_of)
+        if any(not 1 <= n <= num_samples for n in self.best_of):
+            raise ValueError(
+                f"config.evals.{name}.best_of={best_of}: each N must lie in 1..num_samples "
+                f"({num_samples}); raise num_samples or drop the larger N"
+            )
         self.ctx, self.name, self.num_samples = ctx, name, num_samples
         self.num_bootstrap, self.seed = num_bootstrap, seed
         self.gamma = gamma or ctx.gamma
@@ -153,6 +234,18 @@ class RewardEvaluator:
         )
         self._rewards = jax.jit(reward_fn, out_shardings=replicated)
         self._rng = jax.random.PRNGKey(seed)
+        # The forward KL of best-of-N needs expert samples, scored by π and R.
+        self.expert_samples = []
+        if self.best_of and self.expert is not None and temperature == 1.0:
+            self._log_probs = jax.jit(
+                token_log_probs_fn(ctx.model, ctx.logits_chunk_size), out_shardings=replicated
+            )
+            rng = np.random.default_rng([seed, 7])
+            self.expert_samples = [
+                (i, self.expert.sample(x, rng))
+                for i, x in enumerate(self.inputs)
+                for _ in range(num_samples)
+            ]
 
     def samples(self, params) -> list[dict]:
         """Every sample: input index, tokens, R, per-token rewards and log π(y)."""
@@ -169,28 +262,43 @@ class RewardEvaluator:
                     length = out["lengths"][i, n]
                     pairs.append((start + i, out["tokens"][i, n, :length].tolist()))
                     log_probs.append(float(out["log_probs"][i, n, :length].sum()))
-            scored, offsets = teacher_forced_rows(
-                self.ctx.model,
-                [self.prompts[i] for i, _ in pairs],
-                [y for _, y in pairs],
-                prompt_width=self.width,
-                target_width=self.max_len,
-                rows=self.chunk * self.num_samples,
-            )
-            scored = {k: global_array(v, self.ctx.mesh) for k, v in scored.items()}
-            rewards = jax.device_get(self._rewards(params, scored))
-            for row, ((index, y), offset) in enumerate(zip(pairs, offsets, strict=True)):
-                token_rewards = rewards[row, offset : offset + len(y)].astype(np.float64)
+            scored = self._score(params, pairs)
+            for (index, y), log_prob, (token_rewards, _) in zip(
+                pairs, log_probs, scored, strict=True
+            ):
                 out_rows.append(
                     {
                         "input_index": index,
                         "tokens": y,
                         "reward": float(token_rewards.sum()),
                         "token_rewards": token_rewards.tolist(),
-                        "log_prob": log_probs[row],
+                        "log_prob": log_prob,
                     }
                 )
         return out_rows
+
+    def _score(self, params, pairs, *, log_probs=False) -> list[tuple]:
+        """Per (input index, y) pair, teacher-forced: R's per-token rewards, and log π(y|x)
+        when `log_probs` (else None)."""
+        rows, out = self.chunk * self.num_samples, []
+        for start in range(0, len(pairs), rows):
+            part = pairs[start : start + rows]
+            batch, offsets = teacher_forced_rows(
+                self.ctx.model,
+                [self.prompts[i] for i, _ in part],
+                [y for _, y in part],
+                prompt_width=self.width,
+                target_width=self.max_len,
+                rows=rows,
+            )
+            batch = {k: global_array(v, self.ctx.mesh) for k, v in batch.items()}
+            rewards = jax.device_get(self._rewards(params, batch)).astype(np.float64)
+            lp = jax.device_get(self._log_probs(params, batch)) if log_probs else None
+            for row, ((_, y), offset) in enumerate(zip(part, offsets, strict=True)):
+                span = slice(offset, offset + len(y))
+                log_prob = float(lp[row, span].astype(np.float64).sum()) if log_probs else None
+                out.append((rewards[row, span], log_prob))
+        return out
 
     def _scores(self, samples) -> dict[str, list[float]]:
         """Per-sample scores, NaN where a score does not exist."""
@@ -252,9 +360,85 @@ class RewardEvaluator:
                 }
                 if not prefix:
                     scalars[f"within_inputs_{score}"] = stats["within_inputs"]
+        if self.best_of:
+            scalars |= self._best_of(params, samples, scores)
         records = (
             s | {"scores": {k: None if np.isnan(v[i]) else v[i] for k, v in scores.items()}}
             for i, s in enumerate(samples)
         )
         write_predictions(self.ctx, self.name, step, records)
         return scalars, {}
+
+    def _best_of(self, params, samples, scores) -> dict[str, float]:
+        """`best_of_<N>_<ranker>_<score>` (and the KLs): see the class docstring."""
+        by_input: dict[int, list[int]] = {}
+        for k, sample in enumerate(samples):
+            by_input.setdefault(sample["input_index"], []).append(k)
+        lengths = np.array([len(s["tokens"]) for s in samples], np.float64)
+
+        def ranked(rows):
+            values = {
+                name: np.array([f(s["reward"], s["log_prob"], len(s["tokens"])) for s in rows])
+                for name, f in RANKERS.items()
+            }
+            return values | {"random": np.zeros(len(rows))}  # all tied: kept at random
+
+        values = ranked(samples)
+        scores = {k: np.asarray(v, np.float64) for k, v in scores.items()}
+        kls = bool(self.expert_samples)
+        if kls:
+            log_pi = np.array([s["log_prob"] for s in samples])
+            log_p = scores["expert_log_prob"] * lengths  # NaN: invalid
+            expert = [
+                {"input_index": i, "tokens": y, "reward": float(r.sum()), "log_prob": lp}
+                for (i, y), (r, lp) in zip(
+                    self.expert_samples,
+                    self._score(params, self.expert_samples, log_probs=True),
+                    strict=True,
+                )
+            ]
+            expert_values = ranked(expert)
+            expert_rows: dict[int, list[int]] = {}
+            for k, e in enumerate(expert):
+                expert_rows.setdefault(e["input_index"], []).append(k)
+            forward_terms = np.array(
+                [self.expert.log_prob(self.inputs[e["input_index"]], e["tokens"]) for e in expert]
+            ) - np.array([e["log_prob"] for e in expert])
+            forward_tokens = sum(len(e["tokens"]) for e in expert)
+        out = {}
+        for ranker, ranker_values in values.items():
+            for n in self.best_of:
+                sums = dict.fromkeys(["rev", "valid", "valid_len", "fwd"], 0.0)
+                sums |= {key: 0.0 for score in scores for key in (score, f"{score}_w")}
+                for index, rows in by_input.items():
+                    w, log_ratio = best_of_n_weights(ranker_values[rows], n)
+                    for score, score_values in scores.items():
+                        v = score_values[rows]
+                        ok = np.isfinite(v)
+                        sums[score] += float(np.sum(w[ok] * v[ok]))
+                        sums[f"{score}_w"] += float(np.sum(w[ok]))
+                    if kls:
+                        ok = np.isfinite(log_p[rows])
+                        terms = log_pi[rows] + log_ratio - log_p[rows]
+                        sums["rev"] += float(np.sum(w[ok] * terms[ok]))
+                        sums["valid"] += float(np.sum(w[ok]))
+                        sums["valid_len"] += float(np.sum(w[ok] * lengths[rows][ok]))
+                        for e in expert_rows[index]:
+                            query = expert_values[ranker][e]
+                            sums["fwd"] += forward_terms[e] - best_of_n_log_ratio(
+                                ranker_values[rows], n, query
+                            )
+                key = f"best_of_{n}_{ranker}_"
+                for score in scores:
+                    weight = sums[f"{score}_w"]
+                    out[key + score] = sums[score] / weight if weight > 0 else float("nan")
+                if kls:
+                    # As the synthetic_expert evaluator: q_N restricted to valid outputs.
+                    valid, inputs = sums["valid"], len(by_input)
+                    out[key + "reverse_kl"] = (
+                        (sums["rev"] - valid * np.log(valid / inputs)) / sums["valid_len"]
+                        if valid > 0
+                        else float("inf")
+                    )
+                    out[key + "forward_kl"] = sums["fwd"] / forward_tokens
+        return {k: float(v) for k, v in out.items()}
