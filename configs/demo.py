@@ -10,7 +10,10 @@ an MLE run, as in the paper (500 steps):
         --config.init_from=/tmp/demo_mle
 
 `model=t5gemma2` trains the same loss on a T5Gemma 2-shaped model of the same width (Gemma 3
-layers, merged attention, a sliding and a global layer per stack):
+layers, merged attention, a sliding and a global layer per stack); `model=decoder_only` on a
+Llama-style decoder-only model of the T5's parameter count (4 layers of width 64: 194k
+parameters against the T5's 203k; it reads input and output as one sequence, so a step
+costs more):
     python -m irl_lm.main --config=configs/demo.py:loss=iqlearn,model=t5gemma2 --workdir=/tmp/g2
 
 Expected: about 1-2 minutes per run on 2 CPU cores; validity well above 0.9 and forward /
@@ -36,8 +39,8 @@ from irl_lm.config_utils import (
 
 def get_config(arg=None):
     args = parse_arg(arg, **{**LOSS_ARGS, "loss": "iqlearn"}, model="t5")
-    if args["model"] not in ("t5", "t5gemma2"):
-        raise ValueError(f"config arg model={args['model']!r}; allowed: t5, t5gemma2")
+    if args["model"] not in ("t5", "t5gemma2", "decoder_only"):
+        raise ValueError(f"config arg model={args['model']!r}; allowed: t5, t5gemma2, decoder_only")
     config = trainer_defaults()
     config.total_steps = 3000
     config.batch_size = 64
@@ -78,6 +81,17 @@ def get_config(arg=None):
     )
     if args["model"] == "t5gemma2":
         config.model = dict(TINY_MODELS["t5gemma2"], vocab_size=0, dropout_rate=0.0)
+    if args["model"] == "decoder_only":  # the T5's parameter count (194k against 203k)
+        config.model = dict(
+            name="decoder_only",
+            vocab_size=0,
+            hidden_size=64,
+            intermediate_size=160,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            dropout_rate=0.0,
+        )
     config.loss = loss_config(args)
     if config.loss.name == "gail":  # fine-tunes an MLE run (`make demo` points init_from at it)
         config.total_steps, config.checkpoint.every = 500, 500

@@ -71,6 +71,7 @@ def test_policy_and_discriminator_losses_match_numpy():
     np.testing.assert_allclose(loss, pg + kl_coef * kl - entropy_coef * entropy, rtol=1e-5)
     np.testing.assert_allclose(metrics["gail/kl_to_reference"], kl, rtol=1e-5)
     np.testing.assert_allclose(metrics["gail/policy_entropy"], entropy, rtol=1e-5)
+    np.testing.assert_allclose(metrics["gail/reward_std"], np.std(rewards[mask > 0]), rtol=1e-4)
     # The advantage is a constant: the gradient is −A_t ∇ log π(a_t) (+ KL and entropy).
     pg_only = lambda x: policy_loss(
         x, ref_logits, tokens, mask, rewards, gamma=gamma, kl_coef=0.0, entropy_coef=0.0

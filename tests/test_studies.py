@@ -59,6 +59,40 @@ def test_best_of_n_sweeps_train_then_evaluate_the_same_runs(tmp_path):
         sweep.build_points(config, str(tmp_path / "x"))
 
 
+def test_family_sweep_pairs_a_t5_with_a_decoder_only_model_of_its_size(tmp_path):
+    import jax
+    import numpy as np
+
+    from irl_lm import sharding
+    from irl_lm.models import build_model
+
+    config = os.path.join(ROOT, "experiments", "families", "config.py")
+    points = sweep.build_points(config, str(tmp_path), str(tmp_path))
+    assert len(points) == 36 == len({p.name for p in points})
+    gail = [p for p in points if ",gail," in p.name]
+    assert [p.overrides["init_from"] for p in gail] == [
+        str(tmp_path / f"{family},mle,seed={seed}")
+        for family in ("t5", "decoder_only")
+        for seed in (0, 1, 2)
+    ]
+    assert points[-6:] == gail  # after the MLE runs they start from
+    sizes = {}
+    for point in (points[0], points[15]):  # t5,mle and decoder_only,mle
+        resolved = point.resolve_config()
+        assert resolved.total_steps == 3000
+        model = build_model(train.resolve_model_config(resolved))
+        params = jax.eval_shape(
+            lambda model=model, resolved=resolved: model.init(
+                jax.random.PRNGKey(0), train.dummy_batch(resolved, model, 1)
+            )
+        )["params"]
+        leaves = jax.tree.leaves(sharding.unbox(params))
+        sizes[resolved.model.name] = sum(int(np.prod(x.shape)) for x in leaves)
+    assert abs(sizes["decoder_only"] / sizes["t5"] - 1) < 0.05, sizes
+    resolved = gail[0].resolve_config()
+    assert (resolved.total_steps, resolved.evals.expert.every) == (500, 100)
+
+
 @pytest.mark.parametrize("task", ["gsm8k", "tldr", "wmt22", "xsum"])
 def test_paper_task_study_sweeps_build(task, tmp_path):
     assert set(STUDIES) == set(TASK_POINTS)

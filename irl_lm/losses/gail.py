@@ -85,6 +85,13 @@ def policy_loss(
         "gail/kl_to_reference": kl,
         "gail/policy_entropy": entropy,
         "gail/mean_reward": token_mean(rewards_BxT, mask),
+        "gail/reward_std": jnp.sqrt(
+            jnp.maximum(
+                token_mean(jnp.square(rewards_BxT), mask)
+                - jnp.square(token_mean(rewards_BxT, mask)),
+                0.0,
+            )
+        ),
         "gail/sample_length": jnp.mean(jnp.sum(mask, 1)),
     }
 
