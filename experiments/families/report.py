@@ -18,7 +18,7 @@ from absl import app, flags
 from scipy import stats
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-from irl_lm import report  # noqa: E402
+from irl_lm import files, report  # noqa: E402
 
 _OUT = flags.DEFINE_string("out", os.path.dirname(os.path.abspath(__file__)), "Output folder.")
 
@@ -81,6 +81,15 @@ def main(argv):
     os.makedirs(out, exist_ok=True)
     families = [f for f in FAMILY_LABELS if any(k[0] == f for k in found)]
 
+    # What a step costs each family (the MLE runs' own accounting).
+    print("## Compute\n")
+    for family in families:
+        for point in list(found.get((family, "mle"), {}).values())[:1]:
+            results = files.read_json(os.path.join(point.workdir, "results.json"))
+            flops = results["perf"]["model_flops_per_step"]
+            print(f"- {FAMILY_LABELS[family]}: {flops / 1e9:.2f} GFLOP per training step (MLE)")
+    print()
+
     # Every run at its last step.
     table, csv_rows = [], []
     for family in families:
@@ -111,11 +120,12 @@ def main(argv):
                 seeds = sorted(set(mle) & set(other))
                 changes[family] = [other[s].scalars[scalar] - mle[s].scalars[scalar] for s in seeds]
             stats_ = {f: mean_sem(v) for f, v in changes.items()}
-            cells = [fmt(*stats_[f]) for f in families]
+            digits = 2 if "bleu" in scalar else 4 if "kl" in scalar else 3
+            cells = [fmt(*stats_[f], digits) for f in families]
             if len(families) == 2 and all(len(v) > 1 for v in changes.values()):
                 (m1, s1), (m2, s2) = (stats_[f] for f in families)
                 diff, se = m1 - m2, float(np.hypot(s1, s2))
-                cells += [fmt(diff, se), f"{diff / se:+.1f}" if se > 0 else "–"]
+                cells += [fmt(diff, se, digits), f"{diff / se:+.1f}" if se > 0 else "–"]
             else:
                 cells += ["–", "–"]
             table.append([LOSS_LABELS[loss], label, *cells])
