@@ -150,6 +150,25 @@ def scalar_names(points: Sequence[PointResult]) -> list[str]:
     return list(dict.fromkeys(k for p in points for k in p.scalars))
 
 
+def mean_sem(values) -> tuple[float, float]:
+    """Mean and standard error (ddof 1); with an infinite value (a reverse KL with no valid
+    output, say) the mean is infinite and the standard error undefined (NaN), as it is for
+    fewer than 2 values."""
+    values = np.asarray(values, np.float64)
+    if not len(values):
+        return math.nan, math.nan
+    finite = np.isfinite(values).all()
+    sem = float(stats.sem(values, ddof=1)) if len(values) > 1 and finite else math.nan
+    return float(np.mean(values)), sem
+
+
+def mean_sem_text(mean: float, sem: float, digits: int = 3) -> str:
+    """ "0.926 ± 0.005" (no "±" without a standard error; "–" without a mean)."""
+    if mean is None or math.isnan(mean):
+        return "–"
+    return f"{mean:.{digits}f}" if math.isnan(sem) else f"{mean:.{digits}f} ± {sem:.{digits}f}"
+
+
 @dataclasses.dataclass
 class Group:
     key: tuple  # the values of the group-by fields
@@ -160,14 +179,7 @@ class Group:
         return np.array([p.scalars[scalar] for p in self.points if scalar in p.scalars])
 
     def mean_sem(self, scalar: str) -> tuple[float, float]:
-        """Mean and standard error; with an infinite value (a reverse KL with no valid
-        output, say) the mean is infinite and the standard error undefined (NaN)."""
-        values = self.values(scalar)
-        if not len(values):
-            return math.nan, math.nan
-        finite = np.isfinite(values).all()
-        sem = float(stats.sem(values, ddof=1)) if len(values) > 1 and finite else math.nan
-        return float(np.mean(values)), sem
+        return mean_sem(self.values(scalar))
 
     def infinite(self, scalar: str) -> int:
         return int(np.isinf(self.values(scalar)).sum())

@@ -49,7 +49,9 @@ def test_best_of_n_sweeps_train_then_evaluate_the_same_runs(tmp_path):
     assert len(trained) == len(evaluated) == 18
     assert [p.name for p in trained] == [p.name for p in evaluated]
     assert {p.total_steps for p in trained} == {1000, 3000}
-    assert all(p.overrides["init_from"] == q.workdir for p, q in zip(evaluated, trained))
+    assert all(
+        p.overrides["init_from"] == q.workdir for p, q in zip(evaluated, trained, strict=True)
+    )
     resolved = evaluated[0].resolve_config()
     assert resolved.total_steps == 0 and resolved.loss.lam == 0
     assert sorted(resolved.evals) == ["gamma_0_9", "gamma_0_99", "gamma_1"]
@@ -57,6 +59,18 @@ def test_best_of_n_sweeps_train_then_evaluate_the_same_runs(tmp_path):
     assert tuple(resolved.evals.gamma_1.best_of) == (1, 2, 4, 8, 16)
     with pytest.raises(ValueError, match="sweep arg: 'policies'"):
         sweep.build_points(config, str(tmp_path / "x"))
+
+
+def test_convergence_learning_rate_grid_covers_every_size(tmp_path):
+    config = os.path.join(ROOT, "experiments", "convergence", "config.py")
+    points = sweep.build_points(config, str(tmp_path))
+    assert len(points) == 10 == len({p.name for p in points})
+    grid = {(p.overrides["model.d_model"], p.overrides["optimizer.learning_rate"]) for p in points}
+    assert grid == {(d, lr) for d in (32, 64, 128) for lr in (1e-3, 3e-3, 1e-2)}
+    assert sorted(p.total_steps for p in points)[-2:] == [3000, 6000]
+    resolved = points[-1].resolve_config()
+    assert (resolved.total_steps, resolved.model.d_model, resolved.loss.lam) == (6000, 64, 0.0)
+    assert resolved.evals.validation.every == 250
 
 
 def test_family_sweep_pairs_a_t5_with_a_decoder_only_model_of_its_size(tmp_path):

@@ -14,7 +14,6 @@ import sys
 
 import numpy as np
 from absl import app, flags
-from scipy import stats
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from irl_lm import report  # noqa: E402
@@ -58,13 +57,9 @@ def policy_label(key) -> str:
     return f"{'MLE' if lam == 0 else f'IQLearn λ={lam:g}'}, {steps} steps"
 
 
-def mean_sem(points, scalar):
-    values = np.array([p.scalars[scalar] for p in points if scalar in p.scalars])
-    if not len(values):
-        return np.nan, np.nan
-    if len(values) < 2 or not np.isfinite(values).all():
-        return float(np.mean(values)), np.nan
-    return float(np.mean(values)), float(stats.sem(values, ddof=1))
+def seed_stats(points, scalar):
+    """Mean and standard error of `scalar` over the points (seeds) that have it."""
+    return report.mean_sem([p.scalars[scalar] for p in points if scalar in p.scalars])
 
 
 def best_of_ns(points) -> list[int]:
@@ -91,7 +86,9 @@ def plot(groups, ns, measure, path):
             ax = axes[row][col]
             points = groups.get((step, lam), [])
             for ranker, label in RANKERS.items():
-                ys = [mean_sem(points, f"{PLOT_GAMMA}/best_of_{n}_{ranker}_{measure}") for n in ns]
+                ys = [
+                    seed_stats(points, f"{PLOT_GAMMA}/best_of_{n}_{ranker}_{measure}") for n in ns
+                ]
                 ax.errorbar(
                     ns,
                     [m for m, _ in ys],
@@ -118,14 +115,6 @@ def plot(groups, ns, measure, path):
     report._save(fig, path)
 
 
-def fmt(mean, sem, digits=3):
-    if np.isnan(mean):
-        return "–"
-    if np.isnan(sem):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {sem:.{digits}f}"
-
-
 def main(argv):
     if len(argv) != 2:
         raise app.UsageError("usage: plot.py SWEEP_DIR [--out=DIR]")
@@ -147,7 +136,7 @@ def main(argv):
             for ranker in RANKERS:
                 for n in ns:
                     for measure in MEASURES:
-                        m, s = mean_sem(pts, f"{gamma}/best_of_{n}_{ranker}_{measure}")
+                        m, s = seed_stats(pts, f"{gamma}/best_of_{n}_{ranker}_{measure}")
                         rows.append([key[0], key[1], gamma, ranker, n, measure, len(pts), m, s])
     header = ["steps", "lam", "gamma", "ranker", "n", "measure", "seeds", "mean", "sem"]
     with open(os.path.join(out, "best_of.csv"), "w") as f:
@@ -167,7 +156,9 @@ def main(argv):
                         policy_label(key),
                         ranker,
                         *[
-                            fmt(*mean_sem(pts, f"{PLOT_GAMMA}/best_of_{n}_{ranker}_{measure}"))
+                            report.mean_sem_text(
+                                *seed_stats(pts, f"{PLOT_GAMMA}/best_of_{n}_{ranker}_{measure}")
+                            )
                             for n in ns
                         ],
                     ]
@@ -181,15 +172,12 @@ def main(argv):
         for gamma in gammas:
             cells = []
             for n in ns[1:]:
-                diffs = np.array(
-                    [
-                        p.scalars[f"{gamma}/best_of_{n}_reward_validity"]
-                        - p.scalars[f"{gamma}/best_of_{n}_logprob_validity"]
-                        for p in pts
-                    ]
-                )
-                sem = stats.sem(diffs, ddof=1) if len(diffs) > 1 else np.nan
-                cells.append(fmt(float(np.mean(diffs)), float(sem), 4))
+                diffs = [
+                    p.scalars[f"{gamma}/best_of_{n}_reward_validity"]
+                    - p.scalars[f"{gamma}/best_of_{n}_logprob_validity"]
+                    for p in pts
+                ]
+                cells.append(report.mean_sem_text(*report.mean_sem(diffs), 4))
             table.append(
                 [policy_label(key), gamma.removeprefix("gamma_").replace("_", "."), *cells]
             )
@@ -200,14 +188,14 @@ def main(argv):
         for gamma in gammas:
             cells = []
             for scalar in CORRELATIONS:
-                m, s = mean_sem(pts, f"{gamma}/{scalar}")
+                m, s = seed_stats(pts, f"{gamma}/{scalar}")
                 grows.append([key[0], key[1], gamma, scalar, len(pts), m, s])
-                cells.append(fmt(m, s))
-            m, s = mean_sem(pts, f"{gamma}/logprob_within_spearman_validity")
+                cells.append(report.mean_sem_text(m, s))
+            m, s = seed_stats(pts, f"{gamma}/logprob_within_spearman_validity")
             grows.append(
                 [key[0], key[1], gamma, "logprob_within_spearman_validity", len(pts), m, s]
             )
-            cells.append(fmt(m, s))
+            cells.append(report.mean_sem_text(m, s))
             table.append(
                 [policy_label(key), gamma.removeprefix("gamma_").replace("_", "."), *cells]
             )

@@ -47,21 +47,6 @@ GAIL_TAGS = {
 }
 
 
-def fmt(mean, sem, digits=3):
-    if mean is None or np.isnan(mean):
-        return "–"
-    return f"{mean:.{digits}f}" if np.isnan(sem) else f"{mean:.{digits}f} ± {sem:.{digits}f}"
-
-
-def mean_sem(values):
-    values = np.asarray(values, np.float64)
-    if not len(values):
-        return np.nan, np.nan
-    if len(values) < 2 or not np.isfinite(values).all():
-        return float(np.mean(values)), np.nan
-    return float(np.mean(values)), float(stats.sem(values, ddof=1))
-
-
 def runs(points):
     """(family, loss) -> {seed: point} of finished points."""
     out = {}
@@ -99,8 +84,8 @@ def main(argv):
                 continue
             cells = []
             for scalar in MEASURES:
-                m, s = mean_sem([p.scalars[scalar] for p in seeds.values()])
-                cells.append(fmt(m, s, 1 if "bleu" in scalar else 3))
+                m, s = report.mean_sem([p.scalars[scalar] for p in seeds.values()])
+                cells.append(report.mean_sem_text(m, s, 1 if "bleu" in scalar else 3))
                 csv_rows.append([family, loss, scalar, len(seeds), m, s])
             table.append([FAMILY_LABELS[family], LOSS_LABELS[loss], str(len(seeds)), *cells])
     with open(os.path.join(out, "results.csv"), "w") as f:
@@ -119,13 +104,16 @@ def main(argv):
                 mle, other = found.get((family, "mle"), {}), found.get((family, loss), {})
                 seeds = sorted(set(mle) & set(other))
                 changes[family] = [other[s].scalars[scalar] - mle[s].scalars[scalar] for s in seeds]
-            stats_ = {f: mean_sem(v) for f, v in changes.items()}
+            stats_ = {f: report.mean_sem(v) for f, v in changes.items()}
             digits = 2 if "bleu" in scalar else 4 if "kl" in scalar else 3
-            cells = [fmt(*stats_[f], digits) for f in families]
+            cells = [report.mean_sem_text(*stats_[f], digits) for f in families]
             if len(families) == 2 and all(len(v) > 1 for v in changes.values()):
                 (m1, s1), (m2, s2) = (stats_[f] for f in families)
                 diff, se = m1 - m2, float(np.hypot(s1, s2))
-                cells += [fmt(diff, se, digits), f"{diff / se:+.1f}" if se > 0 else "–"]
+                cells += [
+                    report.mean_sem_text(diff, se, digits),
+                    f"{diff / se:+.1f}" if se > 0 else "–",
+                ]
             else:
                 cells += ["–", "–"]
             table.append([LOSS_LABELS[loss], label, *cells])
