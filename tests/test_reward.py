@@ -7,6 +7,7 @@ import os
 import jax
 import numpy as np
 import pytest
+import scipy.special
 import scipy.stats
 from conftest import TINY_DECODER_ONLY, teacher_forced_logits
 from test_configs import CONFIG_DIR, load
@@ -126,6 +127,18 @@ def test_best_of_n_log_ratio_of_a_new_sample_estimates_n_f_to_the_n_minus_1():
         ]
         assert np.mean(estimates) == pytest.approx(np.log(n) + (n - 1) * np.log(u), abs=0.03)
     assert evaluators.reward.best_of_n_log_ratio(np.array([1.0, 2.0]), 1, 5.0) == 0.0
+    # Exact: over a query drawn from π its rank among M pool values is uniform on 0..M, and
+    # the estimate averages to E_π[log q_n/π] = log n + (n − 1) E[log U] = log n − (n − 1).
+    pool = np.arange(16.0)
+    for n in (2, 7, 16):
+        estimates = [evaluators.reward.best_of_n_log_ratio(pool, n, c - 0.5) for c in range(17)]
+        assert np.mean(estimates) == pytest.approx(np.log(n) - (n - 1), abs=1e-12)
+    # A value the pool holds twice, at the top of 4: F_lo = 1/2, F_hi = 1.
+    atom = evaluators.reward.best_of_n_log_ratio(np.array([0.0, 1.0, 3.0, 3.0]), 3, 3.0)
+    assert atom == pytest.approx(np.log((1 - 0.125) / 0.5))
+    # NaN ranks below every number (a diverged model's reward is never the one kept).
+    weights, _ = evaluators.reward.best_of_n_weights(np.array([np.nan, 0.0, 1.0]), 2)
+    np.testing.assert_allclose(weights, [0, 1 / 3, 2 / 3])
 
 
 def _context(config, model, tmp_path):
@@ -219,15 +232,22 @@ def test_reward_evaluator_best_of_n_keeps_what_every_subset_keeps(make_config, t
         made_up = evaluator._best_of(params, samples, {"validity": valid, "expert_log_prob": log_p})
         with pytest.raises(ValueError, match=r"config.evals.r.best_of=\(8,\): each N must"):
             evaluators.RewardEvaluator(ctx, "r", num_samples=4, best_of=(8,))
+        with pytest.raises(ValueError, match="config.evals.r: best_of scores the expert's"):
+            evaluators.RewardEvaluator(ctx, "r", num_samples=4, best_of=(2,), max_decode_len=2)
     with open(tmp_path / "predictions" / "reward" / "3.jsonl") as f:
         rows = [json.loads(line) for line in f]
     assert [r["tokens"] for r in rows] == [s["tokens"] for s in samples]  # one rng
     assert scalars["best_of_4_reward_validity"] == 0.0  # an untrained policy
     assert scalars["best_of_4_reward_reverse_kl"] == np.inf
+    # A sequence sampled twice for one input is ranked once (its first sample's values).
+    first = {}
+    for r in rows:
+        first.setdefault((r["input_index"], tuple(r["tokens"])), r)
+    same = [first[(r["input_index"], tuple(r["tokens"]))] for r in rows]
     rankers = {
-        "reward": [r["reward"] for r in rows],
-        "logprob": [r["log_prob"] for r in rows],
-        "mean_logprob": [r["log_prob"] / len(r["tokens"]) for r in rows],
+        "reward": [r["reward"] for r in same],
+        "logprob": [r["log_prob"] for r in same],
+        "mean_logprob": [r["log_prob"] / len(r["tokens"]) for r in same],
         "random": [0.0] * len(rows),
     }
     lengths = np.array([len(r["tokens"]) for r in rows])
@@ -247,10 +267,27 @@ def test_reward_evaluator_best_of_n_keeps_what_every_subset_keeps(make_config, t
                     assert out[key + "forward_kl"] == pytest.approx(
                         expert_scalars["forward_kl"], rel=1e-5
                     ), key
-                terms = log_pi[ok] - log_p[ok] * lengths[ok]
-                v = ok.sum()
-                reverse = (terms.sum() - v * np.log(v / len(rows))) / lengths[ok].sum()
-                assert made_up[key + "reverse_kl"] == pytest.approx(reverse, rel=1e-5), key
+            # log q_n/π at each sample from its rank in its input's pool (scipy's ranks):
+            # log n + (n − 1)(ψ(j) − ψ(M + 1)) for a value held once, the atom's
+            # (F_hi^n − F_lo^n)/(F_hi − F_lo) for one held more often.
+            log_ratio = []
+            for i in range(0, len(rows), 4):
+                pool = np.asarray(values[i : i + 4], float)
+                lo = scipy.stats.rankdata(pool, method="min") - 1
+                hi = scipy.stats.rankdata(pool, method="max")
+                for low, high in zip(lo, hi, strict=True):
+                    if high - low == 1:
+                        psi = scipy.special.digamma([high, 5])
+                        log_ratio.append(np.log(n) + (n - 1) * (psi[0] - psi[1]))
+                    else:
+                        f_lo, f_hi = low / 4, high / 4
+                        log_ratio.append(np.log((f_hi**n - f_lo**n) / (f_hi - f_lo)))
+            terms = (log_pi + np.array(log_ratio) - log_p * lengths)[ok]
+            v = np.sum(kept[ok])
+            reverse = (np.sum(kept[ok] * terms) - v * np.log(v / 5)) / np.sum(
+                kept[ok] * lengths[ok]
+            )
+            assert made_up[key + "reverse_kl"] == pytest.approx(reverse, rel=1e-5), key
     # Keeping what the policy likes most moves the kept samples away from the expert's
     # spread: a larger forward KL than the policy's own.
     assert made_up["best_of_4_logprob_forward_kl"] > made_up["best_of_1_logprob_forward_kl"]

@@ -89,6 +89,12 @@ RANKERS = {
 }
 
 
+def _ranked_lowest_if_nan(values) -> np.ndarray:
+    """A NaN ranker value (a diverged model's reward, say) ranks below every number."""
+    values = np.asarray(values, np.float64)
+    return np.where(np.isnan(values), -np.inf, values)
+
+
 def best_of_n_weights(values, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Best-of-n from a pool of M ≥ n samples of one input (y_j ~ π) ranked by `values`:
 
@@ -102,7 +108,7 @@ def best_of_n_weights(values, n: int) -> tuple[np.ndarray, np.ndarray]:
       log n − (n−1)/n. A value that repeats (one sequence sampled twice, an atom of π) has
       ratio (F_hi^n − F_lo^n)/(F_hi − F_lo), plugged in from the pool.
     """
-    values = np.asarray(values, np.float64)
+    values = _ranked_lowest_if_nan(values)
     m = len(values)
     if not 1 <= n <= m:
         raise ValueError(f"best-of-{n} needs 1 ≤ n ≤ the {m} samples of an input")
@@ -129,8 +135,12 @@ def best_of_n_log_ratio(values, n: int, query: float) -> float:
     """An estimate of log q_n(y)/π(y) (`best_of_n_weights`) at a y that is not one of the
     pool's samples (an expert sample, for the forward KL), ranked `query`: with c of the M
     pool values below it, F ~ Beta(c + 1, M − c + 1) and E[log F] = ψ(c + 1) − ψ(M + 2); a
-    value the pool holds too is an atom (plug-in, as there)."""
-    values = np.asarray(values, np.float64)
+    value the pool holds too is an atom (plug-in, as there). The estimate averages to the
+    exact E_π[log q_n/π] = log n − (n − 1) over a query drawn from π; at a y ranked below
+    the whole pool it cannot go below log n + (n − 1)(ψ(1) − ψ(M + 2)) (−3.4 (n − 1) at
+    M = 16), so where π puts little mass on what the expert emits, a forward KL built on it
+    is underestimated at large n."""
+    values, query = _ranked_lowest_if_nan(values), _ranked_lowest_if_nan([query])[0]
     m = len(values)
     below, equal = int(np.sum(values < query)), int(np.sum(values == query))
     if equal:
@@ -192,6 +202,13 @@ class RewardEvaluator:
             )
         self.ctx, self.name, self.num_samples = ctx, name, num_samples
         self.num_bootstrap, self.seed = num_bootstrap, seed
+        expert = ctx.task.expert
+        if self.best_of and expert and 0 < max_decode_len < expert.spec.max_target_len:
+            raise ValueError(
+                f"config.evals.{name}: best_of scores the expert's own samples, up to "
+                f"{expert.spec.max_target_len} tokens; max_decode_len={max_decode_len} is "
+                "shorter: leave it 0"
+            )
         self.gamma = gamma or ctx.gamma
         if ctx.task.expert is not None:
             self.expert = ctx.task.expert
@@ -383,7 +400,13 @@ class RewardEvaluator:
             }
             return values | {"random": np.zeros(len(rows))}  # all tied: kept at random
 
-        values = ranked(samples)
+        # One value per sequence: a sequence sampled twice (or also drawn from the expert)
+        # is one atom of π, ranked once, whatever the last bits of its two computations.
+        first: dict[tuple, int] = {}
+        for k, s in enumerate(samples):
+            first.setdefault((s["input_index"], tuple(s["tokens"])), k)
+        same = [first[(s["input_index"], tuple(s["tokens"]))] for s in samples]
+        values = {name: v[same] for name, v in ranked(samples).items()}
         scores = {k: np.asarray(v, np.float64) for k, v in scores.items()}
         kls = bool(self.expert_samples)
         if kls:
@@ -398,6 +421,11 @@ class RewardEvaluator:
                 )
             ]
             expert_values = ranked(expert)
+            for k, e in enumerate(expert):
+                pooled = first.get((e["input_index"], tuple(e["tokens"])))
+                if pooled is not None:  # the same sequence as a pool sample: its value
+                    for name, v in expert_values.items():
+                        v[k] = values[name][pooled]
             expert_rows: dict[int, list[int]] = {}
             for k, e in enumerate(expert):
                 expert_rows.setdefault(e["input_index"], []).append(k)
