@@ -57,8 +57,7 @@ def test_best_of_n_sweeps_train_then_evaluate_the_same_runs(tmp_path):
     assert sorted(resolved.evals) == ["gamma_0_9", "gamma_0_99", "gamma_1"]
     assert resolved.evals.gamma_0_9.gamma == 0.9
     assert tuple(resolved.evals.gamma_1.best_of) == (1, 2, 4, 8, 16)
-    with pytest.raises(ValueError, match="sweep arg: 'policies'"):
-        sweep.build_points(config, str(tmp_path / "x"))
+    assert len(sweep.build_points(config, str(tmp_path / "x"))) == 18  # default: policies
 
 
 def test_convergence_learning_rate_grid_covers_every_size(tmp_path):

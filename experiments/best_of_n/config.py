@@ -1,6 +1,7 @@
 """Best-of-N reranking with the extracted reward on the exact expert (PAPER.md §5).
 
-Two sweeps. `--sweep_arg=policies` trains the policies: MLE and IQLearn (λ ∈ {0.03, 0.1})
+Two sweeps. `--sweep_arg=policies` (the default) trains the policies: MLE and IQLearn
+(λ ∈ {0.03, 0.1})
 × 3 seeds at two budgets, 1000 steps (configs/expert_study.py, MLE validity about 0.7) and
 3000 steps (configs/demo.py's, about 0.94):
 
@@ -58,7 +59,7 @@ def _name(steps, lam, seed):
 
 
 def sweep(arg=None):
-    if arg == "policies":
+    if arg in (None, "", "policies"):  # the default: train the policies
         return [
             {
                 "config_arg": "loss=iqlearn",
@@ -72,10 +73,6 @@ def sweep(arg=None):
             for lam in LAMBDAS
             for seed in SEEDS
         ]
-    if not arg:
-        raise ValueError(
-            "sweep arg: 'policies' (train the policies) or the folder of that sweep (evaluate them)"
-        )
     return [
         {
             "config_arg": "loss=iqlearn,evals=best_of",
