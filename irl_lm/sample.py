@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from irl_lm import checkpointing, decoding, files, sharding
 from irl_lm.data.vocabularies import load_vocabulary
-from irl_lm.evaluators.reward import RANKERS
+from irl_lm.losses.iqlearn import RANKERS
 from irl_lm.models import build_model
 
 

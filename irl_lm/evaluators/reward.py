@@ -21,6 +21,7 @@ from irl_lm.evaluators.common import (
     token_log_probs_fn,
     write_predictions,
 )
+from irl_lm.losses.iqlearn import RANKERS
 from irl_lm.metrics import ids_to_text
 
 
@@ -78,15 +79,6 @@ def rank_correlations(rewards, scores, groups, *, num_bootstrap=1000, seed=0) ->
         out[name] = float(out[name])
         out[f"{name}_se"] = se
     return out
-
-
-# How a ranker scores one sample from its R, log π(y|x) and length (irl_lm.sample --rerank,
-# the reward evaluator's best_of). "random" (best_of only) ignores the sample.
-RANKERS = {
-    "reward": lambda reward, log_prob, length: reward,
-    "logprob": lambda reward, log_prob, length: log_prob,
-    "mean_logprob": lambda reward, log_prob, length: log_prob / length,
-}
 
 
 def _ranked_lowest_if_nan(values) -> np.ndarray:

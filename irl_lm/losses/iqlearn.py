@@ -84,6 +84,15 @@ def sequence_rewards(logits_BxTxV, targets_BxT, weights_BxT, *, gamma, eos_id):
     return rewards_BxT, jnp.sum(rewards_BxT, axis=1)
 
 
+# How a reranker scores one output from its extracted reward R = Σ_t r_t, its log π(y|x) and
+# its length (irl_lm.sample --rerank, the reward evaluator's best_of).
+RANKERS = {
+    "reward": lambda reward, log_prob, length: reward,
+    "logprob": lambda reward, log_prob, length: log_prob,
+    "mean_logprob": lambda reward, log_prob, length: log_prob / length,
+}
+
+
 def data_terms(logits_BxTxV, targets_BxT, weights_BxT, *, gamma, eos_id, segment_ids_BxT):
     """The per-token pieces of IQLearn on data: (NLL, V `[B, T]`, V_{t+1}, δ, TD mask, χ²).
 
