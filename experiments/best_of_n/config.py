@@ -1,9 +1,8 @@
 """Best-of-N reranking with the extracted reward on the exact expert (PAPER.md §5).
 
 Two sweeps. `--sweep_arg=policies` (the default) trains the policies: MLE and IQLearn
-(λ ∈ {0.03, 0.1})
-× 3 seeds at two budgets, 1000 steps (configs/expert_study.py, MLE validity about 0.7) and
-3000 steps (configs/demo.py's, about 0.94):
+(λ ∈ {0.03, 0.1}) × 3 seeds at two budgets, 1000 steps (configs/expert_study.py, MLE
+validity about 0.7) and 3000 steps (configs/demo.py's, about 0.94):
 
     python -m irl_lm.sweep --config=experiments/best_of_n/config.py --sweep_arg=policies \
         --workdir=workdirs/best_of_n_policies --parallel=2
@@ -59,25 +58,16 @@ def _name(steps, lam, seed):
 
 
 def sweep(arg=None):
-    if arg in (None, "", "policies"):  # the default: train the policies
-        return [
-            {
-                "config_arg": "loss=iqlearn",
-                "total_steps": steps,
-                "checkpoint.every": steps,
-                "loss.lam": lam,
-                "seed": seed,
-                "name": _name(steps, lam, seed),
-            }
-            for steps in STEPS
-            for lam in LAMBDAS
-            for seed in SEEDS
-        ]
+    """`policies` (the default) trains the policies; a folder of them evaluates each one."""
+    train = arg in (None, "", "policies")
     return [
         {
-            "config_arg": "loss=iqlearn,evals=best_of",
-            "init_from": os.path.join(arg, _name(steps, lam, seed)),
-            "total_steps": 0,
+            "config_arg": "loss=iqlearn" if train else "loss=iqlearn,evals=best_of",
+            **(
+                {"total_steps": steps, "checkpoint.every": steps}
+                if train
+                else {"init_from": os.path.join(arg, _name(steps, lam, seed)), "total_steps": 0}
+            ),
             "loss.lam": lam,
             "seed": seed,
             "name": _name(steps, lam, seed),
