@@ -72,6 +72,45 @@ def test_convergence_learning_rate_grid_covers_every_size(tmp_path):
     assert resolved.evals.validation.every == 250
 
 
+def test_convergence_studies_share_their_runs_and_evaluate_study_1s(tmp_path):
+    """Studies 1, 2 and 4 at convergence in one folder (a run two studies share runs once,
+    each size at its grid-picked rate); studies 3 and 5 evaluate that folder's runs."""
+    config = os.path.join(ROOT, "experiments", "convergence", "config.py")
+    module = sweep.load_config_module(config)
+    train = sweep.build_points(config, str(tmp_path / "train"), "train")
+    # study 1: 10 losses; 2: 3 sizes x 2 losses, d_model 64 shared; 4: 4 sizes x 3 losses,
+    # 20k shared (MLE, λ 0.1 and β 0.01 are in study 1): 10 + 4 + 9 runs x 3 seeds
+    assert len(train) == 69 == len({p.name for p in train})
+    assert {p.total_steps for p in train} == {module.STEPS}
+    for point in train:
+        d_model = point.overrides["model.d_model"]
+        assert point.overrides["optimizer.learning_rate"] == module.LEARNING_RATES[d_model]
+    sizes = {(p.overrides["model.d_model"], p.overrides["task.num_train_examples"]) for p in train}
+    assert sizes == {(32, 20_000), (128, 20_000), *((64, n) for n in module.DATA_SIZES)}
+    resolved = train[0].resolve_config()
+    assert (resolved.total_steps, resolved.evals.expert.every) == (module.STEPS, 250)
+
+    evaluated = sweep.build_points(config, str(tmp_path / "eval"), f"evaluate:{tmp_path}/train")
+    assert len(evaluated) == 63 + 18 + 3 == len({p.name for p in evaluated})
+    names = {p.workdir for p in train}
+    from_runs = [p for p in evaluated if "init_from" in p.overrides]
+    assert {p.overrides["init_from"] for p in from_runs} <= names
+    assert all(p.total_steps == 0 for p in from_runs)
+    decoded = [p for p in from_runs if "evals.expert.method" in p.overrides]
+    assert len(decoded) == 63 and sorted(decoded[0].resolve_config().evals) == ["expert"]
+    online = [p for p in evaluated if "init_from" not in p.overrides]
+    assert [p.total_steps for p in online] == [module.STEPS] * 3
+    resolved = online[0].resolve_config()
+    assert resolved.loss.name == "iqlearn_online" and sorted(resolved.evals) == [
+        "expert",
+        "reward",
+    ]
+    with pytest.raises(ValueError, match="allowed: lr, train, evaluate:FOLDER"):
+        module.sweep("evaluate")
+    with pytest.raises(ValueError, match="evals=best"):
+        module.get_config("evals=best")
+
+
 def test_family_sweep_pairs_a_t5_with_a_decoder_only_model_of_its_size(tmp_path):
     import jax
     import numpy as np
