@@ -111,6 +111,26 @@ def test_convergence_studies_share_their_runs_and_evaluate_study_1s(tmp_path):
         module.get_config("evals=best")
 
 
+def test_convergence_report_stops_early_at_the_lowest_held_out_nll():
+    import importlib.util
+    import math
+
+    path = os.path.join(ROOT, "experiments", "convergence", "report.py")
+    spec = importlib.util.spec_from_file_location("convergence_report", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    events = {
+        "eval/validation/mle_entropy/nll": [(250, 2.0), (500, 1.3), (750, 1.6)],
+        "eval/expert/validity": [(250, 0.1), (500, 0.55), (750, 0.6)],
+        "eval/expert/forward_kl": [(250, 0.9), (750, 0.2)],
+    }
+    stopped = module.at_lowest_nll(events)
+    assert (stopped["step"], stopped["nll"], stopped["validity"]) == (500, 1.3, 0.55)
+    assert math.isnan(stopped["forward_kl"])  # not evaluated at that step: no neighbour's
+    assert module.z_values([1.0, 3.0], [0.0, 0.0]) == "+2 (+2.0 s.e.)"
+    assert module.z_values([1.0], [0.0, 0.0]) == "–"
+
+
 def test_family_sweep_pairs_a_t5_with_a_decoder_only_model_of_its_size(tmp_path):
     import jax
     import numpy as np

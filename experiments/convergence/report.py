@@ -40,6 +40,7 @@ REWARD = {
     "reward/within_spearman_expert_log_prob": "ρ(R, log p_E) within input",
     "reward/logprob_within_spearman_expert_log_prob": "ρ(log π, log p_E) within input",
     "reward/spearman_validity": "ρ(R, validity) pooled",
+    "reward/logprob_spearman_validity": "ρ(log π, validity) pooled",
 }
 
 
@@ -82,11 +83,29 @@ def cell(points, scalar, digits=3):
 
 def z(a, b, scalar) -> str:
     """a − b ± combined s.e., and the difference in s.e."""
-    (ma, sa), (mb, sb) = report.mean_sem(values(a, scalar)), report.mean_sem(values(b, scalar))
-    se = math.hypot(sa, sb)
-    if not (len(a) > 1 and len(b) > 1 and se > 0):
+    return z_values(values(a, scalar), values(b, scalar))
+
+
+def z_values(a, b) -> str:
+    if not (len(a) > 1 and len(b) > 1):
         return "–"
+    (ma, sa), (mb, sb) = report.mean_sem(a), report.mean_sem(b)
+    se = math.hypot(sa, sb)
+    if se == 0:
+        return f"{ma - mb:+.3g} (s.e. 0)"
     return f"{ma - mb:+.3g} ({(ma - mb) / se:+.1f} s.e.)"
+
+
+def at_lowest_nll(events) -> dict:
+    """Early stopping on the held-out NLL: its lowest value, the step, and the expert
+    evaluator's validity and forward KL at that step."""
+    tag = next(f"eval/{k}" for k in NLL if f"eval/{k}" in events)
+    step, lowest = min(events[tag], key=lambda sv: sv[1])
+    at = {
+        k: dict(events.get(f"eval/expert/{k}", [])).get(step, math.nan)
+        for k in ("validity", "forward_kl")
+    }
+    return {"nll": lowest, "step": step, **at}
 
 
 def grid_section(points, out):
@@ -221,9 +240,10 @@ def main(argv):
                 len(ps),
                 *(cell(ps, s, k) for s, (_, k) in EXPERT.items()),
                 cell(ps, "nll", 4),
-                z(ps, mle, "expert/validity"),
-                z(ps, mle, "expert/self_bleu"),
-                z(ps, mle, "expert/reverse_kl"),
+                *(
+                    z(ps, mle, s) if loss != "mle" else ""
+                    for s in ("expert/validity", "expert/self_bleu", "expert/reverse_kl")
+                ),
             ]
         )
     header = [
@@ -319,38 +339,39 @@ def main(argv):
         print(report._md(["loss", "validity: beam 4 − T = 1 (paired by seed)"], rows) + "\n")
 
     print("## Claim 4: training-set size (d_model 64)\n")
-    events = {}
+    print(
+        "Early stopping on the held-out NLL: each run's lowest value, and the expert "
+        "evaluator's validity and forward KL at that step (128 inputs × 4 samples).\n"
+    )
+    early = {}
     rows = []
-    for (loss, d, n), ps in sorted(runs.items(), key=lambda kv: (kv[0][2], kv[0][0])):
-        if d != d0 or loss not in ("mle", "lam=0.1", "beta=0.01"):
+    order = ("mle", "lam=0.1", "beta=0.01")
+    rank = {loss: i for i, loss in enumerate(order)}
+    for (loss, d, n), ps in sorted(runs.items(), key=lambda kv: (kv[0][2], rank.get(kv[0][0], 9))):
+        if d != d0 or loss not in order:
             continue
-        for p in ps:
-            events[p.name] = report.read_scalar_events(p.workdir)
-        lowest = [
-            min(
-                (
-                    v
-                    for _, v in events[p.name].get(
-                        next(f"eval/{k}" for k in NLL if f"eval/{k}" in events[p.name]), []
-                    )
-                ),
-                default=math.nan,
-            )
-            for p in ps
-        ]
-        rise = [nll(p) - lo for p, lo in zip(ps, lowest, strict=True)]
-        ref = runs.get(("mle", d, n), [])
+        stopped = [at_lowest_nll(report.read_scalar_events(p.workdir)) for p in ps]
+        early[loss, n] = stopped
+        ref = early.get(("mle", n), [])
+        mle = runs.get(("mle", d, n), [])
+
+        def col(key, runs_=stopped):
+            return [r[key] for r in runs_]
+
         rows.append(
             [
                 n,
                 label(loss),
                 len(ps),
                 cell(ps, "nll", 3),
-                report.mean_sem_text(*report.mean_sem(rise)),
-                cell(ps, "expert/forward_kl"),
+                f"{report.mean_sem_text(*report.mean_sem(col('nll')), 3)} "
+                f"(step {np.mean(col('step')):.0f})",
                 cell(ps, "expert/validity"),
-                z(ps, ref, "nll") if loss != "mle" else "",
-                z(ps, ref, "expert/forward_kl") if loss != "mle" else "",
+                report.mean_sem_text(*report.mean_sem(col("validity"))),
+                report.mean_sem_text(*report.mean_sem(col("forward_kl"))),
+                z(ps, mle, "nll") if loss != "mle" else "",
+                z_values(col("nll"), col("nll", ref)) if loss != "mle" else "",
+                z_values(col("validity"), col("validity", ref)) if loss != "mle" else "",
             ]
         )
     header = [
@@ -358,11 +379,13 @@ def main(argv):
         "loss",
         "seeds",
         "held-out NLL, last",
-        "rise above its lowest",
-        "forward KL",
-        "validity",
-        "NLL − MLE",
-        "forward KL − MLE",
+        "lowest (mean step)",
+        "validity, last",
+        "validity at the lowest NLL",
+        "forward KL at the lowest NLL",
+        "last NLL − MLE",
+        "lowest NLL − MLE",
+        "validity at lowest − MLE",
     ]
     print(report._md(header, rows) + "\n")
 
@@ -381,14 +404,14 @@ def main(argv):
             )
         print(report._md(["loss", "seeds", *REWARD.values(), "pooled ρ(R) − MLE"], rows) + "\n")
 
-    nll_plot(runs, events, os.path.join(out, "nll_curves.png"))
+    nll_plot(runs, os.path.join(out, "nll_curves.png"))
     budget_plot(runs, os.path.join(out, "budgets.png"))
 
 
-def mean_curve(ps, events):
+def mean_curve(ps):
     series = []
     for p in ps:
-        tags = events.get(p.name) or report.read_scalar_events(p.workdir)
+        tags = report.read_scalar_events(p.workdir)
         tag = next((f"eval/{k}" for k in NLL if f"eval/{k}" in tags), None)
         if tag:
             series.append(dict(tags[tag]))
@@ -400,10 +423,10 @@ def mean_curve(ps, events):
     return steps, v.mean(0), sem
 
 
-def nll_plot(runs, events, path):
+def nll_plot(runs, path):
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5), dpi=110)
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9), dpi=110)
     panels = [
         (
             "20k examples",
@@ -416,12 +439,13 @@ def nll_plot(runs, events, path):
                 ("beta=0.3", 20_000),
             ],
         ),
-        ("1,000 examples", [(loss, 1000) for loss in ("mle", "lam=0.1", "beta=0.01")]),
-        ("250 examples", [(loss, 250) for loss in ("mle", "lam=0.1", "beta=0.01")]),
+    ] + [
+        (f"{n:,} examples", [(loss, n) for loss in ("mle", "lam=0.1", "beta=0.01")])
+        for n in (4000, 1000, 250)
     ]
-    for ax, (title, lines) in zip(axes, panels, strict=True):
+    for ax, (title, lines) in zip(axes.flat, panels, strict=True):
         for i, (loss, n) in enumerate(lines):
-            steps, mean, sem = mean_curve(runs.get((loss, 64, n), []), events)
+            steps, mean, sem = mean_curve(runs.get((loss, 64, n), []))
             if not steps:
                 continue
             ax.plot(steps, mean, "o-", markersize=2, color=f"C{i}", label=label(loss))
