@@ -25,7 +25,6 @@ from irl_lm import report  # noqa: E402
 from irl_lm.config_utils import format_value  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-_OUT = flags.DEFINE_string("out", HERE, "Output folder.")
 STUDY_1_1000 = os.path.join(HERE, "..", "lambda_entropy", "groups.csv")
 NLL = ("validation/iqlearn/nll", "validation/mle_entropy/nll")
 EXPERT = {
@@ -205,7 +204,7 @@ def grid_plot(events, floor, path):
 def main(argv):
     if len(argv) != 4:
         raise app.UsageError("usage: report.py GRID_DIR TRAIN_DIR EVAL_DIR [--out=DIR]")
-    out = _OUT.value
+    out = flags.FLAGS.out
     os.makedirs(out, exist_ok=True)
     _, grid = report.load_points(argv[1])
     grid_section([p for p in grid if p.status == "done"], out)
@@ -516,4 +515,5 @@ def budget_plot(runs, path):
 
 
 if __name__ == "__main__":
+    flags.DEFINE_string("out", HERE, "Output folder.")  # here: tests import this module
     app.run(main)
