@@ -95,11 +95,15 @@ def z_values(a, b) -> str:
     return f"{ma - mb:+.3g} ({(ma - mb) / se:+.1f} s.e.)"
 
 
+def nll_curve(events) -> list[tuple[int, float]]:
+    """A run's held-out NLL per evaluation, [(step, value)], from its event files."""
+    return next((events[f"eval/{k}"] for k in NLL if f"eval/{k}" in events), [])
+
+
 def at_lowest_nll(events) -> dict:
     """Early stopping on the held-out NLL: its lowest value, the step, and the expert
     evaluator's validity and forward KL at that step."""
-    tag = next(f"eval/{k}" for k in NLL if f"eval/{k}" in events)
-    step, lowest = min(events[tag], key=lambda sv: sv[1])
+    step, lowest = min(nll_curve(events), key=lambda sv: sv[1])
     at = {
         k: dict(events.get(f"eval/expert/{k}", [])).get(step, math.nan)
         for k in ("validity", "forward_kl")
@@ -121,7 +125,7 @@ def grid_section(points, out):
     base = min(t for _, _, t in runs)
     events = {k: report.read_scalar_events(p.workdir) for k, p in runs.items()}
     for (d, lr, total), p in sorted(runs.items()):
-        curve = events[(d, lr, total)].get("eval/validation/iqlearn/nll", [])
+        curve = nll_curve(events[(d, lr, total)])
         best_step, best = min(curve, key=lambda sv: sv[1]) if curve else (None, math.nan)
         rows.append(
             [
@@ -173,7 +177,7 @@ def grid_plot(events, floor, path):
     rates = sorted({lr for _, lr, _ in events})
     for ax, d in zip(np.atleast_1d(axes), sizes, strict=True):
         for (dd, lr, total), tags in sorted(events.items()):
-            curve = tags.get("eval/validation/iqlearn/nll", [])
+            curve = nll_curve(tags)
             if dd != d or not curve:
                 continue
             s, v = zip(*curve, strict=True)
@@ -410,10 +414,9 @@ def main(argv):
 def mean_curve(ps):
     series = []
     for p in ps:
-        tags = report.read_scalar_events(p.workdir)
-        tag = next((f"eval/{k}" for k in NLL if f"eval/{k}" in tags), None)
-        if tag:
-            series.append(dict(tags[tag]))
+        curve = nll_curve(report.read_scalar_events(p.workdir))
+        if curve:
+            series.append(dict(curve))
     if not series:
         return [], [], []
     steps = sorted(set.intersection(*(set(s) for s in series)))
