@@ -22,6 +22,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 
 MODELS = ("t5_base", "t5_large", "t5_xl", "gemma3_1b", "llama3_2_1b")
@@ -60,12 +61,22 @@ def compile_cell(out: str, model: str, loss: str, target: str) -> None:
         f"--json={path}",
     ]
     started = time.time()
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        child = subprocess.Popen(cmd, cwd=ROOT, stdout=stdout, stderr=stderr, text=True)
+        _, status, usage = os.wait4(child.pid, 0)  # the child's own peak memory
+        child.returncode = os.waitstatus_to_exitcode(status)
+        stdout.seek(0)
+        stderr.seek(0)
+        printed, errors = stdout.read(), stderr.read()
+    summary = (
+        f"exit {child.returncode}, {time.time() - started:.0f} s, "
+        f"peak RSS {usage.ru_maxrss / 2**20:.1f} GiB"  # ru_maxrss: KiB on Linux
+    )
     with open(os.path.join(out, name(model, loss, target) + ".txt"), "w") as f:
-        f.write(result.stdout + f"\nexit {result.returncode}, {time.time() - started:.0f} s\n")
-    if result.returncode not in (0, 1):  # 1: does not fit (its JSON says so)
-        print(result.stderr[-2000:], file=sys.stderr)
-    print(f"{name(model, loss, target)}: exit {result.returncode}, {time.time() - started:.0f} s")
+        f.write(printed + f"\n{summary}\n")
+    if child.returncode not in (0, 1):  # 1: does not fit (its JSON says so)
+        print(errors[-2000:], file=sys.stderr)
+    print(f"{name(model, loss, target)}: {summary}", flush=True)
 
 
 def docs_rows(text: str) -> dict[tuple[str, str, str], str]:

@@ -210,6 +210,25 @@ def test_cpu_runs_never_see_the_compilers(t5_fsdp):
     assert "libtpu" not in result.stderr and "cuda" not in result.stderr.lower()
 
 
+def test_compiled_programs_are_freed_once_measured():
+    """JAX's caches would keep each executable alive after its figures are taken (a full-size
+    train step: several GiB of host memory on top of the next call's compile). Compiled on
+    this machine's CPU devices, where the client counts the executables it holds."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    client = jax.devices("cpu")[0].client
+    mesh = jax.sharding.Mesh(np.array(jax.devices("cpu")), ("fsdp",))
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("fsdp"))
+    x = jax.ShapeDtypeStruct((64, 32), jnp.float32, sharding=rows)
+    call = preflight.Call("gram", jax.jit(lambda a: (a @ a.T).sum()), (x,), "params")
+    held = len(client.live_executables())
+    compiled = preflight.compile_call(call, mesh)
+    assert compiled.flops == 2 * 64 * 64 * 32 / len(mesh.devices.flat)  # the figures, taken
+    assert len(client.live_executables()) == held
+
+
 def test_unknown_targets_are_refused_with_the_known_ones():
     with pytest.raises(ValueError, match="v4-32.*v5e-16.*v5p-8.*h100x8"):
         preflight.get_target("v4-31")
