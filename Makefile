@@ -37,8 +37,11 @@ lint: install-test
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist; 0: in this one), tests handed out
+# in file order and taken over by an idle worker at the end.
+TEST_WORKERS ?= 2
 test: lint
-	$(PY) -m pytest -q --durations=25 tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=25 tests
 
 # Regenerates constraints.txt from a fresh resolution of both requirements files.
 lock:
