@@ -175,18 +175,19 @@ def compile_devices(target: Target) -> list:
         return gpu_compile.devices(target.name.split("x")[0], target.chips)
     kwargs = {"chip_config_name": "megacore"} if target.megacore else {}
     # Set only while libtpu loads, so that processes started later (a sweep's points) never
-    # see it. Compiling holds no chip: several preflights may load libtpu at once.
-    env = {"TPU_LIBRARY_PATH": tpu_library(), "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    # see it. Compiling holds no chip: several preflights may load libtpu at once. Saved
+    # before `tpu_library()`, whose import of the `libtpu` package sets TPU_LIBRARY_PATH.
+    names = ("TPU_LIBRARY_PATH", "ALLOW_MULTIPLE_LIBTPU_LOAD")
+    saved = {k: os.environ.get(k) for k in names}
     try:
+        os.environ.update({"TPU_LIBRARY_PATH": tpu_library(), "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"})
         topology = topologies.get_topology_desc(
             topology_name=target.topology, platform="tpu", **kwargs
         )
     finally:
         for k, v in saved.items():
             if v is None:
-                os.environ.pop(k)
+                os.environ.pop(k, None)
             else:
                 os.environ[k] = v
     return list(topology.devices)
@@ -1122,8 +1123,16 @@ def main(argv, auto: bool = False):
     return 1 if report.too_big() else 0
 
 
+def compile_only_process() -> None:
+    """Set-up of a process that compiles for targets it does not have: nothing runs here, and
+    a persistent compilation cache (`JAX_COMPILATION_CACHE_DIR`) is not used: a compile-only
+    program cannot be loaded back from it, and would fill it with full-size programs."""
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_enable_compilation_cache", False)
+
+
 def cli() -> None:
-    jax.config.update("jax_platforms", "cpu")  # compile-only targets: nothing runs here
+    compile_only_process()
     from absl import app, flags
     from ml_collections import config_flags
 

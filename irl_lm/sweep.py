@@ -456,11 +456,9 @@ def preflight_points(points: Sequence[Point], topology: str) -> int:
     that differ only in seed or loss coefficients share one), and prints per point whether it
     fits, its roofline step time and chip-hours, and the sweep's total. Returns 1, naming the
     points, when one does not fit; else 0."""
-    import jax
-
     from irl_lm import preflight
 
-    jax.config.update("jax_platforms", "cpu")  # compile-only targets; nothing runs here
+    preflight.compile_only_process()
     target = preflight.get_target(topology)
     reports: dict[str, preflight.Report] = {}
     rows, too_big, total = [], [], 0.0

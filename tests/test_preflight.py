@@ -159,8 +159,10 @@ def unfit_config(tmp_path_factory):
 
 def test_a_run_that_does_not_fit_exits_1_naming_the_changes(unfit_config, tmp_path):
     """The CLI, as a user runs it: 32768 rows of float32 logits over a 32k vocabulary on
-    4 v5e chips data-parallel cannot fit in 16 GiB."""
-    out = tmp_path / "report.json"
+    4 v5e chips data-parallel cannot fit in 16 GiB. A persistent compilation cache set in
+    the environment is left alone (a compile-only program cannot be loaded back)."""
+    out, cache = tmp_path / "report.json", tmp_path / "jax_cache"
+    cache.mkdir()
     cmd = [
         sys.executable,
         "-m",
@@ -169,9 +171,11 @@ def test_a_run_that_does_not_fit_exits_1_naming_the_changes(unfit_config, tmp_pa
         "--topology=v5e-4",
         f"--json={out}",
     ]
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    env = os.environ | {"JAX_COMPILATION_CACHE_DIR": str(cache)}
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "DOES NOT FIT: train_step" in result.stdout
+    assert not list(cache.iterdir())
     for change in (
         "--config.mesh=auto: preflight tries",
         "--config.mesh.data=1 --config.mesh.fsdp=-1",
@@ -196,7 +200,12 @@ def test_sweep_preflight_refuses_a_sweep_with_a_point_that_does_not_fit(unfit_co
 
 def test_cpu_runs_never_see_the_compilers(t5_fsdp):
     """After a preflight in this process, a JAX process started from it (as a sweep starts
-    its points) finds no libtpu and no CUDA plugin: it never tries to start a TPU or GPU."""
+    its points) finds no libtpu and no CUDA plugin: it never tries to start a TPU or GPU.
+    The GPU compiler's devices first: they put the compilers' folder on `sys.path`, where
+    importing the `libtpu` package sets TPU_LIBRARY_PATH."""
+    if gpu_compile.plugin_available():
+        preflight.compile_devices(preflight.get_target("h100x8"))
+    preflight.compile_devices(preflight.get_target("v4-32"))
     assert "TPU_LIBRARY_PATH" not in os.environ
     code = (
         "import jax; from jax._src import cloud_tpu_init; "
