@@ -10,6 +10,7 @@ over 16 chips. Skipped, saying how to install them, where the compilers are miss
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -232,10 +233,12 @@ def test_compiled_programs_are_freed_once_measured():
     rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("fsdp"))
     x = jax.ShapeDtypeStruct((64, 32), jnp.float32, sharding=rows)
     call = preflight.Call("gram", jax.jit(lambda a: (a @ a.T).sum()), (x,), "params")
+    gc.collect()
     held = len(client.live_executables())
     compiled = preflight.compile_call(call, mesh)
     assert compiled.flops == 2 * 64 * 64 * 32 / len(mesh.devices.flat)  # the figures, taken
-    assert len(client.live_executables()) == held
+    # None kept; the caches it clears may have held this process's earlier programs too.
+    assert len(client.live_executables()) <= held
 
 
 def test_unknown_targets_are_refused_with_the_known_ones():
