@@ -1126,7 +1126,8 @@ def main(argv, auto: bool = False):
 def compile_only_process() -> None:
     """Set-up of a process that compiles for targets it does not have: nothing runs here, and
     a persistent compilation cache (`JAX_COMPILATION_CACHE_DIR`) is not used: a compile-only
-    program cannot be loaded back from it, and would fill it with full-size programs."""
+    program cannot be loaded back from it, and would fill it with full-size programs. Call it
+    before the process's first compile: JAX decides on the cache once, at that compile."""
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_enable_compilation_cache", False)
 
